@@ -1,0 +1,1 @@
+"""siren_lightning.callbacks"""
