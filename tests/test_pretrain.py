@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent / "models"))
-from conftest import make_model  # noqa: E402
+from siren_testing import make_model  # noqa: E402
 
 from siren_lightning.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
 from siren_lightning.text.encoder import TextStates  # noqa: E402
@@ -185,3 +185,35 @@ def test_checkpoint_leaves_out_the_text_encoder_and_round_trips():
     other.load_state_dict(state)
     for k, v in other.network.state_dict().items():
         assert torch.equal(v, module.network.state_dict()[k])
+
+
+def test_lightning_cli_builds_the_module_from_yaml(tmp_path):
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "siren.yaml"
+    config.write_text(
+        """
+model:
+  class_path: siren_lightning.pretrain.PretrainModule
+  init_args:
+    network:
+      class_path: siren_lightning.models.siren.SirenLM
+      init_args:
+        config: {num_codebooks: 4, codebook_size: 16, latent_dim: 8, width: 32, num_heads: 4,
+                 temporal_layers: 1, decoder_layers: 1, text_dim: 12}
+    train_groups: [1]
+    caption_dropout: 0.0
+    warmup_steps: 7
+"""
+    )
+    cli = LightningCLI(
+        LightningModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(config), "--trainer.accelerator=cpu", "--trainer.logger=false"],
+    )
+    module = cli.model
+    assert isinstance(module, PretrainModule)
+    assert module.network.config.num_groups == 2 and module.network.config.mlp_hidden == 256
+    assert module.train_groups == [1] and module.hparams.warmup_steps == 7

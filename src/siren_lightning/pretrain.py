@@ -61,9 +61,10 @@ class PretrainModule(L.LightningModule):
         network: the `SirenLM` to train.
         text_encoder: frozen encoder for batches without cached `text_states` and for the empty
             caption of caption dropout. Its weights are not written into checkpoints.
-        codec: optional codec (`n_codebooks`, `codebook_size`, `codebook_table()`); `setup`
-            checks it against the LM and copies its table into the LM when the LM has none.
-            Not part of the checkpoint.
+        codec: optional codec (`n_codebooks`, `codebook_size`, `codebook_table()`), or a spec
+            for `siren_lightning.codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`);
+            `setup` checks it against the LM and copies its table into the LM when the LM has
+            none. Not part of the checkpoint; its SHA-256 and spec are.
         lr, betas, weight_decay: AdamW; weight decay only on parameters with 2+ dimensions.
         warmup_steps: linear warm-up steps.
         total_steps: length of the cosine schedule; the trainer's estimate when None.
@@ -77,7 +78,7 @@ class PretrainModule(L.LightningModule):
         self,
         network: SirenLM,
         text_encoder: TextEncoder | None = None,
-        codec: nn.Module | None = None,
+        codec: nn.Module | str | None = None,
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.05,
@@ -92,7 +93,9 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters(ignore=["network", "text_encoder", "codec"])
         self.network = network
         self.text_encoder = text_encoder
+        self.codec_spec = codec if isinstance(codec, str) else None
         self._codec = [codec]  # a list hides it from nn.Module: not moved, not saved
+        self._codec_hash: str | None = None
         c = network.config
         groups = list(range(c.num_groups)) if train_groups is None else sorted(set(train_groups))
         if not groups or any(not 0 <= k < c.num_groups for k in groups):
@@ -134,8 +137,17 @@ class PretrainModule(L.LightningModule):
 
     # Setup checks.
 
+    @property
+    def codec(self) -> nn.Module | None:
+        """The codec, loaded on first use when it was given as a spec string."""
+        if isinstance(self._codec[0], str):
+            from siren_lightning.codec.checkpoint import load_codec
+
+            self._codec[0] = load_codec(self._codec[0])
+        return self._codec[0]
+
     def setup(self, stage: str) -> None:
-        codec, c = self._codec[0], self.network.config
+        codec, c = self.codec, self.network.config
         if codec is None:
             return
         if (codec.n_codebooks, codec.codebook_size) != (c.num_codebooks, c.codebook_size):
@@ -154,6 +166,30 @@ class PretrainModule(L.LightningModule):
                 "PretrainModule: the LM's codebook_table is all zeros; give the module a codec, "
                 "build SirenLM with codec.codebook_table(), or resume from a checkpoint"
             )
+
+    def _codec_sha256(self) -> str | None:
+        if self._codec_hash is None and hasattr(self.codec, "sha256"):
+            self._codec_hash = self.codec.sha256()
+        return self._codec_hash
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what `siren export` needs to rebuild the LM without Lightning."""
+        codec, enc = self.codec, self.text_encoder
+        checkpoint["siren"] = {
+            "model_config": self.network.config.to_dict(),
+            "codec": self.codec_spec,
+            "codec_sha256": self._codec_sha256(),
+            "sample_rate": getattr(codec, "sample_rate", None),
+            "hop_length": getattr(codec, "hop_length", None),
+            "text_encoder": None
+            if enc is None
+            else {
+                "backend": getattr(enc, "backend", None),
+                "name_or_path": getattr(enc, "source", None),
+                "max_length": getattr(enc, "max_length", None),
+            },
+            "train_groups": self.train_groups,
+        }
 
     # Text conditioning.
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, make_text
+from siren_testing import make_model, make_text
 
 from siren_lightning.models.sampling import (
     filter_top_k,

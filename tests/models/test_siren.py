@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_model, make_text
+from siren_testing import make_model, make_text
 
 from siren_lightning.models.siren import SirenConfig, SirenLM, count_parameters
 

@@ -17,10 +17,11 @@ decoder sums, `codebook_table[j, code]`) through the expert's own trainable proj
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -103,6 +104,15 @@ class SirenConfig:
         if name not in PRESETS:
             raise ValueError(f"SirenConfig: unknown size {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SirenConfig:
+        """Rebuild from `to_dict`/`asdict` output (derived fields such as num_groups ignored)."""
+        names = {f.name for f in fields(cls) if f.init}
+        unknown = set(values) - names - {"num_groups"}
+        if unknown:
+            raise ValueError(f"SirenConfig: unknown fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         """Init arguments (JSON-serialisable) that rebuild this config."""
@@ -264,18 +274,25 @@ class ResidualGroupTransformer(nn.Module):
         return logits.view(b, t, g, -1).transpose(1, 2)  # [B, g, T, K]
 
 
-class SirenLM(nn.Module):
+class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
     """r/g isolated experts over a frozen codec codebook table (DESIGN.md sections 1, 5).
 
+    `save_pretrained(folder)` / `SirenLM.from_pretrained(folder_or_hub_id, strict=True)` come from
+    `huggingface_hub.PyTorchModelHubMixin` (config.json + model.safetensors, table included).
+
     Args:
-        config: sizes.
+        config: sizes (or their dict, as read from config.json).
         codebook_table: [r, K, D_lat] codec vectors (`codec.codebook_table()`), held as a frozen
             buffer. When None the buffer starts at zeros and must be filled with
             `set_codebook_table` before use (a training setup does this from the codec).
     """
 
-    def __init__(self, config: SirenConfig, codebook_table: Tensor | None = None) -> None:
+    def __init__(
+        self, config: SirenConfig | dict[str, Any], codebook_table: Tensor | None = None
+    ) -> None:
         super().__init__()
+        if isinstance(config, dict):
+            config = SirenConfig.from_dict(config)
         self.config = config
         c = config
         self.register_buffer(
