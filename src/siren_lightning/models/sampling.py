@@ -148,12 +148,18 @@ def generate_frames(
             logits = uncond + cfg_scale * (cond - uncond)
         return sample_logits(logits, temperature, top_k, top_p, generator)
 
-    def vectors_of(codes: Tensor, codebooks: range | list[int]) -> Tensor:
-        # [B, n] codes -> [N, n, 1, D_lat] codec vectors (shared by both guidance halves).
-        v = model.codebook_vectors(codes[:, :, None], codebooks)
-        return v.repeat(2, 1, 1, 1) if guided else v
+    # e_j(code) of every expert, looked up instead of projected each frame: [r, K, D] each.
+    tables = [
+        expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
+        for expert in experts
+    ]
 
-    previous: Tensor | None = None  # [N, r, 1, D_lat] vectors of frame t-1
+    def embed(k: int, codes: Tensor, first: int) -> Tensor:
+        # [B, n] codes of codebooks first .. first+n-1 -> [N, D] sum of expert k's vectors.
+        e = sum(tables[k][first + i][codes[:, i]] for i in range(codes.shape[1]))
+        return torch.cat([e, e]) if guided else e
+
+    previous: Tensor | None = None  # [B, r] codes of frame t-1
     for t in range(num_frames):
         # 1. Temporal steps of all experts: each reads only frame t-1.
         hidden = []
@@ -161,7 +167,7 @@ def generate_frames(
             if previous is None:
                 x = expert.start.to(dtype).expand(n, 1, -1)  # [N, 1, D]
             else:
-                x = expert.project(previous, range(c.num_codebooks)).sum(1)  # [N, 1, D]
+                x = embed(k, previous, 0)[:, None]  # [N, 1, D]
             if use_cache:
                 h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
             else:
@@ -174,17 +180,15 @@ def generate_frames(
             first = k * c.group
             before = summaries[k]
             if first > 0:
-                lower = expert.project(vectors_of(codes[:, :first], range(first)), range(first))
-                before = before + lower.sum(1)[:, 0]  # [N, D]
+                before = before + embed(k, codes[:, :first], 0)  # [N, D]
             tokens = [hidden[k], before]
             for i in range(c.group):
-                logits = expert.decode(torch.stack(tokens, 1))[:, -1]  # [N, K]
+                logits = expert.decode(torch.stack(tokens, 1), last_only=True)[:, 0]  # [N, K]
                 codes[:, first + i] = choose(logits)
                 if i < c.group - 1:
                     j = first + i
-                    e = expert.project(vectors_of(codes[:, j : j + 1], [j]), [j])  # [N,1,1,D]
-                    tokens.append(tokens[-1] + e[:, 0, 0])
-        previous = vectors_of(codes, range(c.num_codebooks))
+                    tokens.append(tokens[-1] + embed(k, codes[:, j : j + 1], j))
+        previous = codes
         yield codes
 
 

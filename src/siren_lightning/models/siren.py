@@ -228,14 +228,15 @@ class ResidualGroupTransformer(nn.Module):
                 x = block(x, text_kv[i], text_mask, cache)
         return self.temporal_norm(x)
 
-    def decode(self, tokens: Tensor) -> Tensor:
+    def decode(self, tokens: Tensor, last_only: bool = False) -> Tensor:
         """Per-frame decoder over `[h_t, before, before + e_gk, ...]`.
 
         Args:
             tokens: [N, n, D] with 2 <= n <= g + 1 (a prefix of the full sequence).
+            last_only: apply only the last head (sampling).
 
         Returns:
-            [N, n - 1, K]: head i applied to output token i + 1.
+            [N, n - 1, K]: head i applied to output token i + 1 ([N, 1, K] if last_only).
         """
         n = tokens.shape[1]
         pos = sinusoidal_positions(torch.arange(n, device=tokens.device), tokens.shape[-1])
@@ -247,7 +248,8 @@ class ResidualGroupTransformer(nn.Module):
             else:
                 x = block(x)
         x = self.decoder_norm(x)
-        return torch.stack([self.heads[i](x[:, i + 1]) for i in range(n - 1)], dim=1)
+        first = n - 2 if last_only else 0
+        return torch.stack([self.heads[i](x[:, i + 1]) for i in range(first, n - 1)], dim=1)
 
     def forward(self, vectors: Tensor, text_states: Tensor, text_mask: Tensor) -> Tensor:
         """Teacher-forced logits of this expert's codebooks.
