@@ -4,7 +4,9 @@ import pytest
 import torch
 from siren_testing import make_model, make_text
 
+from siren_lightning.models.blocks import KVCache
 from siren_lightning.models.sampling import (
+    StackedTemporal,
     filter_top_k,
     filter_top_p,
     generate,
@@ -57,9 +59,11 @@ def test_cached_and_uncached_greedy_generation_agree_with_teacher_forcing():
             temperature=0.0, cfg_scale=cfg, uncond_states=uncond[0], uncond_mask=uncond[1]
         )
         cached = generate(model, states, mask, 8, use_cache=True, **kwargs)
+        looped = generate(model, states, mask, 8, use_cache=True, batch_experts=False, **kwargs)
         uncached = generate(model, states, mask, 8, use_cache=False, **kwargs)
         assert cached.shape == (2, 6, 8)
         assert torch.equal(cached, uncached)
+        assert torch.equal(cached, looped)
     # Greedy codes are the argmax of the teacher-forced logits at every frame and codebook.
     codes = generate(model, states, mask, 8, temperature=0.0)
     logits = model(codes, states, mask).logits  # [B, r, T, K]
@@ -107,8 +111,6 @@ def test_seeded_sampling_is_reproducible_and_streams_frames():
 
 def test_kv_cache_cost_does_not_copy_history():
     # The cache writes in place: its storage is allocated once for max_len positions.
-    from siren_lightning.models.blocks import KVCache
-
     cache = KVCache(max_len=5)
     k = torch.randn(1, 2, 1, 4)
     cache.append(k, k)
@@ -119,3 +121,22 @@ def test_kv_cache_cost_does_not_copy_history():
     with pytest.raises(ValueError, match="max_len"):
         cache.append(k, k)
     assert math.isclose(cache.keys[0, 0, 4, 0].item(), k[0, 0, 0, 0].item())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_temporal_step_equals_each_expert(bias):
+    model = make_model(bias=bias)
+    states, mask = _prompts(model)
+    experts = list(model.experts)
+    stacked = StackedTemporal(experts, states, mask, max_len=5)
+    caches = [[KVCache(5) for _ in e.temporal] for e in experts]
+    kv = [e.text_kv(states) for e in experts]
+    with torch.no_grad():
+        for t in range(5):
+            x = torch.randn(len(experts), 2, 32)  # [G, N, D]
+            together = stacked.step(x, t)
+            for k, e in enumerate(experts):
+                alone = e.run_temporal(x[k][:, None], kv[k], mask, caches[k], offset=t)[:, 0]
+                torch.testing.assert_close(together[k], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        StackedTemporal(list(model.train().experts), states, mask, 5)

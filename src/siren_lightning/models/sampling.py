@@ -18,12 +18,13 @@ Classifier-free guidance mixes conditional and unconditional logits,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import attrgetter
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from siren_lightning.models.blocks import KVCache
+from siren_lightning.models.blocks import KVCache, sinusoidal_positions
 from siren_lightning.models.siren import SirenLM
 
 
@@ -81,6 +82,103 @@ def _pad_tokens(states: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tens
     return F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
+# Parts of a `TemporalBlock` that `StackedTemporal` stacks across experts.
+_NORMS = ("cross_norm", "self_norm", "mlp_norm")
+_LINEARS = ("cross.query", "cross.out", "attn.qkv", "attn.out", "mlp.gate", "mlp.up", "mlp.down")
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Per-expert linear layer: x [G, N, Din], weight [G, Dout, Din], bias [G, Dout] -> [G, N, Dout]."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Per-expert RMSNorm: x [G, N, D], weight [G, D]."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight.unsqueeze(1)
+
+
+class StackedTemporal:
+    """One cached temporal step of all experts at once (weights stacked on an expert axis G).
+
+    The experts share no weights but have the same shapes, so each of their linear layers becomes
+    one batched matmul and each attention one call over G x N rows: G times fewer kernels than
+    running the experts one after another. The math is that of `TemporalBlock` in eval mode
+    (no dropout); `tests/models/test_sampling.py` checks it against the experts themselves.
+
+    Args:
+        experts: the G `ResidualGroupTransformer`s.
+        text_states: [N, L, Dt]; text_mask: [N, L] bool.
+        max_len: frames the KV cache holds.
+    """
+
+    def __init__(self, experts: list, text_states: Tensor, text_mask: Tensor, max_len: int):
+        if any(e.training for e in experts):
+            raise ValueError("StackedTemporal: put the model in eval mode (no dropout)")
+        c = experts[0].config
+        self.g, self.n = len(experts), text_states.shape[0]
+        self.width, self.heads, self.eps = c.width, c.num_heads, c.norm_eps
+
+        def stack(tensors: list[Tensor | None]) -> Tensor | None:
+            return None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
+
+        self.layers = []
+        for i in range(c.temporal_layers):
+            blocks = [e.temporal[i] for e in experts]
+            layer = {}
+            for name in _NORMS:
+                layer[name] = stack([attrgetter(name)(block).weight for block in blocks])
+            for name in _LINEARS:
+                linears = [attrgetter(name)(block) for block in blocks]
+                layer[name] = (stack([m.weight for m in linears]), stack([m.bias for m in linears]))
+            kv = [e.temporal[i].cross.text_kv(text_states) for e in experts]
+            layer["text_k"] = torch.cat([k for k, _ in kv])  # [G*N, H, L, D/H]
+            layer["text_v"] = torch.cat([v for _, v in kv])
+            layer["cache"] = KVCache(max_len)
+            self.layers.append(layer)
+        self.final_norm = stack([e.temporal_norm.weight for e in experts])
+        has_text = text_mask.any(dim=1).repeat(self.g)  # [G*N]
+        self.text_allowed = (text_mask.repeat(self.g, 1) | ~has_text[:, None])[:, None, None, :]
+        self.has_text = has_text[:, None, None, None]
+
+    def _heads(self, x: Tensor) -> Tensor:  # [G, N, D] -> [G*N, H, 1, D/H]
+        return x.reshape(self.g * self.n, self.heads, 1, -1)
+
+    def _merge(self, y: Tensor) -> Tensor:  # [G*N, H, 1, D/H] -> [G, N, D]
+        return y.reshape(self.g, self.n, self.width)
+
+    def step(self, x: Tensor, t: int) -> Tensor:
+        """Temporal outputs of frame t.
+
+        Args:
+            x: [G, N, D] inputs of frame t (sum of frame t-1's vectors, or the start vectors).
+
+        Returns:
+            [G, N, D] normalised temporal outputs.
+        """
+        pos = sinusoidal_positions(torch.tensor([t], device=x.device), self.width)[0].to(x.dtype)
+        for layer in self.layers:
+            x = x + pos
+            h = _rms_norm(x, layer["cross_norm"], self.eps)
+            q = self._heads(_linear(h, *layer["cross.query"]))
+            y = F.scaled_dot_product_attention(
+                q, layer["text_k"], layer["text_v"], attn_mask=self.text_allowed
+            )
+            y = y * self.has_text.to(y.dtype)
+            x = x + _linear(self._merge(y), *layer["cross.out"])
+            h = _rms_norm(x, layer["self_norm"], self.eps)
+            qkv = _linear(h, *layer["attn.qkv"]).reshape(self.g * self.n, 3, self.heads, 1, -1)
+            q, k, v = qkv.unbind(1)  # [G*N, H, 1, D/H] each
+            k, v = layer["cache"].append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v)
+            x = x + _linear(self._merge(y), *layer["attn.out"])
+            h = _rms_norm(x, layer["mlp_norm"], self.eps)
+            gated = F.silu(_linear(h, *layer["mlp.gate"])) * _linear(h, *layer["mlp.up"])
+            x = x + _linear(gated, *layer["mlp.down"])
+        return _rms_norm(x, self.final_norm, self.eps)
+
+
 @torch.no_grad()
 def generate_frames(
     model: SirenLM,
@@ -96,6 +194,7 @@ def generate_frames(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    batch_experts: bool = True,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming).
 
@@ -109,6 +208,8 @@ def generate_frames(
         temperature, top_k, top_p: sampling filters (temperature 0: greedy).
         generator: seeds the draws.
         use_cache: False recomputes every temporal step over the whole prefix (reference path).
+        batch_experts: with the cache, run all experts' temporal steps as one batched step
+            (`StackedTemporal`); False runs them one after another.
 
     Yields:
         [B, r] long codes of each frame.
@@ -140,6 +241,11 @@ def generate_frames(
     text_kv = [e.text_kv(text_states) for e in experts]
     summaries = [e.text_summary(text_states, text_mask) for e in experts]  # [N, D] each
     caches = [[KVCache(num_frames) for _ in e.temporal] if use_cache else None for e in experts]
+    stacked = (
+        StackedTemporal(experts, text_states, text_mask, num_frames)
+        if use_cache and batch_experts
+        else None
+    )
     history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
 
     def choose(logits: Tensor) -> Tensor:  # [N, K] -> [B]
@@ -162,12 +268,13 @@ def generate_frames(
     previous: Tensor | None = None  # [B, r] codes of frame t-1
     for t in range(num_frames):
         # 1. Temporal steps of all experts: each reads only frame t-1.
-        hidden = []
-        for k, expert in enumerate(experts):
-            if previous is None:
-                x = expert.start.to(dtype).expand(n, 1, -1)  # [N, 1, D]
-            else:
-                x = embed(k, previous, 0)[:, None]  # [N, 1, D]
+        if previous is None:
+            inputs = [e.start.to(dtype).expand(n, -1) for e in experts]  # [N, D] each
+        else:
+            inputs = [embed(k, previous, 0) for k in range(len(experts))]
+        hidden = [] if stacked is None else list(stacked.step(torch.stack(inputs), t))
+        for k, expert in enumerate(experts if stacked is None else []):
+            x = inputs[k][:, None]  # [N, 1, D]
             if use_cache:
                 h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
             else:
