@@ -2,8 +2,9 @@
 
 Codebook q is delayed by q steps, so at sequence step s the single LM emits codebook q of frame
 s - q. Reading the sequence left to right, codebook q of frame t comes after codebooks < q of
-frame t and after every code of frames < t; a model conditioned on steps < s therefore never
-sees codebooks > q of frame t before predicting codebook q of frame t.
+frame t and after every code of frames < t; a model conditioned on steps < s never sees
+codebook q or higher of frame t (or of a later frame) before predicting codebook q of frame t.
+Lower codebooks of later frames do come first: that is the pattern's approximation.
 
 Letters: B batch, r codebooks, T frames, S = T + r - 1 sequence steps.
 """
