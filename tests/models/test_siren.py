@@ -1,8 +1,18 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/models: tiny builders
 from siren_testing import make_model, make_text
 
 from siren_lightning.models.siren import SirenConfig, SirenLM, count_parameters
+
+
+@pytest.fixture
+def model() -> SirenLM:
+    return make_model()
 
 
 def _codes(model, b=2, t=6, seed=2):
