@@ -217,3 +217,12 @@ model:
     assert isinstance(module, PretrainModule)
     assert module.network.config.num_groups == 2 and module.network.config.mlp_hidden == 256
     assert module.train_groups == [1] and module.hparams.warmup_steps == 7
+
+
+def test_sample_codes_is_seeded_and_restores_training_mode():
+    module = PretrainModule(make_model(), text_encoder=CharEncoder(), caption_dropout=0.1)
+    module.network.train()
+    a = module.sample_codes(["a beep", "a hum"], 4, seed=1, top_k=5)
+    b = module.sample_codes(["a beep", "a hum"], 4, seed=1, top_k=5)
+    assert a.shape == (2, 6, 4) and torch.equal(a, b)
+    assert module.network.training

@@ -223,6 +223,42 @@ class PretrainModule(L.LightningModule):
         out = self.text_encoder.encode(captions)
         return out.states, out.mask
 
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        captions: list[str],
+        num_frames: int,
+        seed: int = 0,
+        cfg_scale: float = 3.0,
+        **sampling: Any,
+    ) -> Tensor:
+        """Generate codes [B, r, T] for captions (in-loop samples; needs the text encoder).
+
+        Args:
+            sampling: `temperature`, `top_k`, `top_p` for `models.sampling.generate`.
+        """
+        from siren_lightning.models.sampling import generate
+
+        if self.text_encoder is None:
+            raise ValueError("PretrainModule.sample_codes needs a text_encoder")
+        was_training = self.network.training
+        self.network.eval()
+        text, empty = self.text_encoder.encode(captions), self.text_encoder.encode([""])
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        codes = generate(
+            self.network,
+            text.states,
+            text.mask,
+            num_frames,
+            uncond_states=empty.states,
+            uncond_mask=empty.mask,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            **sampling,
+        )
+        self.network.train(was_training)
+        return codes
+
     # Steps.
 
     def _stats(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor, Tensor]:
