@@ -67,6 +67,7 @@ def test_export_round_trips_without_lightning(exported):
     module, _, folder, _ = exported
     model, sidecar = export.load_exported(folder)
     assert sidecar["text_encoder"]["backend"] == "minilm"
+    assert sidecar["text_encoder"]["name_or_path"] is None  # the installed package, portable
     assert sidecar["model_config"] == module.network.config.to_dict()
     module.network.eval()
     for k, v in module.network.state_dict().items():

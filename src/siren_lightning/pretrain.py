@@ -185,7 +185,8 @@ class PretrainModule(L.LightningModule):
             if enc is None
             else {
                 "backend": getattr(enc, "backend", None),
-                "name_or_path": getattr(enc, "source", None),
+                "name_or_path": getattr(enc, "name_or_path", None),
+                "source": getattr(enc, "source", None),
                 "max_length": getattr(enc, "max_length", None),
             },
             "train_groups": self.train_groups,

@@ -169,6 +169,7 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.backend = backend
+        self.name_or_path = name_or_path  # as given (None: the backend's default)
         self.max_length = max_length
         self.model, self.tokenizer, self.source = load_text_model(backend, name_or_path)
         self.model.eval()
