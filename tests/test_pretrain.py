@@ -202,6 +202,7 @@ model:
       init_args:
         config: {num_codebooks: 4, codebook_size: 16, latent_dim: 8, width: 32, num_heads: 4,
                  temporal_layers: 1, decoder_layers: 1, text_dim: 12}
+    codec: assets/codec_tiny
     train_groups: [1]
     caption_dropout: 0.0
     warmup_steps: 7
@@ -217,6 +218,7 @@ model:
     assert isinstance(module, PretrainModule)
     assert module.network.config.num_groups == 2 and module.network.config.mlp_hidden == 256
     assert module.train_groups == [1] and module.hparams.warmup_steps == 7
+    assert module.codec_spec == "assets/codec_tiny"  # loaded lazily, in setup
 
 
 def test_sample_codes_is_seeded_and_restores_training_mode():
