@@ -146,3 +146,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(_codes(model), states, text_mask).logits.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_paper_size_forward_shapes_on_meta_device():
+    with torch.device("meta"):
+        model = SirenLM(SirenConfig.from_name("1.6b"))
+        codes = torch.zeros(2, 12, 300, dtype=torch.long)
+        states, text_mask = torch.zeros(2, 20, 768), torch.ones(2, 20, dtype=torch.bool)
+        out = model(codes, states, text_mask, groups=[0, 5])
+    assert out.logits.shape == (2, 4, 300, 1024) and out.codebooks == [0, 1, 10, 11]
