@@ -1,15 +1,12 @@
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).parent / "models"))
 from siren_testing import make_model  # noqa: E402
+from torch import nn
 
 from siren_lightning import export, generate  # noqa: E402
 from siren_lightning.pretrain import PretrainModule  # noqa: E402

@@ -1,15 +1,11 @@
 import copy
 import math
-import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).parent / "models"))
 from siren_testing import make_model  # noqa: E402
+from torch import nn
 
 from siren_lightning.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
 from siren_lightning.text.encoder import TextStates  # noqa: E402

@@ -4,10 +4,6 @@ import torch
 
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
-# Tiny models are dominated by per-op overhead; on the shared 2-core machine a second intra-op
-# thread makes them about ten times slower.
-torch.set_num_threads(1)
-
 TINY = dict(
     num_codebooks=6,
     codebook_size=16,

@@ -1,10 +1,5 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/models: tiny builders
 from siren_testing import make_model, make_text
 
 from siren_lightning.models.siren import SirenConfig, SirenLM, count_parameters
