@@ -117,7 +117,9 @@ def test_save_load_roundtrip_and_backbone(text_encoder, tmp_path):
     loaded, got_prompts, got_sha = load_tiny_clap(tmp_path / "clap.pt", text_encoder)
     assert got_prompts == prompts and got_sha == sha
     batch = _batch(3, 2)
-    torch.testing.assert_close(loaded.encode_audio(batch["audio"]), net.encode_audio(batch["audio"]))
+    torch.testing.assert_close(
+        loaded.encode_audio(batch["audio"]), net.encode_audio(batch["audio"])
+    )
     backbone = TinyCLAPBackbone(loaded, prompts, weights_sha256=got_sha)
     out = backbone(batch["audio"][:, 0])
     assert out.embedding.shape == (3, 16) and out.logits.shape == (3, 3)
@@ -132,8 +134,9 @@ def test_class_prompts_one_per_attribute_combination():
     from siren_lightning.data.manifest import Clip
 
     def clip(i, caption, **attrs):
-        return Clip(id=str(i), audio=None, captions=[caption], duration=None, split=None,
-                    attributes=attrs)
+        return Clip(
+            id=str(i), audio=None, captions=[caption], duration=None, split=None, attributes=attrs
+        )
 
     clips = [
         clip(0, "low tone", source="tone", pitch="low", frequency_hz=100.0),

@@ -257,3 +257,84 @@ def write_results(results: Mapping[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     return path
+
+
+# Where the committed tiny CLAP checkpoints live (repository `assets/`, DESIGN.md section 2).
+ASSETS_DIR = Path(__file__).resolve().parents[3] / "assets" / "tiny_clap"
+
+
+def build_evaluator(
+    preset: str,
+    tiny_clap: str | Path | None = None,
+    panns_weights: str | Path | None = None,
+    vggish_weights: str | Path | None = None,
+    clap_checkpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Evaluator:
+    """An `Evaluator` with the preset's pretrained backbones (local first, then download)."""
+    protocol = get_preset(preset)
+    cache = FeatureCache(cache_dir)
+    if preset == "tiny":
+        from siren_lightning.metrics.tiny_clap import TinyCLAPBackbone
+
+        path = Path(tiny_clap) if tiny_clap else ASSETS_DIR / "tiny-clap-eval.pt"
+        backbone = TinyCLAPBackbone.from_file(path, name="tiny-clap-eval")
+        return Evaluator(protocol, backbone, None, backbone, cache)
+    from siren_lightning.metrics.backbones import LaionClap, PannsCnn14, VGGish
+    from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
+
+    return Evaluator(
+        protocol,
+        PannsCnn14(panns_weights),
+        VGGish(vggish_weights),
+        LaionClap(clap_checkpoint or DEFAULT_CLAP_CHECKPOINT),
+        cache,
+    )
+
+
+def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str]]:
+    """Reference clips (id -> path) and captions from a folder or a JSONL manifest."""
+    path = Path(spec)
+    if path.is_dir():
+        return audio_files(path), {}
+    from siren_lightning.data.manifest import read_manifest
+
+    clips = read_manifest(path)
+    return {c.id: Path(c.audio) for c in clips}, {c.id: c.captions[0] for c in clips if c.captions}
+
+
+def main(argv: list[str]) -> int:
+    """`siren evaluate`: score a folder of generated audio against references."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="siren evaluate", description=main.__doc__)
+    parser.add_argument("--generated", required=True, help="folder of audio files, named <id>.wav")
+    parser.add_argument("--reference", required=True, help="folder of audio or a JSONL manifest")
+    parser.add_argument("--captions", help="JSONL manifest giving captions by id (CLAP score)")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--out", default=None, help="results JSON (default: <generated>.json)")
+    parser.add_argument("--cache", default=None, help="feature cache folder")
+    parser.add_argument("--tiny-clap", default=None, help="tiny CLAP checkpoint (preset tiny)")
+    parser.add_argument("--panns-weights", default=None)
+    parser.add_argument("--vggish-weights", default=None)
+    parser.add_argument("--clap-checkpoint", default=None)
+    args = parser.parse_args(argv)
+
+    generated = audio_files(args.generated)
+    reference, captions = _reference(args.reference)
+    if args.captions:
+        captions = _reference(args.captions)[1]
+    evaluator = build_evaluator(
+        args.preset,
+        args.tiny_clap,
+        args.panns_weights,
+        args.vggish_weights,
+        args.clap_checkpoint,
+        args.cache,
+    )
+    results = evaluator.evaluate(generated, reference, captions, progress=True)
+    out = write_results(results, args.out or Path(args.generated).with_suffix(".json"))
+    for name, value in results["metrics"].items():
+        print(f"{name:>12}: {value:.4f}")
+    print(f"results: {out}")
+    return 0

@@ -179,7 +179,9 @@ def save_tiny_clap(model: TinyCLAP, path: str | Path, class_prompts: list[str]) 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": asdict(model.config), "state_dict": state, "prompts": class_prompts}, path)
+    torch.save(
+        {"config": asdict(model.config), "state_dict": state, "prompts": class_prompts}, path
+    )
     return sha256_file(path)
 
 
