@@ -161,3 +161,17 @@ def test_clap_score_is_mean_cosine_times_100_and_merges():
     first.merge_state(second)
     expected = 100.0 * (1.0 - 1.0 + 1.0 / math.sqrt(2.0)) / 3.0
     assert float(first.compute()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_embedder_module_maps_inputs_to_rows():
+    torch.manual_seed(0)
+    embedder = torch.nn.Linear(10, 3).double()
+    x, y = _gaussian(80, 10, 9), _gaussian(70, 10, 10) + 1.0
+    with_module = FrechetDistance(3, embedder=embedder)
+    with_module.update(x, real=True)
+    with_module.update(y, real=False)
+    plain = FrechetDistance(3)
+    with torch.no_grad():
+        plain.update(embedder(x), real=True)
+        plain.update(embedder(y), real=False)
+    assert float(with_module.compute()) == pytest.approx(float(plain.compute()), rel=1e-12)

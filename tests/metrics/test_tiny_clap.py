@@ -144,3 +144,36 @@ def test_class_prompts_one_per_attribute_combination():
         clip(2, "high tone", source="tone", pitch="high", frequency_hz=900.0),
     ]
     assert class_prompts(clips) == ["high tone", "low tone"]
+
+
+def test_manifest_retrieval_and_training_tool(text_encoder, synthcaps_small, tmp_path):
+    from siren_lightning.metrics.tiny_clap_module import main, manifest_retrieval
+
+    torch.manual_seed(0)
+    net = TinyCLAP(TinyCLAPConfig.from_name("test"), text_encoder)
+    out = manifest_retrieval(net, synthcaps_small["test"])
+    assert out["clips"] == 16 and 0.0 <= out["r1"] <= out["r5"] <= 1.0
+    # The tool trains one short epoch and writes a loadable checkpoint and its summary.
+    ckpt = tmp_path / "clap.pt"
+    argv = [
+        "--train",
+        str(synthcaps_small["train"]),
+        "--val",
+        str(synthcaps_small["val"]),
+        "--out",
+        str(ckpt),
+        "--size",
+        "test",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--crop-seconds",
+        "1.0",
+        "--test",
+        str(synthcaps_small["test"]),
+    ]
+    assert main(argv) == 0
+    model, prompts, _ = load_tiny_clap(ckpt, text_encoder)
+    assert len(prompts) >= 2 and model.config.channels == [4, 8]
+    assert "test_retrieval" in (tmp_path / "clap.json").read_text()

@@ -97,6 +97,21 @@ class TinyCLAPModule(L.LightningModule):
         )
 
 
+@torch.no_grad()
+def manifest_retrieval(net: TinyCLAP, manifest: str | Path, ks: tuple[int, ...] = (1, 5)) -> dict:
+    """Text-to-audio recall@k over a manifest's clips (whole clips, first captions)."""
+    from siren_lightning.data.audio import load_audio
+    from siren_lightning.data.manifest import read_manifest
+
+    net.eval()
+    clips = read_manifest(manifest)
+    audio = torch.cat(
+        [net.encode_audio(load_audio(c.audio, net.config.sample_rate)[None]) for c in clips]
+    )
+    text = net.encode_text([c.captions[0] for c in clips])
+    return retrieval_recall(text, audio, ks) | {"clips": len(clips)}
+
+
 def class_prompts(clips) -> list[str]:
     """One prompt per distinct combination of a clip's string attributes (e.g. SynthCaps'
     source, pitch, count, envelope): the first caption of its first clip; the classes whose
@@ -123,6 +138,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--crop-seconds", type=float, default=4.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--test", default=None, help="held-out manifest for recall@k")
     args = parser.parse_args(argv)
 
     from siren_lightning.data.datamodule import SirenDataModule
@@ -155,6 +171,8 @@ def main(argv: list[str]) -> int:
     prompts = class_prompts(read_manifest(args.train))
     sha = save_tiny_clap(net.eval(), args.out, prompts)
     summary = {"out": args.out, "sha256": sha, "seed": args.seed, "args": vars(args)} | metrics
+    if args.test:
+        summary["test_retrieval"] = manifest_retrieval(net, args.test)
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
