@@ -124,6 +124,22 @@ def class_prompts(clips) -> list[str]:
     return [prompts[k] for k in sorted(prompts)]
 
 
+class SaveTinyCLAPEachEpoch(L.Callback):
+    """Writes the tiny CLAP checkpoint after every validation, so an interrupted run keeps its
+    last finished epoch."""
+
+    def __init__(self, path: str | Path, prompts: list[str]) -> None:
+        self.path, self.prompts = Path(path), prompts
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: TinyCLAPModule) -> None:
+        if trainer.sanity_checking:
+            return
+        sha = save_tiny_clap(module.net, self.path, self.prompts)
+        done = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        summary = {"sha256": sha, "epoch": trainer.current_epoch, "finished": False} | done
+        self.path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv: list[str]) -> int:
     """`siren train-tiny-clap`: train a tiny CLAP on a manifest pair and save it."""
     parser = argparse.ArgumentParser(prog="siren train-tiny-clap", description=main.__doc__)
@@ -139,6 +155,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--test", default=None, help="held-out manifest for recall@k")
+    parser.add_argument("--init", default=None, help="start from this tiny CLAP checkpoint")
     args = parser.parse_args(argv)
 
     from siren_lightning.data.datamodule import SirenDataModule
@@ -149,6 +166,11 @@ def main(argv: list[str]) -> int:
     overrides = {} if args.embed_dim is None else {"embed_dim": args.embed_dim}
     config = TinyCLAPConfig.from_name(args.size, **overrides)
     net = TinyCLAP(config)
+    if args.init:
+        net.load_state_dict(
+            torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"]
+        )
+    prompts = class_prompts(read_manifest(args.train))
     data = SirenDataModule(
         train_manifest=args.train,
         val_manifest=args.val,
@@ -164,13 +186,14 @@ def main(argv: list[str]) -> int:
         accelerator="cpu",
         logger=L.pytorch.loggers.CSVLogger(str(Path(args.out).parent), name="tiny_clap_logs"),
         enable_checkpointing=False,
+        callbacks=[SaveTinyCLAPEachEpoch(args.out, prompts)],
         log_every_n_steps=10,
     )
     trainer.fit(module, datamodule=data)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    prompts = class_prompts(read_manifest(args.train))
     sha = save_tiny_clap(net.eval(), args.out, prompts)
-    summary = {"out": args.out, "sha256": sha, "seed": args.seed, "args": vars(args)} | metrics
+    summary = {"out": args.out, "sha256": sha, "seed": args.seed, "args": vars(args)}
+    summary |= {"finished": True} | metrics
     if args.test:
         summary["test_retrieval"] = manifest_retrieval(net, args.test)
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
