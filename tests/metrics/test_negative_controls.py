@@ -49,6 +49,13 @@ def scores(synthcaps_small, tmp_path_factory):
 @pytest.mark.parametrize("control", ["silence", "noise"])
 def test_controls_score_clearly_worse_than_matched_audio(scores, control):
     good, bad = scores["matched"], scores[control]
+    print(
+        control,
+        {k: round(v, 3) for k, v in bad.items()},
+        "matched",
+        {k: round(v, 3) for k, v in good.items()},
+    )
     assert bad["fd"] > 2 * good["fd"], (control, good, bad)
     assert bad["kl_softmax"] > good["kl_softmax"] + 0.5, (control, good, bad)
     assert bad["clap_score"] < good["clap_score"] - 10, (control, good, bad)
+    assert bad["is_mean"] < good["is_mean"], (control, good, bad)
