@@ -3,6 +3,7 @@ white noise must score clearly worse than audio that matches the reference clips
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -12,12 +13,14 @@ import soundfile as sf
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.data.synthcaps import synthesize
 from siren_lightning.metrics.protocol import ASSETS_DIR, build_evaluator
+from siren_lightning.metrics.weights import sha256_file
 
 SR = 16000
 
 
 @pytest.fixture(scope="module")
-def scores(synthcaps_small, tmp_path_factory):
+def folders(synthcaps_small, tmp_path_factory):
+    """Matched, silent and white-noise clips named after the small SynthCaps test clips."""
     clips = read_manifest(synthcaps_small["test"])
     root = tmp_path_factory.mktemp("controls")
     rng = np.random.default_rng(7)
@@ -33,6 +36,12 @@ def scores(synthcaps_small, tmp_path_factory):
         sf.write(folders["silence"] / f"{clip.id}.wav", np.zeros(n, np.float32), SR)
         noise = (0.2 * rng.standard_normal(n)).astype(np.float32)
         sf.write(folders["noise"] / f"{clip.id}.wav", noise, SR)
+    return clips, folders
+
+
+@pytest.fixture(scope="module")
+def scores(folders):
+    clips, folders = folders
     evaluator = build_evaluator("tiny", tiny_clap=ASSETS_DIR / "tiny-clap-eval.pt")
     reference = {c.id: c.audio for c in clips}
     captions = {c.id: c.captions[0] for c in clips}
@@ -59,3 +68,32 @@ def test_controls_score_clearly_worse_than_matched_audio(scores, control):
     assert bad["kl_softmax"] > good["kl_softmax"] + 0.5, (control, good, bad)
     assert bad["clap_score"] < good["clap_score"] - 10, (control, good, bad)
     assert bad["is_mean"] < good["is_mean"], (control, good, bad)
+
+
+@pytest.mark.slow
+def test_siren_evaluate_tool_writes_results(folders, synthcaps_small, tmp_path, capsys):
+    from siren_lightning.metrics.protocol import main
+
+    _, dirs = folders
+    out = tmp_path / "results.json"
+    argv = [
+        "--generated",
+        str(dirs["matched"]),
+        "--reference",
+        str(synthcaps_small["test"]),
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["preset"] == "tiny" and results["counts"]["paired"] == 16
+    assert results["backbones"]["fd"]["weights_sha256"] == sha256_file(
+        ASSETS_DIR / "tiny-clap-eval.pt"
+    )
+    assert "clap_score" in capsys.readouterr().out
