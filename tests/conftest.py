@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# No test touches the network: libraries that look weights up on a hub (laion_clap, pulled in by
+# frechet_audio_distance) retry for minutes offline unless this is set before they are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch

@@ -17,6 +17,8 @@ TOOLS: dict[str, str] = {
     "prepare": "siren_lightning.data.prepare:main",
     "export": "siren_lightning.export:main",
     "generate": "siren_lightning.generate:main",
+    "evaluate": "siren_lightning.metrics.protocol:main",
+    "download-weights": "siren_lightning.metrics.weights:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

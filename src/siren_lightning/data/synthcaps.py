@@ -101,6 +101,16 @@ def make_caption(attrs: dict[str, str], rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:]
 
 
+def class_prompts() -> list[str]:
+    """One canonical caption per attribute combination (252): zero-shot classes for tagging."""
+    out = []
+    for source, pitch, count, envelope in all_combinations():
+        noun = NOUNS[source][0][0]
+        text = f"a {PITCH_WORDS[pitch][0]} {noun} {VERBS[0]} {COUNT_ADVERBS[count][0]}, "
+        out.append((text + ENVELOPE_PHRASES[envelope][0]).capitalize())
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Synthesis
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from siren_lightning.data.audio import resample
+from siren_lightning.metrics.backbones import AudioBackbone, BackboneOutput
+from siren_lightning.metrics.weights import sha256_file
 
 # Checkpoints the embedded default ships (see assets/<name>/README.md for how each was made).
 BUNDLED = ("tiny-clap-reward", "tiny-clap-eval")
@@ -126,6 +128,28 @@ class TinyCLAP(nn.Module, PyTorchModelHubMixin):
         return self.embed_audio(resample(audio, sample_rate, self.sample_rate))
 
 
+class CaptionEmbeddingCache:
+    """Frozen text encoder + a dictionary caption -> pooled vector [Dt] (kept on the CPU).
+
+    The text tower's input never changes for a caption, so each is encoded once.
+    """
+
+    def __init__(self, backend: str = "minilm", name_or_path: str | None = None):
+        from siren_lightning.text import TextEncoder
+
+        self.encoder = TextEncoder(backend, name_or_path)
+        self.vectors: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> Tensor:
+        """captions: B strings. Returns [B, Dt]."""
+        new = sorted({c for c in captions if c not in self.vectors})
+        if new:
+            pooled = self.encoder.encode(new).pooled.float().cpu()
+            self.vectors.update(zip(new, pooled, strict=True))
+        return torch.stack([self.vectors[c] for c in captions])
+
+
 def contrastive_loss(audio: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
     """Symmetric InfoNCE over a batch of matched pairs. audio, text: [B, E] normalised."""
     logits = logit_scale.exp().clamp(max=100) * audio @ text.T  # [B, B]
@@ -173,3 +197,61 @@ def load_tiny_clap(name_or_path: str | Path) -> TinyCLAP:
         )
     model = TinyCLAP.from_pretrained(str(path))
     return model.eval()
+
+
+class TinyCLAPBackbone(AudioBackbone):
+    """A trained tiny CLAP as a metric backbone (the `tiny` preset).
+
+    `forward` gives the joint-space audio embedding (FD, CLAP score) and, as class logits, the
+    scaled cosine to each class prompt: zero-shot tagging that stands in for PANNs' AudioSet
+    classes in KL and IS. `embed_text` gives caption embeddings for CLAP score.
+
+    Args:
+        model: the tiny CLAP.
+        class_prompts: C captions, one per class (default: one per SynthCaps combination).
+        text: the caption encoder (built from the model's `text_encoder_name` if None).
+    """
+
+    def __init__(
+        self,
+        model: TinyCLAP,
+        class_prompts: list[str] | None = None,
+        text: CaptionEmbeddingCache | None = None,
+        name: str = "tiny-clap-eval",
+        weights_sha256: str | None = None,
+    ) -> None:
+        super().__init__()
+        from siren_lightning.data.synthcaps import class_prompts as synthcaps_prompts
+
+        self.model = model.eval()
+        self.text = text or CaptionEmbeddingCache(model.text_encoder_name)
+        self.name = name
+        self.sample_rate = model.sample_rate
+        self.class_prompts = list(class_prompts or synthcaps_prompts())
+        self.num_classes = len(self.class_prompts)
+        self.weights_sha256 = weights_sha256
+        prompt_emb = self.embed_text(self.class_prompts)
+        self.embedding_dim = prompt_emb.shape[-1]
+        self.register_buffer("prompt_emb", prompt_emb)  # [C, E]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "tiny-clap-eval") -> TinyCLAPBackbone:
+        """A bundled name or a `save_pretrained` folder; the weights' SHA-256 is recorded."""
+        model = load_tiny_clap(name_or_path)
+        folder = (
+            assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
+        )
+        sha = sha256_file(folder / "model.safetensors") if folder.is_dir() else None
+        return cls(model, name=Path(str(name_or_path)).name, weights_sha256=sha)
+
+    def forward(self, audio: Tensor) -> BackboneOutput:
+        """audio [B, N] at `sample_rate` -> embedding [B, E], logits [B, C] over the prompts."""
+        emb = self.model.embed_audio(self._check(audio))
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        return BackboneOutput(embedding=emb, logits=scale * emb @ self.prompt_emb.T)
+
+    @torch.no_grad()
+    def embed_text(self, captions: list[str]) -> Tensor:
+        """captions: B strings -> [B, E] unit vectors."""
+        device = self.model.logit_scale.device
+        return self.model.embed_text(self.text(captions).to(device))

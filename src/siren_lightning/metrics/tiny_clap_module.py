@@ -16,25 +16,12 @@ import torch
 from torch import Tensor
 
 from siren_lightning.data.manifest import read_manifest
-from siren_lightning.metrics.tiny_clap import TinyCLAP, contrastive_loss, retrieval_recall
-
-
-class CaptionEmbeddingCache:
-    """Frozen text encoder + a dictionary caption -> pooled vector [Dt] (on the CPU)."""
-
-    def __init__(self, backend: str = "minilm", name_or_path: str | None = None):
-        from siren_lightning.text import TextEncoder
-
-        self.encoder = TextEncoder(backend, name_or_path)
-        self.vectors: dict[str, Tensor] = {}
-
-    def __call__(self, captions: list[str]) -> Tensor:
-        """captions: B strings. Returns [B, Dt]."""
-        new = sorted({c for c in captions if c not in self.vectors})
-        if new:
-            pooled = self.encoder.encode(new).pooled.cpu()
-            self.vectors.update(zip(new, pooled, strict=True))
-        return torch.stack([self.vectors[c] for c in captions])
+from siren_lightning.metrics.tiny_clap import (
+    CaptionEmbeddingCache,
+    TinyCLAP,
+    contrastive_loss,
+    retrieval_recall,
+)
 
 
 class TinyCLAPModule(L.LightningModule):
