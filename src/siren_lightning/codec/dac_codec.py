@@ -89,8 +89,12 @@ class DACCodec(RVQCodec):
         """z_q [B, D, T] -> audio [B, 1, T*hop - 8] for the 16 kHz layout (callers pad)."""
         return self.model.decoder(z)
 
-    def forward(self, audio: torch.Tensor, n_quantizers: int | None = None) -> dict:
+    def forward(
+        self, audio: torch.Tensor, n_quantizers: int | None = None, quantize: bool = True
+    ) -> dict:
         """Training pass: audio [B, 1, N] -> reconstruction and VQ losses.
+
+        `quantize=False` bypasses the RVQ (autoencoder warm-up before k-means initialisation).
 
         Returns:
             dict with "audio" [B, 1, N] (decoder output padded/trimmed to N), "codes" [B, r, T],
@@ -98,10 +102,20 @@ class DACCodec(RVQCodec):
         """
         self._check_audio(audio)
         z = self.encode_latent(self.pad_to_hop(audio))
-        z_q, codes, commitment, codebook = self.quantize(z, n_quantizers)
+        if quantize:
+            z_q, codes, commitment, codebook = self.quantize(z, n_quantizers)
+        else:
+            zero = z.new_zeros(())
+            z_q, codes, commitment, codebook = (
+                z,
+                z.new_zeros(z.shape[0], 0, z.shape[-1]),
+                zero,
+                zero,
+            )
         recon = fit_length(self.decode_latent(z_q), audio.shape[-1])
         return {
             "audio": recon,
+            "z": z,
             "codes": codes,
             "vq/commitment_loss": commitment,
             "vq/codebook_loss": codebook,
@@ -142,7 +156,9 @@ def official_weights_path(model_type: str = "16khz") -> Path:
             possible (HF_HUB_OFFLINE=1, no network, or the download fails), naming the file to place.
     """
     if model_type != "16khz":
-        raise ValueError(f"only the 16 kHz DAC is supported (Siren's tokenizer), got {model_type!r}")
+        raise ValueError(
+            f"only the 16 kHz DAC is supported (Siren's tokenizer), got {model_type!r}"
+        )
     if OFFICIAL_16KHZ_FILE.is_file():
         return OFFICIAL_16KHZ_FILE
     hint = (

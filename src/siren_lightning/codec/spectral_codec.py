@@ -89,6 +89,7 @@ class SpectralRVQCodec(RVQCodec):
             self.hop_length,
             window=self.window,
             center=True,
+            pad_mode="constant",
             return_complex=True,
         )  # [B, F, T + 1]: centred frames at 0, hop, ..., T*hop
         log_mag = spec[..., :-1].abs().clamp_min(self.config.log_floor).log()
@@ -114,7 +115,10 @@ class SpectralRVQCodec(RVQCodec):
     def griffin_lim(self, mag: torch.Tensor) -> torch.Tensor:
         """Linear magnitude [B, F, T] -> audio [B, 1, T*hop]."""
         t = mag.shape[-1]
+        # Griffin-Lim's own STFT reflect-pads by n_fft/2: very short clips get silent frames.
+        t_gl = max(t, self.config.n_fft // (2 * self.hop_length) + 1)
         mag = torch.cat([mag, mag[..., -1:]], dim=-1)  # [B, F, T + 1]: the frame at T*hop
+        mag = nn.functional.pad(mag, (0, t_gl - t))  # [B, F, T_gl + 1]
         audio = torchaudio.functional.griffinlim(
             mag,
             self.window,
@@ -124,9 +128,9 @@ class SpectralRVQCodec(RVQCodec):
             power=1.0,
             n_iter=self.config.griffin_lim_iters,
             momentum=0.99,
-            length=t * self.hop_length,
+            length=t_gl * self.hop_length,
             rand_init=False,
-        )
+        )[..., : t * self.hop_length]
         return audio.unsqueeze(1)
 
     def forward(
@@ -150,7 +154,12 @@ class SpectralRVQCodec(RVQCodec):
             z_q, codes, commitment, codebook = self.quantize(z, n_quantizers)
         else:
             zero = z.new_zeros(())
-            z_q, codes, commitment, codebook = z, z.new_zeros(z.shape[0], 0, z.shape[-1]), zero, zero
+            z_q, codes, commitment, codebook = (
+                z,
+                z.new_zeros(z.shape[0], 0, z.shape[-1]),
+                zero,
+                zero,
+            )
         return {
             "log_mag": self.decode_log_magnitude(z_q),
             "log_mag_target": target,
