@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from siren_lightning.codec.dac_codec import CodecLoadError, DACCodec, DACConfig, official_weights_path
+from siren_lightning.codec.dac_codec import (
+    CodecLoadError,
+    DACCodec,
+    DACConfig,
+    official_weights_path,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +66,8 @@ def test_missing_local_checkpoint_names_the_file(tmp_path):
 def test_offline_without_cache_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(
-        "siren_lightning.codec.dac_codec.OFFICIAL_16KHZ_FILE", tmp_path / "weights_16khz_8kbps_0.0.5.pth"
+        "siren_lightning.codec.dac_codec.OFFICIAL_16KHZ_FILE",
+        tmp_path / "weights_16khz_8kbps_0.0.5.pth",
     )
     with pytest.raises(CodecLoadError, match="weights_16khz_8kbps_0.0.5.pth"):
         official_weights_path("16khz")

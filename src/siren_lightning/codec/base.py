@@ -144,6 +144,15 @@ class RVQCodec(nn.Module):
         """Codes [B, r', T] -> the latent the decoder consumes [B, D, T] (sum over codebooks)."""
         return self.codebook_vectors(codes).sum(dim=1)
 
+    def spec(self) -> dict:
+        """{"class_path", "config"}: what `from_spec` needs to rebuild this codec (random weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> RVQCodec:
+        """A random-init codec of the sizes in `spec` (see `spec`)."""
+        raise NotImplementedError
+
     def sha256(self) -> str:
         """SHA-256 over the class name and the state dict (names, dtypes, shapes, bytes).
 

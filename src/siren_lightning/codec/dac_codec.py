@@ -81,6 +81,26 @@ class DACCodec(RVQCodec):
         self.hop_length = int(self.model.hop_length)
         self.quantizer = self.model.quantizer
 
+    def spec(self) -> dict:
+        m = self.model
+        config = DACConfig(
+            encoder_dim=m.encoder_dim,
+            encoder_rates=list(m.encoder_rates),
+            latent_dim=m.latent_dim,
+            decoder_dim=m.decoder_dim,
+            decoder_rates=list(m.decoder_rates),
+            n_codebooks=m.n_codebooks,
+            codebook_size=m.codebook_size,
+            codebook_dim=m.codebook_dim,
+            quantizer_dropout=float(m.quantizer.quantizer_dropout),
+            sample_rate=int(m.sample_rate),
+        )
+        return {"class_path": f"{__name__}.DACCodec", "config": asdict(config)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> DACCodec:
+        return cls(DACConfig(**spec["config"]))
+
     def encode_latent(self, audio: torch.Tensor) -> torch.Tensor:
         """[B, 1, T*hop] -> z [B, D, T]."""
         return self.model.encoder(audio)

@@ -109,6 +109,10 @@ class CodecModule(pl.LightningModule):
         self.val_mel = MeanMetric()
         self.val_sisdr = ScaleInvariantSignalDistortionRatio()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets `load_codec(<ckpt>)` rebuild the codec without the YAML.
+        checkpoint["codec_spec"] = self.codec.spec()
+
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         make = self.optimizer_fn or (

@@ -11,7 +11,7 @@ Letters: B batch, r codebooks, K codebook size, T frames, F frequency bins, N sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torchaudio
@@ -61,8 +61,24 @@ def _conv_stack(sizes: list[int], kernel_size: int) -> nn.Sequential:
 class SpectralRVQCodec(RVQCodec):
     """STFT log-magnitude autoencoder with DAC's RVQ in the middle and Griffin-Lim phase."""
 
-    def __init__(self, config: SpectralCodecConfig | None = None) -> None:
+    def __init__(
+        self, config: SpectralCodecConfig | None = None, checkpoint: str | None = None
+    ) -> None:
+        """Args:
+        config: sizes (random init).
+        checkpoint: a codec folder written by `save_codec` (e.g. assets/codec_tiny); its
+            codec.json overrides `config` and its weights are loaded.
+        """
         super().__init__()
+        if checkpoint is not None:
+            from siren_lightning.codec.checkpoint import load_codec
+
+            loaded = load_codec(checkpoint)
+            if not isinstance(loaded, SpectralRVQCodec):
+                raise TypeError(
+                    f"{checkpoint} holds a {type(loaded).__name__}, not a spectral codec"
+                )
+            config = loaded.config
         self.config = config = config or SpectralCodecConfig()
         self.sample_rate = config.sample_rate
         self.hop_length = config.hop_length
@@ -80,6 +96,15 @@ class SpectralRVQCodec(RVQCodec):
             quantizer_dropout=config.quantizer_dropout,
         )
         self.decoder = _conv_stack([d, h, h, f], k)
+        if checkpoint is not None:
+            self.load_state_dict(loaded.state_dict())
+
+    def spec(self) -> dict:
+        return {"class_path": f"{__name__}.SpectralRVQCodec", "config": asdict(self.config)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> SpectralRVQCodec:
+        return cls(SpectralCodecConfig(**spec["config"]))
 
     def log_magnitude(self, audio: torch.Tensor) -> torch.Tensor:
         """Normalised log-magnitude of audio [B, 1, T*hop] -> [B, F, T]."""
