@@ -14,7 +14,7 @@ import sys
 # "name": "module:function"; each function takes argv (without the tool name) and returns an
 # exit code. Modules are imported only when their tool runs, so `siren --help` stays fast.
 TOOLS: dict[str, str] = {
-    # Each stage adds its tools here, e.g. "prepare": "siren_lightning.data.prepare:main".
+    "prepare": "siren_lightning.data.prepare:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

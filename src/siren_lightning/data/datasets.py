@@ -1,0 +1,170 @@
+"""Map-style datasets for the three kinds of batch, and their collate functions.
+
+- audio batches (codec stage): {"audio": [B, 1, N], "audio_mask": [B, N], "ids", "captions",
+  "skipped": [(id, reason)]} (bad clips are left out of the tensors and listed in "skipped")
+- code batches (pretraining): {"codes": [B, r, T] long, "mask": [B, T], "ids", "captions"}
+  plus {"text_states": [B, L, Dt], "text_mask": [B, L]} when the cache holds caption states
+- caption batches (alignment rollouts, generation): {"captions", "ids"}
+
+Randomness (crops, caption choice) draws from torch's global generator, which Lightning's
+`seed_everything(seed, workers=True)` seeds in the main process and in every worker: a seed
+reproduces the batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from siren_lightning.data.audio import AudioError, crop_or_pad, load_audio
+from siren_lightning.data.manifest import Clip
+
+log = logging.getLogger(__name__)
+
+
+def _choose(n: int, train: bool) -> int:
+    """A random index in [0, n) when training, else 0."""
+    return int(torch.randint(n, ())) if train and n > 1 else 0
+
+
+class AudioClipDataset(Dataset):
+    """Reads, crops and pads clips from a manifest. Bad clips come back as a skip record.
+
+    Args:
+        clips: manifest entries.
+        sample_rate: rate the audio is resampled to.
+        crop_samples: output length; shorter clips are zero-padded and masked.
+        train: random crop and random caption; otherwise the clip's start and first caption.
+        min_seconds: clips shorter than this are skipped as too short.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        sample_rate: int,
+        crop_samples: int,
+        train: bool,
+        min_seconds: float = 0.0,
+    ):
+        self.clips = list(clips)
+        self.sample_rate = sample_rate
+        self.crop_samples = crop_samples
+        self.train = train
+        self.min_seconds = min_seconds
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        clip = self.clips[i]
+        try:
+            audio = load_audio(clip.audio, self.sample_rate, min_seconds=self.min_seconds)
+        except AudioError as err:
+            log.warning("skipping clip %s: %s", clip.id, err)
+            return {"skipped": clip.id, "reason": err.reason}
+        spare = max(audio.numel() - self.crop_samples, 0)
+        start = int(torch.randint(spare + 1, ())) if self.train and spare else 0
+        piece, mask = crop_or_pad(audio, self.crop_samples, start)
+        caption = clip.captions[_choose(len(clip.captions), self.train)]
+        return {"id": clip.id, "audio": piece, "audio_mask": mask, "caption": caption}
+
+
+def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks the good clips; skip records travel on as `skipped`: [(id, reason)]."""
+    good = [it for it in items if "skipped" not in it]
+    skipped = [(it["skipped"], it["reason"]) for it in items if "skipped" in it]
+    batch: dict[str, Any] = {"skipped": skipped, "ids": [it["id"] for it in good]}
+    batch["captions"] = [it["caption"] for it in good]
+    if good:
+        batch["audio"] = torch.stack([it["audio"] for it in good]).unsqueeze(1)  # [B, 1, N]
+        batch["audio_mask"] = torch.stack([it["audio_mask"] for it in good])  # [B, N]
+    else:
+        batch["audio"] = torch.zeros(0, 1, 0)
+        batch["audio_mask"] = torch.zeros(0, 0, dtype=torch.bool)
+    return batch
+
+
+class CodeClipDataset(Dataset):
+    """Crops pre-tokenized clips (any sequence of {"id", "codes" [r, T], "captions"} items).
+
+    Args:
+        items: e.g. a `CodeCache`; "text_states" [L, Dt] are passed on when present.
+        crop_frames: the longest window returned (300 frames = 6 s at 50 frames/s).
+        train: random window and random caption; otherwise the first window and first caption.
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], crop_frames: int, train: bool):
+        self.items = items
+        self.crop_frames = crop_frames
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.items[i]
+        codes = torch.as_tensor(item["codes"]).long()  # [r, T]
+        spare = max(codes.shape[-1] - self.crop_frames, 0)
+        start = int(torch.randint(spare + 1, ())) if self.train and spare else 0
+        captions = item["captions"]
+        which = _choose(len(captions), self.train)
+        out = {
+            "id": item["id"],
+            "codes": codes[:, start : start + self.crop_frames],
+            "caption": captions[which],
+        }
+        if item.get("text_states") is not None:  # one [L, Dt] tensor per caption
+            out["text_states"] = torch.as_tensor(item["text_states"][which]).float()
+        return out
+
+
+def collate_codes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pads codes to the longest clip of the batch; `mask` is True on real frames."""
+    r = items[0]["codes"].shape[0]
+    t_max = max(it["codes"].shape[-1] for it in items)
+    codes = torch.zeros(len(items), r, t_max, dtype=torch.long)
+    mask = torch.zeros(len(items), t_max, dtype=torch.bool)
+    for b, it in enumerate(items):
+        t = it["codes"].shape[-1]
+        codes[b, :, :t] = it["codes"]
+        mask[b, :t] = True
+    batch: dict[str, Any] = {
+        "codes": codes,  # [B, r, T]
+        "mask": mask,  # [B, T]
+        "ids": [it["id"] for it in items],
+        "captions": [it["caption"] for it in items],
+    }
+    if all("text_states" in it for it in items):
+        l_max = max(it["text_states"].shape[0] for it in items)
+        dim = items[0]["text_states"].shape[-1]
+        states = torch.zeros(len(items), l_max, dim)
+        text_mask = torch.zeros(len(items), l_max, dtype=torch.bool)
+        for b, it in enumerate(items):
+            n = it["text_states"].shape[0]
+            states[b, :n] = it["text_states"]
+            text_mask[b, :n] = True
+        batch["text_states"], batch["text_mask"] = states, text_mask  # [B, L, Dt], [B, L]
+    return batch
+
+
+class CaptionDataset(Dataset):
+    """One caption per clip: random among the clip's captions when training, else the first."""
+
+    def __init__(self, clips: Sequence[Clip], train: bool):
+        self.clips = list(clips)
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        clip = self.clips[i]
+        return {"id": clip.id, "caption": clip.captions[_choose(len(clip.captions), self.train)]}
+
+
+def collate_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"captions": [it["caption"] for it in items], "ids": [it["id"] for it in items]}
