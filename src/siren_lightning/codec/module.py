@@ -243,7 +243,9 @@ class CodecModule(pl.LightningModule):
         self.log("val/si_sdr", self.val_sisdr, batch_size=audio.shape[0])
         if self.spectral:
             out = self.codec(audio)
-            self.log("val/log_mag_l1", (out["log_mag"] - out["log_mag_target"]).abs().mean())
+            frames = self._frame_mask(batch.get("audio_mask"), out["log_mag"])
+            l1 = _masked_l1(out["log_mag"], out["log_mag_target"], frames)
+            self.log("val/log_mag_l1", l1, batch_size=audio.shape[0])
         if batch_idx == 0:
             self._log_examples(audio, recon)
 

@@ -87,7 +87,9 @@ class SpectralRVQCodec(RVQCodec):
         # Fixed normalisation of log-magnitudes to about [-1, 1] (log(1e-5) = -11.5).
         self.log_center, self.log_scale = -5.0, 5.0
         f, h, d, k = self.n_freq, config.hidden_dim, config.latent_dim, config.kernel_size
-        self.encoder = _conv_stack([f, h, h, d], k)
+        # tanh bounds the latent, so the encoder cannot outgrow the codebooks (the VQ losses
+        # stay on the scale k-means fixed).
+        self.encoder = nn.Sequential(_conv_stack([f, h, h, d], k), nn.Tanh())
         self.quantizer = ResidualVectorQuantize(
             input_dim=d,
             n_codebooks=config.n_codebooks,
