@@ -80,13 +80,13 @@ def test_spectral_codec_loss_falls_and_kmeans_runs_after_warmup():
 def test_dac_codec_mel_loss_falls_with_dac_losses():
     torch.manual_seed(0)
     codec = DACCodec(DACConfig.tiny(encoder_dim=4, decoder_dim=32, quantizer_dropout=0.0))
-    module = CodecModule(codec, optimizer=adam(2e-3))
-    batch = tone_batch(n=1920, freqs=(300.0, 800.0))
+    module = CodecModule(codec, optimizer=adam(5e-3))
+    batch = tone_batch(n=1280, freqs=(300.0, 800.0))
     codec.eval()
     before = module.reconstruction_losses(
         codec(batch["audio"]), batch["audio"], batch["audio_mask"]
     )
-    trainer(25).fit(module, loader(batch, 25))
+    trainer(10).fit(module, loader(batch, 10))
     codec.eval()
     after = module.reconstruction_losses(codec(batch["audio"]), batch["audio"], batch["audio_mask"])
     assert after["mel/loss"] < 0.85 * before["mel/loss"]
@@ -99,7 +99,7 @@ def test_adversarial_step_updates_the_discriminator():
     codec = DACCodec(DACConfig.tiny(encoder_dim=4, decoder_dim=16))
     module = CodecModule(codec, optimizer=adam(1e-3), adversarial=True)
     disc = [p.clone() for p in module.gan_loss.parameters()]
-    trainer(2).fit(module, loader(tone_batch(n=1920, freqs=(300.0, 800.0)), 2))
+    trainer(1).fit(module, loader(tone_batch(n=1280, freqs=(300.0, 800.0)), 1))
     changed = [not torch.equal(a, b) for a, b in zip(disc, module.gan_loss.parameters())]
     assert any(changed)
 
@@ -115,11 +115,9 @@ def test_validation_logs_mel_distance_and_si_sdr():
     batch = tone_batch()
     metrics = trainer(1).validate(module, loader(batch, 1), verbose=False)[0]
     assert {"val/mel_distance", "val/si_sdr", "val/log_mag_l1"} <= set(metrics)
-    codec = module.codec
     recon = module.resynthesize(batch["audio"])
     assert recon.shape == batch["audio"].shape
     assert math.isfinite(metrics["val/si_sdr"]) and metrics["val/mel_distance"] > 0
-    del codec
 
 
 def test_checkpoint_carries_the_codec(tmp_path):
