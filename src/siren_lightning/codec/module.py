@@ -55,6 +55,8 @@ class CodecModule(pl.LightningModule):
         lr_gamma: ExponentialLR decay per step (DAC: 0.999996).
         mel_weight, l1_weight, commitment_weight, codebook_weight: loss weights (DAC: 15, 0, 0.25, 1).
         spectral_weight: weight of the log-magnitude + log-mel L1 (spectral codec only).
+        convergence_weight: weight of the spectral convergence on linear magnitudes (spectral
+            codec only): log-domain L1 barely sees a tone's few loud bins, this term does.
         adversarial: add DAC's discriminator (waveform codecs only); adv_weight / feature_weight
             are DAC's 1 and 2.
         warmup_steps: steps with the quantizer bypassed (plain autoencoder) before k-means.
@@ -74,6 +76,7 @@ class CodecModule(pl.LightningModule):
         commitment_weight: float = 0.25,
         codebook_weight: float = 1.0,
         spectral_weight: float = 1.0,
+        convergence_weight: float = 1.0,
         adversarial: bool = False,
         adv_weight: float = 1.0,
         feature_weight: float = 2.0,
@@ -199,6 +202,7 @@ class CodecModule(pl.LightningModule):
             "vq/codebook_loss": hp.codebook_weight,
             "spec/log_mag_l1": hp.spectral_weight,
             "spec/log_mel_l1": hp.spectral_weight,
+            "spec/convergence": hp.convergence_weight,
             "mel/loss": hp.mel_weight,
             "waveform/loss": hp.l1_weight,
             "adv/gen_loss": hp.adv_weight,
@@ -288,6 +292,15 @@ class CodecModule(pl.LightningModule):
 def _masked_l1(pred: torch.Tensor, target: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| over real frames: [B, C, T], [B, C, T], [B, 1, T] -> []."""
     return ((pred - target).abs() * frames).sum() / (frames.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+def _spectral_convergence(
+    pred: torch.Tensor, target: torch.Tensor, frames: torch.Tensor
+) -> torch.Tensor:
+    """Mean over clips of ||target - pred||_F / ||target||_F on real frames: [B, F, T] x2, [B, 1, T]."""
+    err = ((target - pred) * frames).pow(2).sum(dim=(1, 2)).sqrt()
+    ref = (target * frames).pow(2).sum(dim=(1, 2)).sqrt().clamp_min(1e-5)
+    return (err / ref).mean()
 
 
 def _spectrogram_figure(original: torch.Tensor, recon: torch.Tensor, sample_rate: int):
