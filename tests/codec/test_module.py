@@ -74,6 +74,7 @@ def test_spectral_codec_loss_falls_and_kmeans_runs_after_warmup():
     codec.train()
     after = module.reconstruction_losses(codec(batch["audio"]), batch["audio"], batch["audio_mask"])
     assert after["spec/log_mag_l1"] < 0.7 * before["spec/log_mag_l1"]
+    assert after["spec/convergence"] < 0.8 * before["spec/convergence"]
 
 
 @pytest.mark.slow
