@@ -79,7 +79,11 @@ class DACCodec(RVQCodec):
             self.model = dac.DAC(**asdict(config or DACConfig()))
         self.sample_rate = int(self.model.sample_rate)
         self.hop_length = int(self.model.hop_length)
-        self.quantizer = self.model.quantizer
+
+    @property
+    def quantizer(self):
+        """DAC's own `ResidualVectorQuantize` (a view: the state dict holds it once, under model)."""
+        return self.model.quantizer
 
     def spec(self) -> dict:
         m = self.model
