@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from siren_lightning import cli
@@ -22,3 +24,29 @@ def test_every_tool_resolves_to_a_callable(name):
 
     module_name, func_name = cli.TOOLS[name].split(":")
     assert callable(getattr(importlib.import_module(module_name), func_name))
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+
+def test_experiments_folder_is_not_empty():
+    assert EXPERIMENTS, "experiments/*.yaml not found"
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_yaml_parses_through_the_cli(config, capsys):
+    # --print_config validates every init argument against the classes' signatures.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_a_bad_config_value_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    good = Path(__file__).resolve().parents[1] / "experiments" / "tiny-clap-eval.yaml"
+    bad.write_text(good.read_text().replace("batch_size: 48", "batch_size: forty-eight"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", str(bad), "--print_config"])
+    assert exit_info.value.code not in (0, None)
+    assert "batch_size" in capsys.readouterr().err

@@ -15,6 +15,8 @@ import sys
 # exit code. Modules are imported only when their tool runs, so `siren --help` stays fast.
 TOOLS: dict[str, str] = {
     "prepare": "siren_lightning.data.prepare:main",
+    "export": "siren_lightning.export:main",
+    "generate": "siren_lightning.generate:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -1,0 +1,102 @@
+"""`siren export`: a PretrainModule checkpoint -> a folder that loads without Lightning.
+
+The folder holds what `huggingface_hub.PyTorchModelHubMixin.save_pretrained` writes for `SirenLM`
+(`config.json`, `model.safetensors` with the codec table included, `README.md`) plus the sidecar
+`siren.json`: the codec spec and SHA-256, the codec's sample rate and hop, and the text encoder
+(backend, name or path, max length, transformers version) that the model was trained with.
+`load_exported(folder)` reads both back; `siren generate` uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from siren_lightning import __version__
+from siren_lightning.models.siren import SirenConfig, SirenLM
+
+SIDECAR = "siren.json"
+
+
+class ExportError(ValueError):
+    """A checkpoint or export folder that cannot be used."""
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write `SirenLM` weights, config and the `siren.json` sidecar from a Lightning checkpoint.
+
+    Args:
+        checkpoint: a `.ckpt` saved while training a `PretrainModule`.
+        out: destination folder (created).
+
+    Returns:
+        the folder.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not checkpoint.is_file():
+        raise ExportError(f"siren export: checkpoint not found: {checkpoint}")
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    meta = blob.get("siren")
+    if meta is None:
+        raise ExportError(
+            f"siren export: {checkpoint} is not a PretrainModule checkpoint (no 'siren')"
+        )
+    model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
+    prefix = "network."
+    state = {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    model.save_pretrained(out)
+    import transformers
+
+    text = meta.get("text_encoder")
+    if text is not None:
+        text = {**text, "transformers_version": transformers.__version__}
+    sidecar = {
+        "format": "siren-lightning/1",
+        "siren_lightning_version": __version__,
+        "source_checkpoint": str(checkpoint.resolve()),
+        "global_step": blob.get("global_step"),
+        "model_config": model.config.to_dict(),
+        "codec": meta.get("codec"),
+        "codec_sha256": meta.get("codec_sha256"),
+        "sample_rate": meta.get("sample_rate"),
+        "hop_length": meta.get("hop_length"),
+        "text_encoder": text,
+        "train_groups": meta.get("train_groups"),
+    }
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out
+
+
+def load_exported(folder: str | Path, device: str = "cpu") -> tuple[SirenLM, dict[str, Any]]:
+    """Load an exported model (eval mode) and its sidecar.
+
+    Raises:
+        ExportError: naming the folder when a file is missing.
+    """
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors", SIDECAR):
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder} has no {name}: not a folder written by `siren export`")
+    model = SirenLM.from_pretrained(str(folder), strict=True, map_location=device)
+    sidecar = json.loads((folder / SIDECAR).read_text())
+    return model.eval(), sidecar
+
+
+def main(argv: list[str]) -> int:
+    """Export a PretrainModule checkpoint for `siren generate`."""
+    parser = argparse.ArgumentParser(prog="siren export", description=main.__doc__)
+    parser.add_argument("checkpoint", help="Lightning .ckpt of a PretrainModule run")
+    parser.add_argument("--out", required=True, help="destination folder")
+    args = parser.parse_args(argv)
+    try:
+        folder = export_checkpoint(args.checkpoint, args.out)
+    except ExportError as err:
+        print(err)
+        return 1
+    print(f"exported {args.checkpoint} -> {folder} (config.json, model.safetensors, {SIDECAR})")
+    return 0

@@ -1,0 +1,175 @@
+"""Tiny CLAP: a small audio-text contrastive model for the offline default (DESIGN.md section 4).
+
+Audio: log-mel spectrogram -> strided 1-D convolutions -> a small transformer with a [CLS]
+token (attention can count events, which mean pooling cannot) -> projection. Text: the frozen
+MiniLM sentence embedding (mean of its token states, from `siren_lightning.text`) -> a trainable
+two-layer projection. Both land L2-normalised in one space; the cosine is the score.
+
+Two are trained with different seeds and sizes: `tiny-clap-reward` (stage-2 reward) and
+`tiny-clap-eval` (CLAP score and an FD embedding in the `tiny` preset), so alignment is never
+graded by its own reward. Letters: B clips, N samples, M mels, T frames, E embedding width.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from siren_lightning.data.audio import resample
+
+# Checkpoints the embedded default ships (see assets/<name>/README.md for how each was made).
+BUNDLED = ("tiny-clap-reward", "tiny-clap-eval")
+
+
+def assets_dir() -> Path:
+    """The project's assets/ folder (override with SIREN_ASSETS)."""
+    return Path(os.environ.get("SIREN_ASSETS", Path(__file__).resolve().parents[3] / "assets"))
+
+
+class TinyCLAP(nn.Module, PyTorchModelHubMixin):
+    """Audio and text towers of a small CLAP. `save_pretrained` / `from_pretrained` come from
+    `huggingface_hub` (config.json + model.safetensors, local folder or hub id).
+
+    Args:
+        sample_rate: rate `embed_audio` expects (use `embed` for any rate).
+        n_mels / n_fft / hop_length: the log-mel front end.
+        width: channels of the convolutions and the transformer.
+        layers / heads: the transformer's depth and heads.
+        embed_dim: E, the shared space.
+        text_dim: width of the text encoder's pooled vector (MiniLM: 384).
+        text_encoder: the `siren_lightning.text` backend whose pooled vector feeds the text tower.
+        max_seconds: longest clip (sets the position table).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16_000,
+        n_mels: int = 64,
+        n_fft: int = 1024,
+        hop_length: int = 320,
+        width: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        embed_dim: int = 128,
+        text_dim: int = 384,
+        text_encoder: str = "minilm",
+        max_seconds: float = 12.0,
+    ):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        self.sample_rate, self.hop_length = sample_rate, hop_length
+        self.text_encoder_name = text_encoder
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=30.0
+        )
+        # The window and filterbank follow from the config: keep them out of checkpoints
+        # (safetensors also refuses the window, a view of a larger storage).
+        for module in self.mel.modules():
+            for name, buf in list(module.named_buffers(recurse=False)):
+                delattr(module, name)
+                module.register_buffer(name, buf.clone(), persistent=False)
+        self.norm = nn.BatchNorm1d(n_mels)
+        self.convs = nn.Sequential(
+            nn.Conv1d(n_mels, width, 5, padding=2),
+            nn.GELU(),
+            nn.Conv1d(width, width, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(width, width, 5, stride=2, padding=2),
+            nn.GELU(),
+        )
+        max_tokens = math.ceil(max_seconds * sample_rate / hop_length / 4) + 2
+        self.positions = nn.Parameter(torch.randn(max_tokens, width) * 0.02)
+        self.cls = nn.Parameter(torch.randn(width) * 0.02)
+        block = nn.TransformerEncoderLayer(
+            width, heads, 2 * width, dropout=0.1, batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.audio_proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+        self.text_proj = nn.Sequential(
+            nn.Linear(text_dim, 2 * embed_dim), nn.GELU(), nn.Linear(2 * embed_dim, embed_dim)
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_audio(self, audio: Tensor, mask: Tensor | None = None) -> Tensor:
+        """audio: [B, N] at `sample_rate`; mask: [B, N] True on real samples. Returns [B, E]."""
+        if audio.ndim != 2:
+            raise ValueError(f"audio must be [B, N], got {tuple(audio.shape)}")
+        x = torch.log(self.mel(audio) + 1e-5)  # [B, M, T]
+        x = self.convs(self.norm(x))  # [B, D, T/4]
+        x = x.transpose(1, 2)  # [B, T', D]
+        t = x.shape[1]
+        if t + 1 > self.positions.shape[0]:
+            raise ValueError(f"clip too long: {t} tokens > {self.positions.shape[0] - 1}")
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.positions[: t + 1]
+        pad = None
+        if mask is not None:  # a token is real if any sample of its 4 hops is
+            frames = mask[:, :: self.hop_length * 4][:, :t]
+            frames = F.pad(frames, (0, t - frames.shape[1]), value=False)
+            pad = ~torch.cat([torch.ones_like(frames[:, :1]), frames], dim=1)  # [B, 1 + T']
+        x = self.transformer(x, src_key_padding_mask=pad)
+        return F.normalize(self.audio_proj(x[:, 0]), dim=-1)
+
+    def embed_text(self, pooled: Tensor) -> Tensor:
+        """pooled: [B, text_dim] from the text encoder. Returns [B, E]."""
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def embed(self, audio: Tensor, sample_rate: int) -> Tensor:
+        """audio: [B, N] at any rate. Returns [B, E]."""
+        return self.embed_audio(resample(audio, sample_rate, self.sample_rate))
+
+
+def contrastive_loss(audio: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE over a batch of matched pairs. audio, text: [B, E] normalised."""
+    logits = logit_scale.exp().clamp(max=100) * audio @ text.T  # [B, B]
+    target = torch.arange(audio.shape[0], device=audio.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def retrieval_recall(
+    text: Tensor, audio: Tensor, groups: list, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Text-to-audio recall@k.
+
+    Args:
+        text: [B, E] query embeddings; audio: [B, E] (row i of each is one clip).
+        groups: B labels; a retrieved clip counts as a hit when its label equals the query's
+            (clip ids for instance recall; attribute combinations for SynthCaps "combo" recall,
+            since clips of one combination share their captions' meaning).
+
+    Returns:
+        {"R@k": fraction of queries with a hit among the top k}.
+    """
+    sims = text @ audio.T  # [B, B]
+    order = sims.argsort(dim=1, descending=True)
+    labels = list(groups)
+    out = {}
+    for k in ks:
+        hits = [
+            any(labels[j] == labels[i] for j in order[i, :k].tolist()) for i in range(len(labels))
+        ]
+        out[f"R@{k}"] = sum(hits) / max(len(hits), 1)
+    return out
+
+
+def load_tiny_clap(name_or_path: str | Path) -> TinyCLAP:
+    """A bundled name (`tiny-clap-eval`, `tiny-clap-reward`) or a saved folder / hub id."""
+    path = assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
+    if str(name_or_path) in BUNDLED and not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{name_or_path}: no checkpoint at {path}. Train it with "
+            f"`siren fit --config experiments/{name_or_path}.yaml` (see assets/README.md)."
+        )
+    if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "0") == "1":
+        raise FileNotFoundError(
+            f"tiny CLAP {name_or_path!r}: no such folder, and the hub is off (HF_HUB_OFFLINE=1)"
+        )
+    model = TinyCLAP.from_pretrained(str(path))
+    return model.eval()

@@ -1,0 +1,243 @@
+"""Transformer building blocks shared by the Siren experts (DESIGN.md section 1).
+
+Letters: B batch, T sequence length (frames or decoder tokens), S cached length, D width,
+H heads, L text tokens, Dt text width.
+
+Every block is pre-norm (RMSNorm, eps 1e-5) with residual dropout. Attention goes through
+`torch.nn.functional.scaled_dot_product_attention`. Self-attention can run step by step with a
+`KVCache`; cross-attention takes the text keys/values from `CrossAttention.text_kv`, so a sampler
+computes them once per prompt.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def swiglu_hidden(width: int, multiple: int = 256) -> int:
+    """SwiGLU hidden size: 8/3 x width rounded up to a multiple (1024 -> 2816)."""
+    return multiple * math.ceil(8 * width / 3 / multiple)
+
+
+def sinusoidal_positions(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal position encodings.
+
+    Args:
+        positions: [T] integer or float positions.
+        dim: even encoding width D.
+
+    Returns:
+        [T, D] float32: `sin` in the first half, `cos` in the second.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal_positions: dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, device=positions.device, dtype=torch.float32)
+        / half
+    )
+    angles = positions.to(torch.float32)[:, None] * freqs[None, :]  # [T, D/2]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class KVCache:
+    """Keys and values of one self-attention layer, preallocated to `max_len` positions.
+
+    The buffers are allocated at the first `append`, so the cache does not need to know the batch
+    size or dtype in advance. Appending never copies the old entries: the cost of a step does not
+    grow with the number of cached positions beyond attention itself.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store new entries and return everything cached so far.
+
+        Args:
+            keys, values: [B, H, T, D/H] for the T new positions.
+
+        Returns:
+            keys and values [B, H, S + T, D/H].
+        """
+        b, h, t, dh = keys.shape
+        if self.keys is None:
+            self.keys = keys.new_empty(b, h, self.max_len, dh)
+            self.values = values.new_empty(b, h, self.max_len, dh)
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions exceed max_len {self.max_len}")
+        self.keys[:, :, self.length : end] = keys
+        self.values[:, :, self.length : end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional KV cache."""
+
+    def __init__(self, width: int, num_heads: int, bias: bool = True) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"SelfAttention: {num_heads} heads do not divide width {width}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.out = nn.Linear(width, width, bias=bias)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Attend causally over the sequence (and over the cache's earlier positions).
+
+        Args:
+            x: [B, T, D] new positions.
+            cache: entries of the S earlier positions; the T new ones are appended to it.
+
+        Returns:
+            [B, T, D].
+        """
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, T, H, D/H] -> [B, H, T, D/H]
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        elif t == 1:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # Query i sits at absolute position past + i and sees keys 0..past + i.
+            allowed = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))  # [B, H, T, D/H] -> [B, T, D]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the sequence to text token states (keys/values from Dt)."""
+
+    def __init__(self, width: int, text_dim: int, num_heads: int, bias: bool = True) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"CrossAttention: {num_heads} heads do not divide width {width}")
+        self.num_heads = num_heads
+        self.query = nn.Linear(width, width, bias=bias)
+        self.key = nn.Linear(text_dim, width, bias=bias)
+        self.value = nn.Linear(text_dim, width, bias=bias)
+        self.out = nn.Linear(width, width, bias=bias)
+
+    def text_kv(self, text_states: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the text tokens, to compute once per prompt.
+
+        Args:
+            text_states: [B, L, Dt].
+
+        Returns:
+            keys and values [B, H, L, D/H].
+        """
+        b, n, _ = text_states.shape
+        k = self.key(text_states).view(b, n, self.num_heads, -1).transpose(1, 2)
+        v = self.value(text_states).view(b, n, self.num_heads, -1).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: Tensor, text_kv: tuple[Tensor, Tensor], text_mask: Tensor) -> Tensor:
+        """Attend from every position to the valid text tokens.
+
+        Args:
+            x: [B, T, D].
+            text_kv: keys and values [B, H, L, D/H] from `text_kv`.
+            text_mask: [B, L] bool, True for real tokens. A row without any real token gets a
+                zero output (no text to read) instead of NaNs.
+
+        Returns:
+            [B, T, D].
+        """
+        b, t, d = x.shape
+        k, v = text_kv
+        q = self.query(x).view(b, t, self.num_heads, -1).transpose(1, 2)  # [B, H, T, D/H]
+        has_text = text_mask.any(dim=1)  # [B]
+        allowed = (text_mask | ~has_text[:, None])[:, None, None, :]  # [B, 1, 1, L]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        y = y * has_text[:, None, None, None].to(y.dtype)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: out(silu(gate(x)) * up(x))."""
+
+    def __init__(self, width: int, hidden: int, bias: bool = True) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, hidden, bias=bias)
+        self.up = nn.Linear(width, hidden, bias=bias)
+        self.down = nn.Linear(hidden, width, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, T, D] -> [B, T, D]."""
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class TemporalBlock(nn.Module):
+    """Cross-attention to text, causal self-attention, SwiGLU; each pre-norm with dropout."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        text_dim: int,
+        mlp_hidden: int,
+        dropout: float,
+        eps: float = 1e-5,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cross_norm = nn.RMSNorm(width, eps=eps)
+        self.cross = CrossAttention(width, text_dim, num_heads, bias=bias)
+        self.self_norm = nn.RMSNorm(width, eps=eps)
+        self.attn = SelfAttention(width, num_heads, bias=bias)
+        self.mlp_norm = nn.RMSNorm(width, eps=eps)
+        self.mlp = SwiGLU(width, mlp_hidden, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        text_kv: tuple[Tensor, Tensor],
+        text_mask: Tensor,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """[B, T, D] -> [B, T, D]; `text_kv` [B, H, L, D/H] each, `text_mask` [B, L]."""
+        x = x + self.dropout(self.cross(self.cross_norm(x), text_kv, text_mask))
+        x = x + self.dropout(self.attn(self.self_norm(x), cache))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention and SwiGLU, each pre-norm with dropout (no cross-attention)."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_hidden: int,
+        dropout: float,
+        eps: float = 1e-5,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.self_norm = nn.RMSNorm(width, eps=eps)
+        self.attn = SelfAttention(width, num_heads, bias=bias)
+        self.mlp_norm = nn.RMSNorm(width, eps=eps)
+        self.mlp = SwiGLU(width, mlp_hidden, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, T, D] -> [B, T, D]."""
+        x = x + self.dropout(self.attn(self.self_norm(x)))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))

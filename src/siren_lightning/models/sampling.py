@@ -1,0 +1,311 @@
+"""Autoregressive generation for `SirenLM` (DESIGN.md section 5; not in the official code).
+
+Letters: B captions, N = B (or 2B with classifier-free guidance), r codebooks, g codebooks per
+expert, T frames, K codebook size, D width, D_lat codec latent width, L text tokens.
+
+Per frame t:
+1. every expert's temporal transformer takes one step on frame t-1's codes. The steps are
+   independent of each other (they read only frame t-1), so they all run before any decoder;
+   self-attention keys/values come from a `KVCache` and the text keys/values of the
+   cross-attentions are computed once per prompt;
+2. the small per-frame decoders run in expert order 0 .. r/g-1; expert k samples codes
+   gk .. gk+g-1 one at a time and sees the codes that earlier experts sampled for this frame.
+
+Classifier-free guidance mixes conditional and unconditional logits,
+`uncond + scale * (cond - uncond)`; the unconditional prompt is the empty caption's states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from operator import attrgetter
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from siren_lightning.models.blocks import KVCache, sinusoidal_positions
+from siren_lightning.models.siren import SirenLM
+
+
+def filter_top_k(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of the last dimension, set the rest to -inf (k <= 0: all)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # [..., 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely entries whose mass reaches p.
+
+    The most likely entry is always kept; p >= 1 keeps everything.
+    """
+    if p >= 1.0:
+        return logits
+    if p <= 0.0:
+        raise ValueError(f"filter_top_p: p must be in (0, 1], got {p}")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly more likely entries
+    drop_sorted = mass_before >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one code per row.
+
+    Args:
+        logits: [N, K].
+        temperature: 0 means greedy (argmax).
+
+    Returns:
+        [N] long.
+    """
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits = filter_top_p(filter_top_k(logits.float() / temperature, top_k), top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _pad_tokens(states: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Right-pad [B, L, Dt] states and [B, L] mask to `length` tokens."""
+    extra = length - states.shape[1]
+    return F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+# Parts of a `TemporalBlock` that `StackedTemporal` stacks across experts.
+_NORMS = ("cross_norm", "self_norm", "mlp_norm")
+_LINEARS = ("cross.query", "cross.out", "attn.qkv", "attn.out", "mlp.gate", "mlp.up", "mlp.down")
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Per-expert linear layer: x [G, N, Din], weight [G, Dout, Din], bias [G, Dout] -> [G, N, Dout]."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Per-expert RMSNorm: x [G, N, D], weight [G, D]."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight.unsqueeze(1)
+
+
+class StackedTemporal:
+    """One cached temporal step of all experts at once (weights stacked on an expert axis G).
+
+    The experts share no weights but have the same shapes, so each of their linear layers becomes
+    one batched matmul and each attention one call over G x N rows: G times fewer kernels than
+    running the experts one after another. The math is that of `TemporalBlock` in eval mode
+    (no dropout); `tests/models/test_sampling.py` checks it against the experts themselves.
+
+    Args:
+        experts: the G `ResidualGroupTransformer`s.
+        text_states: [N, L, Dt]; text_mask: [N, L] bool.
+        max_len: frames the KV cache holds.
+    """
+
+    def __init__(self, experts: list, text_states: Tensor, text_mask: Tensor, max_len: int):
+        if any(e.training for e in experts):
+            raise ValueError("StackedTemporal: put the model in eval mode (no dropout)")
+        c = experts[0].config
+        self.g, self.n = len(experts), text_states.shape[0]
+        self.width, self.heads, self.eps = c.width, c.num_heads, c.norm_eps
+
+        def stack(tensors: list[Tensor | None]) -> Tensor | None:
+            return None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
+
+        self.layers = []
+        for i in range(c.temporal_layers):
+            blocks = [e.temporal[i] for e in experts]
+            layer = {}
+            for name in _NORMS:
+                layer[name] = stack([attrgetter(name)(block).weight for block in blocks])
+            for name in _LINEARS:
+                linears = [attrgetter(name)(block) for block in blocks]
+                layer[name] = (stack([m.weight for m in linears]), stack([m.bias for m in linears]))
+            kv = [e.temporal[i].cross.text_kv(text_states) for e in experts]
+            layer["text_k"] = torch.cat([k for k, _ in kv])  # [G*N, H, L, D/H]
+            layer["text_v"] = torch.cat([v for _, v in kv])
+            layer["cache"] = KVCache(max_len)
+            self.layers.append(layer)
+        self.final_norm = stack([e.temporal_norm.weight for e in experts])
+        has_text = text_mask.any(dim=1).repeat(self.g)  # [G*N]
+        self.text_allowed = (text_mask.repeat(self.g, 1) | ~has_text[:, None])[:, None, None, :]
+        self.has_text = has_text[:, None, None, None]
+
+    def _heads(self, x: Tensor) -> Tensor:  # [G, N, D] -> [G*N, H, 1, D/H]
+        return x.reshape(self.g * self.n, self.heads, 1, -1)
+
+    def _merge(self, y: Tensor) -> Tensor:  # [G*N, H, 1, D/H] -> [G, N, D]
+        return y.reshape(self.g, self.n, self.width)
+
+    def step(self, x: Tensor, t: int) -> Tensor:
+        """Temporal outputs of frame t.
+
+        Args:
+            x: [G, N, D] inputs of frame t (sum of frame t-1's vectors, or the start vectors).
+
+        Returns:
+            [G, N, D] normalised temporal outputs.
+        """
+        pos = sinusoidal_positions(torch.tensor([t], device=x.device), self.width)[0].to(x.dtype)
+        for layer in self.layers:
+            x = x + pos
+            h = _rms_norm(x, layer["cross_norm"], self.eps)
+            q = self._heads(_linear(h, *layer["cross.query"]))
+            y = F.scaled_dot_product_attention(
+                q, layer["text_k"], layer["text_v"], attn_mask=self.text_allowed
+            )
+            y = y * self.has_text.to(y.dtype)
+            x = x + _linear(self._merge(y), *layer["cross.out"])
+            h = _rms_norm(x, layer["self_norm"], self.eps)
+            qkv = _linear(h, *layer["attn.qkv"]).reshape(self.g * self.n, 3, self.heads, 1, -1)
+            q, k, v = qkv.unbind(1)  # [G*N, H, 1, D/H] each
+            k, v = layer["cache"].append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v)
+            x = x + _linear(self._merge(y), *layer["attn.out"])
+            h = _rms_norm(x, layer["mlp_norm"], self.eps)
+            gated = F.silu(_linear(h, *layer["mlp.gate"])) * _linear(h, *layer["mlp.up"])
+            x = x + _linear(gated, *layer["mlp.down"])
+        return _rms_norm(x, self.final_norm, self.eps)
+
+
+@torch.no_grad()
+def generate_frames(
+    model: SirenLM,
+    text_states: Tensor,
+    text_mask: Tensor,
+    num_frames: int,
+    *,
+    uncond_states: Tensor | None = None,
+    uncond_mask: Tensor | None = None,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    batch_experts: bool = True,
+) -> Iterator[Tensor]:
+    """Generate codes frame by frame (streaming).
+
+    Args:
+        model: a `SirenLM` (put it in eval mode first).
+        text_states: [B, L, Dt]; text_mask: [B, L] bool.
+        num_frames: T.
+        uncond_states, uncond_mask: [1 or B, L', Dt], [1 or B, L'] states of the empty caption;
+            needed when cfg_scale != 1.
+        cfg_scale: classifier-free guidance scale (1: conditional logits only).
+        temperature, top_k, top_p: sampling filters (temperature 0: greedy).
+        generator: seeds the draws.
+        use_cache: False recomputes every temporal step over the whole prefix (reference path).
+        batch_experts: with the cache, run all experts' temporal steps as one batched step
+            (`StackedTemporal`); False runs them one after another.
+
+    Yields:
+        [B, r] long codes of each frame.
+    """
+    c = model.config
+    b = text_states.shape[0]
+    if text_states.dim() != 3 or text_states.shape[-1] != c.text_dim:
+        raise ValueError(
+            f"generate: text_states must be [B, L, Dt={c.text_dim}], got {tuple(text_states.shape)}"
+        )
+    if num_frames > c.max_frames and use_cache:
+        raise ValueError(f"generate: {num_frames} frames exceed config.max_frames {c.max_frames}")
+    dtype = model.codebook_table.dtype
+    guided = cfg_scale != 1.0
+    if guided:
+        if uncond_states is None or uncond_mask is None:
+            raise ValueError("generate: cfg_scale != 1 needs uncond_states and uncond_mask")
+        uncond_states = uncond_states.expand(b, -1, -1)
+        uncond_mask = uncond_mask.expand(b, -1)
+        length = max(text_states.shape[1], uncond_states.shape[1])
+        text_states, text_mask = _pad_tokens(text_states, text_mask, length)
+        uncond_states, uncond_mask = _pad_tokens(uncond_states, uncond_mask, length)
+        text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
+        text_mask = torch.cat([text_mask, uncond_mask])
+    text_states = text_states.to(dtype)
+    n = text_states.shape[0]
+
+    experts = list(model.experts)
+    text_kv = [e.text_kv(text_states) for e in experts]
+    summaries = [e.text_summary(text_states, text_mask) for e in experts]  # [N, D] each
+    caches = [[KVCache(num_frames) for _ in e.temporal] if use_cache else None for e in experts]
+    stacked = (
+        StackedTemporal(experts, text_states, text_mask, num_frames)
+        if use_cache and batch_experts
+        else None
+    )
+    history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
+
+    def choose(logits: Tensor) -> Tensor:  # [N, K] -> [B]
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + cfg_scale * (cond - uncond)
+        return sample_logits(logits, temperature, top_k, top_p, generator)
+
+    # e_j(code) of every expert, looked up instead of projected each frame: [r, K, D] each.
+    tables = [
+        expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
+        for expert in experts
+    ]
+
+    def embed(k: int, codes: Tensor, first: int) -> Tensor:
+        # [B, n] codes of codebooks first .. first+n-1 -> [N, D] sum of expert k's vectors.
+        e = sum(tables[k][first + i][codes[:, i]] for i in range(codes.shape[1]))
+        return torch.cat([e, e]) if guided else e
+
+    previous: Tensor | None = None  # [B, r] codes of frame t-1
+    for t in range(num_frames):
+        # 1. Temporal steps of all experts: each reads only frame t-1.
+        if previous is None:
+            inputs = [e.start.to(dtype).expand(n, -1) for e in experts]  # [N, D] each
+        else:
+            inputs = [embed(k, previous, 0) for k in range(len(experts))]
+        hidden = [] if stacked is None else list(stacked.step(torch.stack(inputs), t))
+        for k, expert in enumerate(experts if stacked is None else []):
+            x = inputs[k][:, None]  # [N, 1, D]
+            if use_cache:
+                h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
+            else:
+                history[k].append(x)
+                h = expert.run_temporal(torch.cat(history[k], 1), text_kv[k], text_mask)[:, -1:]
+            hidden.append(h[:, 0])  # [N, D]
+        # 2. Decoders in order; each sees the codes sampled so far in this frame.
+        codes = torch.zeros(b, c.num_codebooks, dtype=torch.long, device=text_states.device)
+        for k, expert in enumerate(experts):
+            first = k * c.group
+            before = summaries[k]
+            if first > 0:
+                before = before + embed(k, codes[:, :first], 0)  # [N, D]
+            tokens = [hidden[k], before]
+            for i in range(c.group):
+                logits = expert.decode(torch.stack(tokens, 1), last_only=True)[:, 0]  # [N, K]
+                codes[:, first + i] = choose(logits)
+                if i < c.group - 1:
+                    j = first + i
+                    tokens.append(tokens[-1] + embed(k, codes[:, j : j + 1], j))
+        previous = codes
+        yield codes
+
+
+def generate(
+    model: SirenLM, text_states: Tensor, text_mask: Tensor, num_frames: int, **kwargs
+) -> Tensor:
+    """Generate codes for a batch of prompts; see `generate_frames` for the arguments.
+
+    Returns:
+        [B, r, T] long.
+    """
+    frames = list(generate_frames(model, text_states, text_mask, num_frames, **kwargs))
+    return torch.stack(frames, dim=-1)

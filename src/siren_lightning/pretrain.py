@@ -1,0 +1,318 @@
+"""Stage 1: teacher-forced training of `SirenLM` (DESIGN.md section 1).
+
+Letters: B batch, r codebooks, n trained codebooks, T frames, K codebook size, L text tokens,
+Dt text width.
+
+Code batches (from `SirenDataModule` in "codes" mode): `codes` [B, r, T] long, `mask` [B, T] bool
+(True = real frame), `captions` list[str], and optionally cached `text_states` [B, L, Dt] with
+`text_mask` [B, L]. The loss is the mean over the trained codebooks of each codebook's masked
+cross-entropy; a chosen subset of experts (`train_groups`) can be trained alone since they share
+no weights. Caption dropout replaces captions by the empty caption so that generation can use
+classifier-free guidance (not in the official code; DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from siren_lightning.models.siren import SirenLM
+from siren_lightning.text.encoder import TextEncoder
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine down to `min_ratio` at the end."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    """Per-codebook masked cross-entropy and accuracy.
+
+    Args:
+        logits: [B, n, T, K]; targets: [B, n, T] long; mask: [B, n, T] bool.
+
+    Returns:
+        ce [n], accuracy [n] (means over the valid frames) and the valid frame counts [n].
+    """
+    b, n, t, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(-1, k).float(), targets.reshape(-1), reduction="none")
+    ce = ce.view(b, n, t)  # [B*n*T] -> [B, n, T]
+    weights = mask.to(ce.dtype)
+    count = weights.sum(dim=(0, 2))  # [n]
+    denom = count.clamp_min(1.0)
+    correct = (logits.argmax(-1) == targets).to(ce.dtype)
+    return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
+
+
+class PretrainModule(L.LightningModule):
+    """Teacher forcing for `SirenLM` on code batches.
+
+    Args:
+        network: the `SirenLM` to train.
+        text_encoder: frozen encoder for batches without cached `text_states` and for the empty
+            caption of caption dropout. Its weights are not written into checkpoints.
+        codec: optional codec (`n_codebooks`, `codebook_size`, `codebook_table()`), or a spec
+            for `siren_lightning.codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`);
+            `setup` checks it against the LM and copies its table into the LM when the LM has
+            none. Not part of the checkpoint; its SHA-256 and spec are.
+        lr, betas, weight_decay: AdamW; weight decay only on parameters with 2+ dimensions.
+        warmup_steps: linear warm-up steps.
+        total_steps: length of the cosine schedule; the trainer's estimate when None.
+        min_lr_ratio: final learning rate as a fraction of `lr`.
+        train_groups: experts to train (all when None); the others stay frozen.
+        caption_dropout: probability of replacing a caption by the empty caption.
+        gradient_checkpointing: recompute block activations in the backward pass.
+    """
+
+    def __init__(
+        self,
+        network: SirenLM,
+        text_encoder: TextEncoder | None = None,
+        codec: nn.Module | str | None = None,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        warmup_steps: int = 2000,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        train_groups: Sequence[int] | None = None,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "text_encoder", "codec"])
+        self.network = network
+        self.text_encoder = text_encoder
+        self.codec_spec = codec if isinstance(codec, str) else None
+        self._codec = [codec]  # a list hides it from nn.Module: not moved, not saved
+        self._codec_hash: str | None = None
+        c = network.config
+        groups = list(range(c.num_groups)) if train_groups is None else sorted(set(train_groups))
+        if not groups or any(not 0 <= k < c.num_groups for k in groups):
+            raise ValueError(
+                f"PretrainModule: train_groups {train_groups} must be a non-empty subset of "
+                f"0..{c.num_groups - 1}"
+            )
+        if caption_dropout > 0 and text_encoder is None:
+            raise ValueError(
+                "PretrainModule: caption_dropout > 0 needs a text_encoder to encode the empty "
+                "caption; pass one or set caption_dropout: 0"
+            )
+        if text_encoder is not None and text_encoder.dim != c.text_dim:
+            raise ValueError(
+                f"PretrainModule: the text encoder gives {text_encoder.dim}-d states but the LM "
+                f"expects text_dim={c.text_dim}"
+            )
+        self.train_groups = groups
+        self.codebooks = [k * c.group + i for k in groups for i in range(c.group)]
+        for k, expert in enumerate(network.experts):
+            expert.requires_grad_(k in groups)
+        network.set_gradient_checkpointing(gradient_checkpointing)
+        self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
+        self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
+        self.val_loss = MeanMetric()
+
+    # Checkpoints hold the LM, not the frozen pretrained text encoder.
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
+        if self.text_encoder is not None:
+            own = self.text_encoder.state_dict(prefix="text_encoder.")
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+    # Setup checks.
+
+    @property
+    def codec(self) -> nn.Module | None:
+        """The codec, loaded on first use when it was given as a spec string."""
+        if isinstance(self._codec[0], str):
+            from siren_lightning.codec.checkpoint import load_codec
+
+            self._codec[0] = load_codec(self._codec[0])
+        return self._codec[0]
+
+    def setup(self, stage: str) -> None:
+        codec, c = self.codec, self.network.config
+        if codec is None:
+            return
+        if (codec.n_codebooks, codec.codebook_size) != (c.num_codebooks, c.codebook_size):
+            raise ValueError(
+                f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
+                f"K={codec.codebook_size}, the LM was built for r={c.num_codebooks}, "
+                f"K={c.codebook_size}"
+            )
+        if not self.network.codebook_table.any():
+            with torch.no_grad():
+                self.network.set_codebook_table(codec.codebook_table().float().cpu())
+
+    def on_fit_start(self) -> None:
+        if not self.network.codebook_table.any():
+            raise ValueError(
+                "PretrainModule: the LM's codebook_table is all zeros; give the module a codec, "
+                "build SirenLM with codec.codebook_table(), or resume from a checkpoint"
+            )
+
+    def _codec_sha256(self) -> str | None:
+        if self._codec_hash is None and hasattr(self.codec, "sha256"):
+            self._codec_hash = self.codec.sha256()
+        return self._codec_hash
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what `siren export` needs to rebuild the LM without Lightning."""
+        codec, enc = self.codec, self.text_encoder
+        checkpoint["siren"] = {
+            "model_config": self.network.config.to_dict(),
+            "codec": self.codec_spec,
+            "codec_sha256": self._codec_sha256(),
+            "sample_rate": getattr(codec, "sample_rate", None),
+            "hop_length": getattr(codec, "hop_length", None),
+            "text_encoder": None
+            if enc is None
+            else {
+                "backend": getattr(enc, "backend", None),
+                "name_or_path": getattr(enc, "name_or_path", None),
+                "source": getattr(enc, "source", None),
+                "max_length": getattr(enc, "max_length", None),
+            },
+            "train_groups": self.train_groups,
+        }
+
+    # Text conditioning.
+
+    def _empty_caption(self) -> tuple[Tensor, Tensor]:
+        out = self.text_encoder.encode([""])
+        return out.states, out.mask
+
+    def text_inputs(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor]:
+        """Text states [B, L, Dt] and mask [B, L] of a batch, with captions dropped at `dropout`."""
+        b = batch["codes"].shape[0]
+        drop = torch.rand(b, device=self.device) < dropout if dropout > 0 else None
+        if "text_states" in batch:
+            states, mask = batch["text_states"], batch["text_mask"].bool()
+            if drop is not None and drop.any():
+                empty, empty_mask = self._empty_caption()
+                n = max(states.shape[1], empty.shape[1])
+                states = F.pad(states, (0, 0, 0, n - states.shape[1]))
+                mask = F.pad(mask, (0, n - mask.shape[1]), value=False)
+                empty = F.pad(empty.to(states), (0, 0, 0, n - empty.shape[1]))
+                empty_mask = F.pad(empty_mask, (0, n - empty_mask.shape[1]), value=False)
+                states = torch.where(drop[:, None, None], empty, states)
+                mask = torch.where(drop[:, None], empty_mask, mask)
+            return states, mask
+        if self.text_encoder is None:
+            raise ValueError(
+                "PretrainModule: the batch has no text_states and the module has no text_encoder"
+            )
+        captions = list(batch["captions"])
+        if drop is not None:
+            captions = ["" if d else cap for cap, d in zip(captions, drop.tolist())]
+        out = self.text_encoder.encode(captions)
+        return out.states, out.mask
+
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        captions: list[str],
+        num_frames: int,
+        seed: int = 0,
+        cfg_scale: float = 3.0,
+        **sampling: Any,
+    ) -> Tensor:
+        """Generate codes [B, r, T] for captions (in-loop samples; needs the text encoder).
+
+        Args:
+            sampling: `temperature`, `top_k`, `top_p` for `models.sampling.generate`.
+        """
+        from siren_lightning.models.sampling import generate
+
+        if self.text_encoder is None:
+            raise ValueError("PretrainModule.sample_codes needs a text_encoder")
+        was_training = self.network.training
+        self.network.eval()
+        text, empty = self.text_encoder.encode(captions), self.text_encoder.encode([""])
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        codes = generate(
+            self.network,
+            text.states,
+            text.mask,
+            num_frames,
+            uncond_states=empty.states,
+            uncond_mask=empty.mask,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            **sampling,
+        )
+        self.network.train(was_training)
+        return codes
+
+    # Steps.
+
+    def _stats(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor, Tensor]:
+        codes, mask = batch["codes"], batch["mask"].bool()
+        states, text_mask = self.text_inputs(batch, dropout)
+        out = self.network(codes, states, text_mask, mask, groups=self.train_groups)
+        return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        ce, _, _ = self._stats(batch, self.hparams.caption_dropout)
+        loss = ce.mean()
+        b = batch["codes"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        g = self.network.config.group
+        for i, cb in enumerate(self.codebooks):
+            self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
+        for j, k in enumerate(self.train_groups):
+            self.log(f"train/ce_group{k}", ce[j * g : (j + 1) * g].mean(), batch_size=b)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        ce, acc, count = self._stats(batch, 0.0)
+        for i, cb in enumerate(self.codebooks):
+            self.val_ce[i].update(ce[i], count[i])
+            self.val_acc[i].update(acc[i], count[i])
+            self.log(f"val/ce_cb{cb:02d}", self.val_ce[i])
+            self.log(f"val/acc_cb{cb:02d}", self.val_acc[i])
+        self.val_loss.update(ce.mean(), count.mean())
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        ce, acc, _ = self._stats(batch, 0.0)
+        b = batch["codes"].shape[0]
+        self.log("test/loss", ce.mean(), batch_size=b)
+        for i, cb in enumerate(self.codebooks):
+            self.log(f"test/acc_cb{cb:02d}", acc[i], batch_size=b)
+
+    # Optimisation.
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

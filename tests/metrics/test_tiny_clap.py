@@ -1,0 +1,112 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from siren_lightning.data.datamodule import SirenDataModule
+from siren_lightning.metrics.tiny_clap import (
+    TinyCLAP,
+    contrastive_loss,
+    load_tiny_clap,
+    retrieval_recall,
+)
+from siren_lightning.metrics.tiny_clap_module import TinyCLAPModule, evaluate_retrieval
+
+TINY = dict(width=32, layers=1, heads=2, embed_dim=16, n_mels=32, text_dim=8, max_seconds=2.0)
+
+
+def test_embeddings_are_unit_vectors_of_the_right_shape():
+    clap = TinyCLAP(**TINY).eval()
+    audio = torch.randn(3, 16_000) * 0.1
+    a = clap.embed_audio(audio, torch.ones(3, 16_000, dtype=torch.bool))
+    t = clap.embed_text(torch.randn(3, 8))
+    assert a.shape == (3, 16) and t.shape == (3, 16)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(3)) and torch.allclose(
+        t.norm(dim=-1), torch.ones(3)
+    )
+    # resampling entry point: 8 kHz input of the same duration gives the same token count
+    assert clap.embed(torch.randn(2, 8_000) * 0.1, 8_000).shape == (2, 16)
+    with pytest.raises(ValueError, match="too long"):
+        clap.embed_audio(torch.zeros(1, 16_000 * 3))
+
+
+def test_contrastive_loss_matches_a_hand_computation():
+    a = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    t = F.normalize(torch.tensor([[1.0, 0.2], [0.0, 1.0]]), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    s = 10.0 * (a @ t.T)
+    a2t = -(torch.log_softmax(s, 1)[0, 0] + torch.log_softmax(s, 1)[1, 1]) / 2
+    t2a = -(torch.log_softmax(s.T, 1)[0, 0] + torch.log_softmax(s.T, 1)[1, 1]) / 2
+    assert torch.allclose(contrastive_loss(a, t, scale), (a2t + t2a) / 2)
+
+
+def test_retrieval_recall_on_a_known_ranking():
+    audio = torch.eye(3)
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.9, 1.0]])
+    # query 0 -> clip 0 (hit); query 1 -> clip 2 first (miss), query 2 -> clip 2 (hit)
+    assert retrieval_recall(text, audio, ["a", "b", "c"], ks=(1, 2)) == {"R@1": 2 / 3, "R@2": 2 / 3}
+    # grouping clips 1 and 2 together turns query 1's first result into a hit
+    assert retrieval_recall(text, audio, ["a", "b", "b"], ks=(1,)) == {"R@1": 1.0}
+
+
+def test_training_separates_pitches():
+    torch.manual_seed(0)
+    clap = TinyCLAP(**TINY)
+    t = torch.arange(16_000) / 16_000
+    audio = torch.stack([0.5 * torch.sin(2 * math.pi * f * t) for f in (200, 500, 1300, 3000)])
+    text = torch.randn(4, 8)
+    opt = torch.optim.Adam(clap.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = contrastive_loss(clap.embed_audio(audio), clap.embed_text(text), clap.logit_scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    clap.eval()
+    assert (
+        retrieval_recall(clap.embed_text(text), clap.embed_audio(audio), [0, 1, 2, 3])["R@1"] == 1
+    )
+
+
+def test_save_and_load_round_trip(tmp_path, monkeypatch):
+    clap = TinyCLAP(**TINY).eval()
+    clap.save_pretrained(tmp_path / "clap")
+    back = load_tiny_clap(tmp_path / "clap")
+    x = torch.randn(2, 16_000) * 0.1
+    assert torch.equal(back.embed_audio(x), clap.embed_audio(x))
+    monkeypatch.setenv("SIREN_ASSETS", str(tmp_path / "no-assets"))
+    with pytest.raises(FileNotFoundError, match="tiny-clap-eval.yaml"):
+        load_tiny_clap("tiny-clap-eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        load_tiny_clap(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_module_fits_on_synthcaps_with_minilm_and_exports(synthcaps_small, tmp_path):
+    L.seed_everything(0)
+    clap = TinyCLAP(**{**TINY, "text_dim": 384})
+    module = TinyCLAPModule(clap, warmup_steps=2, export_dir=str(tmp_path / "export"))
+    dm = SirenDataModule(
+        train_manifest=str(synthcaps_small["train"]),
+        val_manifest=str(synthcaps_small["val"]),
+        crop_seconds=2.0,
+        batch_size=8,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert "val/R@1" in trainer.callback_metrics
+    exported = load_tiny_clap(tmp_path / "export")
+    result = evaluate_retrieval(exported, synthcaps_small["test"], module.captions, max_seconds=2.0)
+    assert result["clips"] == 16 and 0 <= result["combo_R@1"] <= result["combo_R@5"] <= 1

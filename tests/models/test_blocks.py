@@ -1,0 +1,50 @@
+import torch
+
+from siren_lightning.models.blocks import (
+    CrossAttention,
+    KVCache,
+    SelfAttention,
+    sinusoidal_positions,
+    swiglu_hidden,
+)
+
+
+def test_swiglu_hidden_and_positions():
+    assert swiglu_hidden(1024) == 2816 and swiglu_hidden(128) == 512
+    pe = sinusoidal_positions(torch.arange(4), 8)
+    assert pe.shape == (4, 8)
+    torch.testing.assert_close(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    torch.testing.assert_close(pe[3, 0], torch.tensor(3.0).sin())  # frequency 1 on channel 0
+
+
+def test_self_attention_cache_in_chunks_equals_full_causal_pass():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 4).double()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    full = attn(x)
+    cache = KVCache(max_len=7)
+    parts = [
+        attn(x[:, :3], cache),
+        attn(x[:, 3:5], cache),
+        attn(x[:, 5:6], cache),
+        attn(x[:, 6:], cache),
+    ]
+    torch.testing.assert_close(torch.cat(parts, 1), full)
+    # Causal: changing the last position leaves the earlier outputs unchanged.
+    y = x.clone()
+    y[:, -1] += 1
+    torch.testing.assert_close(attn(y)[:, :-1], full[:, :-1])
+
+
+def test_cross_attention_ignores_masked_tokens_and_handles_empty_rows():
+    torch.manual_seed(0)
+    cross = CrossAttention(16, 6, 4)
+    x = torch.randn(2, 3, 16)
+    text = torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    out = cross(x, cross.text_kv(text), mask)
+    noisy = text.clone()
+    noisy[0, 3:] = 100.0
+    torch.testing.assert_close(cross(x, cross.text_kv(noisy), mask)[0], out[0])
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], cross.out.bias.expand(3, 16))  # no text: bias only

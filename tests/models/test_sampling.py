@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+from siren_testing import make_model, make_text
+
+from siren_lightning.models.blocks import KVCache
+from siren_lightning.models.sampling import (
+    StackedTemporal,
+    filter_top_k,
+    filter_top_p,
+    generate,
+    generate_frames,
+    sample_logits,
+)
+
+INF = float("-inf")
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5], [0.0, -1.0, 4.0, 5.0]])
+    expected = torch.tensor([[INF, 3.0, 2.0, INF], [INF, INF, 4.0, 5.0]])
+    assert torch.equal(filter_top_k(logits, 2), expected)
+    assert torch.equal(filter_top_k(logits, 0), logits)
+
+
+@pytest.mark.parametrize(
+    ("p", "kept"), [(0.3, [0]), (0.5, [0]), (0.79, [0, 2]), (0.81, [0, 2, 3]), (1.0, [0, 1, 2, 3])]
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
+    probs = torch.tensor([0.5, 0.05, 0.3, 0.15])
+    out = filter_top_p(probs.log()[None], p)[0]
+    assert torch.isfinite(out).nonzero().flatten().tolist() == kept
+    torch.testing.assert_close(out[kept], probs.log()[kept])
+
+
+def test_sampling_follows_the_filtered_distribution():
+    logits = torch.tensor([0.5, 0.05, 0.3, 0.15]).log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_logits(logits, temperature=1.0, top_k=3, top_p=0.79, generator=g)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    # top-k 3 keeps {0, 2, 3}; top-p 0.79 then keeps {0, 2}: renormalised 0.625 / 0.375.
+    assert freq[1] == 0 and freq[3] == 0
+    assert abs(freq[0] - 0.625) < 0.02
+    assert torch.equal(sample_logits(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))
+
+
+def _prompts(model):
+    states, mask = make_text(2)
+    return states.to(model.codebook_table.dtype), mask
+
+
+def test_cached_and_uncached_greedy_generation_agree_with_teacher_forcing():
+    model = make_model().double()
+    states, mask = _prompts(model)
+    uncond = torch.randn(1, 3, 12, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool)
+    for cfg in (1.0, 3.0):
+        kwargs = dict(
+            temperature=0.0, cfg_scale=cfg, uncond_states=uncond[0], uncond_mask=uncond[1]
+        )
+        cached = generate(model, states, mask, 8, use_cache=True, **kwargs)
+        looped = generate(model, states, mask, 8, use_cache=True, batch_experts=False, **kwargs)
+        uncached = generate(model, states, mask, 8, use_cache=False, **kwargs)
+        assert cached.shape == (2, 6, 8)
+        assert torch.equal(cached, uncached)
+        assert torch.equal(cached, looped)
+    # Greedy codes are the argmax of the teacher-forced logits at every frame and codebook.
+    codes = generate(model, states, mask, 8, temperature=0.0)
+    logits = model(codes, states, mask).logits  # [B, r, T, K]
+    assert torch.equal(logits.argmax(-1), codes)
+
+
+def test_generation_is_batch_independent_and_guidance_is_exact():
+    model = make_model().double()
+    states, mask = _prompts(model)
+    together = generate(model, states, mask, 6, temperature=0.0)
+    for i in range(2):
+        alone = generate(model, states[i : i + 1], mask[i : i + 1], 6, temperature=0.0)
+        assert torch.equal(alone[0], together[i])
+    # With the unconditional prompt equal to the prompt, guidance changes nothing.
+    same = generate(
+        model,
+        states,
+        mask,
+        6,
+        temperature=0.0,
+        cfg_scale=4.0,
+        uncond_states=states,
+        uncond_mask=mask,
+    )
+    assert torch.equal(same, together)
+    with pytest.raises(ValueError, match="uncond_states"):
+        generate(model, states, mask, 2, cfg_scale=3.0)
+
+
+def test_seeded_sampling_is_reproducible_and_streams_frames():
+    model = make_model()
+    states, mask = _prompts(model)
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, states, mask, 10, temperature=1.0, top_k=8, top_p=0.9, generator=g)
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < 16
+    frames = list(generate_frames(model, states, mask, 3, temperature=0.0))
+    assert len(frames) == 3 and all(f.shape == (2, 6) for f in frames)
+
+
+def test_kv_cache_cost_does_not_copy_history():
+    # The cache writes in place: its storage is allocated once for max_len positions.
+    cache = KVCache(max_len=5)
+    k = torch.randn(1, 2, 1, 4)
+    cache.append(k, k)
+    ptr = cache.keys.data_ptr()
+    for _ in range(4):
+        cache.append(k, k)
+    assert cache.keys.data_ptr() == ptr and cache.length == 5
+    with pytest.raises(ValueError, match="max_len"):
+        cache.append(k, k)
+    assert math.isclose(cache.keys[0, 0, 4, 0].item(), k[0, 0, 0, 0].item())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_temporal_step_equals_each_expert(bias):
+    model = make_model(bias=bias)
+    states, mask = _prompts(model)
+    experts = list(model.experts)
+    stacked = StackedTemporal(experts, states, mask, max_len=5)
+    caches = [[KVCache(5) for _ in e.temporal] for e in experts]
+    kv = [e.text_kv(states) for e in experts]
+    with torch.no_grad():
+        for t in range(5):
+            x = torch.randn(len(experts), 2, 32)  # [G, N, D]
+            together = stacked.step(x, t)
+            for k, e in enumerate(experts):
+                alone = e.run_temporal(x[k][:, None], kv[k], mask, caches[k], offset=t)[:, 0]
+                torch.testing.assert_close(together[k], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        StackedTemporal(list(model.train().experts), states, mask, 5)
