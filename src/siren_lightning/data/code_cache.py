@@ -1,0 +1,180 @@
+"""Code cache: pre-tokenized clips in safetensors shards plus a JSON index (DESIGN.md section 3).
+
+Layout of a cache folder:
+    index.json                 format, codec SHA-256, sample rate, hop, r, K, shard list, counts
+    shard-00000.safetensors    tensors: "codes" int16 [r, sum T], "frames" int64 [n],
+                               "samples" int64 [n] (clip length in samples); optional
+                               "text_states" float16 [sum L, Dt] and "text_lengths" int64 [n_caps];
+                               metadata: "clips" (JSON list of {"id", "captions"}), "codec_sha256"
+
+Shards are written to a temporary name and renamed (`os.replace`), and index.json is written last,
+so a reader never sees a half-written shard and an interrupted run leaves no index. Why
+safetensors: installed already, no pickle (safe to read), exact dtypes, memory-mapped loads; the
+shard counts here are small, so litdata / webdataset (not installed) would add a dependency
+without a gain.
+
+Letters: r codebooks, T frames, L text tokens, Dt text width.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX_FILE = "index.json"
+FORMAT = "siren-code-cache/1"
+
+
+class CodeCacheError(RuntimeError):
+    """A code cache is missing, incomplete, or was written by another codec."""
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def write_shard(path: Path, clips: list[dict[str, Any]], codec_sha256: str) -> None:
+    """Atomically write one shard.
+
+    Args:
+        path: final shard path (a `.tmp` sibling is written first, then renamed).
+        clips: dicts with "id", "captions" (list[str]), "codes" (int [r, T]), "samples" (int) and
+            optionally "text_states" (one float [L, Dt] tensor per caption).
+        codec_sha256: stored in the shard's metadata so resumed runs can check it.
+    """
+    codes = [torch.as_tensor(c["codes"]) for c in clips]
+    if any(
+        int(c.min()) < torch.iinfo(torch.int16).min or int(c.max()) > torch.iinfo(torch.int16).max
+        for c in codes
+    ):
+        raise CodeCacheError("codes do not fit int16")
+    tensors = {
+        "codes": torch.cat(codes, dim=1).to(torch.int16).contiguous(),  # [r, sum T]
+        "frames": torch.tensor([c.shape[1] for c in codes], dtype=torch.int64),
+        "samples": torch.tensor([int(c["samples"]) for c in clips], dtype=torch.int64),
+    }
+    if clips and clips[0].get("text_states") is not None:
+        states = [s for c in clips for s in c["text_states"]]
+        tensors["text_states"] = torch.cat(states).to(torch.float16).contiguous()  # [sum L, Dt]
+        tensors["text_lengths"] = torch.tensor([s.shape[0] for s in states], dtype=torch.int64)
+    meta = {
+        "clips": json.dumps([{"id": c["id"], "captions": list(c["captions"])} for c in clips]),
+        "codec_sha256": codec_sha256,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def shard_codec_sha256(path: Path) -> str | None:
+    """The codec SHA-256 a finished shard was written with (None if unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("codec_sha256")
+    except Exception:  # noqa: BLE001 - a damaged shard is treated as absent and rewritten
+        return None
+
+
+def write_index(root: Path, index: dict[str, Any]) -> None:
+    """Atomically write index.json."""
+    tmp = root / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, root / INDEX_FILE)
+
+
+class CodeCache(Sequence):
+    """Reads a finished code cache.
+
+    Args:
+        root: the cache folder (with index.json).
+        expected_codec_sha256: if given, a cache written by another codec is refused.
+
+    Items: {"id": str, "codes": int16 [r, T], "captions": list[str], "samples": int} and
+    "text_states": list of float [L, Dt] (one per caption) when the cache holds them.
+    """
+
+    def __init__(self, root: str | Path, expected_codec_sha256: str | None = None) -> None:
+        self.root = Path(root)
+        index_path = self.root / INDEX_FILE
+        if not index_path.is_file():
+            raise CodeCacheError(
+                f"no code cache at {self.root} ({INDEX_FILE} missing: run `siren tokenize`, or "
+                f"let an interrupted run finish)"
+            )
+        self.index: dict[str, Any] = json.loads(index_path.read_text())
+        if self.index.get("format") != FORMAT:
+            raise CodeCacheError(f"{index_path}: unknown format {self.index.get('format')!r}")
+        found = self.index["codec_sha256"]
+        if expected_codec_sha256 is not None and found != expected_codec_sha256:
+            raise CodeCacheError(
+                f"code cache {self.root} was written by codec {found[:16]}..., but the configured "
+                f"codec is {expected_codec_sha256[:16]}...; re-run `siren tokenize` with this codec "
+                f"or point to the matching cache"
+            )
+        self._starts: list[int] = []
+        total = 0
+        for shard in self.index["shards"]:
+            self._starts.append(total)
+            total += shard["num_clips"]
+        self._len = total
+        self._loaded: dict[int, dict[str, Any]] = {}
+
+    @property
+    def codec_sha256(self) -> str:
+        return self.index["codec_sha256"]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _shard(self, s: int) -> dict[str, Any]:
+        if s not in self._loaded:
+            path = self.root / self.index["shards"][s]["file"]
+            if not path.is_file():
+                raise CodeCacheError(f"code cache shard missing: {path}")
+            with safe_open(str(path), framework="pt") as f:
+                data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+                clips = json.loads(f.metadata()["clips"])
+            offsets = torch.cumsum(
+                torch.cat([torch.zeros(1, dtype=torch.int64), data["frames"]]), 0
+            )
+            data["offsets"], data["clips"] = offsets.tolist(), clips
+            if "text_lengths" in data:
+                t_off = torch.cumsum(
+                    torch.cat([torch.zeros(1, dtype=torch.int64), data["text_lengths"]]), 0
+                )
+                data["text_offsets"] = t_off.tolist()
+                caps = [len(c["captions"]) for c in clips]
+                data["caption_starts"] = [sum(caps[:i]) for i in range(len(caps))]
+            self._loaded[s] = data
+        return self._loaded[s]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -self._len <= i < self._len:
+            raise IndexError(f"code cache index {i} out of range ({self._len} clips)")
+        i %= self._len
+        s = bisect.bisect_right(self._starts, i) - 1
+        j = i - self._starts[s]
+        data = self._shard(s)
+        a, b = data["offsets"][j], data["offsets"][j + 1]
+        clip = data["clips"][j]
+        item = {
+            "id": clip["id"],
+            "codes": data["codes"][:, a:b],  # int16 [r, T]
+            "captions": clip["captions"],
+            "samples": int(data["samples"][j]),
+        }
+        if "text_states" in data:
+            c0, offs = data["caption_starts"][j], data["text_offsets"]
+            item["text_states"] = [
+                data["text_states"][offs[c0 + k] : offs[c0 + k + 1]]
+                for k in range(len(clip["captions"]))
+            ]
+        return item
