@@ -4,7 +4,7 @@ Rows: the embedded tiny codec (SpectralRVQCodec at the codec_tiny.yaml sizes) an
 16 kHz DAC architecture (random weights: speed does not depend on them). Every number is measured
 in this run, on this machine, side by side.
 
-    PYTHONPATH=src python benchmarks/tokenize.py [--seconds 5] [--batch 4] [--repeats 3]
+    PYTHONPATH=src python benchmarks/tokenization.py [--seconds 5] [--batch 4] [--repeats 3]
 """
 
 from __future__ import annotations
