@@ -5,6 +5,7 @@ import lightning as L
 import pytest
 import soundfile as sf
 import torch
+from delay_testing import make_delay_model  # noqa: E402
 from siren_testing import make_model  # noqa: E402
 from torch import nn
 
@@ -32,11 +33,12 @@ class TableCodec(nn.Module):
         return torch.tanh(self.synth(z)).flatten(1)[:, None]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["siren", "delay"])
+def exported(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    network = make_model(text_dim=384)
+    build = make_model if request.param == "siren" else make_delay_model
+    network = build(text_dim=384)
     codec = TableCodec(network.codebook_table.clone())
     module = PretrainModule(
         network, text_encoder=TextEncoder("minilm"), codec=codec, warmup_steps=1, total_steps=2
@@ -63,6 +65,8 @@ def exported(tmp_path_factory):
 def test_export_round_trips_without_lightning(exported):
     module, _, folder, _ = exported
     model, sidecar = export.load_exported(folder)
+    assert type(model) is type(module.network)
+    assert sidecar["model_class"] == type(module.network).__name__
     assert sidecar["text_encoder"]["backend"] == "minilm"
     assert sidecar["text_encoder"]["name_or_path"] is None  # the installed package, portable
     assert sidecar["model_config"] == module.network.config.to_dict()
