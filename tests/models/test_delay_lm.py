@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from delay_testing import make_delay_model
@@ -161,3 +163,20 @@ def test_hub_mixin_round_trip(tmp_path):
     assert loaded.config == model.config
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_baseline_tiny_yaml_matches_siren_tiny_yaml_parameters_within_5_percent():
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "experiments"
+
+    def network_config(name):
+        config = yaml.safe_load((root / name).read_text())
+        return config["model"]["init_args"]["network"]["init_args"]["config"]
+
+    with torch.device("meta"):
+        siren = count_parameters(SirenLM(SirenConfig(**network_config("siren_tiny.yaml"))))
+        baseline = count_parameters(
+            DelayPatternLM(DelayLMConfig(**network_config("baseline_tiny.yaml")))
+        )
+    assert abs(baseline - siren) / siren < 0.05, (siren, baseline)
