@@ -313,25 +313,29 @@ def generate_frames(
     )
     history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
 
-    # e_j(code) of every expert, looked up instead of projected each frame: [r, K, D] each.
-    tables = [
-        expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
-        for expert in experts
-    ]
+    # e_j(code) of every expert, looked up instead of projected each frame: [G, r, K, D].
+    tables = torch.stack(
+        [
+            expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
+            for expert in experts
+        ]
+    )
+    books = torch.arange(c.num_codebooks, device=text_states.device)
 
     def embed(k: int, codes: Tensor, first: int) -> Tensor:
         # [B, n] codes of codebooks first .. first+n-1 -> [N, D] sum of expert k's vectors.
-        e = sum(tables[k][first + i][codes[:, i]] for i in range(codes.shape[1]))
+        e = tables[k, books[first : first + codes.shape[1]], codes].sum(1)  # [B, n, D] -> [B, D]
         return torch.cat([e, e]) if guided else e
 
     previous: Tensor | None = None  # [B, r] codes of frame t-1
     for t in range(num_frames):
         # 1. Temporal steps of all experts: each reads only frame t-1.
         if previous is None:
-            inputs = [e.start.to(dtype).expand(n, -1) for e in experts]  # [N, D] each
+            inputs = torch.stack([e.start.to(dtype).expand(n, -1) for e in experts])  # [G, N, D]
         else:
-            inputs = [embed(k, previous, 0) for k in range(len(experts))]
-        hidden = [] if stacked is None else list(stacked.step(torch.stack(inputs), t))
+            inputs = tables[:, books, previous].sum(2)  # [G, B, r, D] -> [G, B, D]
+            inputs = torch.cat([inputs, inputs], 1) if guided else inputs  # [G, N, D]
+        hidden = [] if stacked is None else list(stacked.step(inputs, t))
         for k, expert in enumerate(experts if stacked is None else []):
             x = inputs[k][:, None]  # [N, 1, D]
             if use_cache:

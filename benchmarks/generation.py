@@ -1,0 +1,136 @@
+"""Generation speed, Siren vs the delay-pattern baseline at equal parameters (DESIGN.md section 8).
+
+For 2, 5 and 10 s of audio (50 frames/s) it measures, in one run on the same machine: frames/s
+and real-time factor (generation time / audio time) with the KV cache, Siren with its experts'
+temporal steps batched (`StackedTemporal`) and the naive one-expert-at-a-time loop beside it, the
+baseline `DelayPatternLM`; and without the cache (the whole prefix recomputed every step). Then
+the ratios: cached per-frame cost at the longest / shortest length (flat = linear total cost),
+uncached / cached, Siren / baseline frames/s. Random weights, greedy decoding: speed only.
+
+    PYTHONPATH=src python benchmarks/generation.py                # tiny presets, CPU, 1 thread
+    PYTHONPATH=src python benchmarks/generation.py --seconds 2 5 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
+from siren_lightning.models.sampling import generate
+from siren_lightning.models.siren import SirenConfig, SirenLM, count_parameters
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def temporal_share(model: SirenLM, states: torch.Tensor, mask: torch.Tensor, frames: int) -> float:
+    """Fraction of a cached, experts-looped Siren generation spent in the temporal steps."""
+    spent = [0.0]
+    originals = []
+    for expert in model.experts:
+        original = expert.run_temporal
+
+        def run(*args, _original=original, **kwargs):
+            start = time.perf_counter()
+            out = _original(*args, **kwargs)
+            spent[0] += time.perf_counter() - start
+            return out
+
+        originals.append(original)
+        expert.run_temporal = run
+    total = timed(
+        lambda: generate(model, states, mask, frames, temperature=0.0, batch_experts=False)
+    )
+    for expert, original in zip(model.experts, originals):
+        expert.run_temporal = original
+    return spent[0] / total
+
+
+def build(size: str, device: str) -> tuple[SirenLM, DelayPatternLM]:
+    torch.manual_seed(0)
+    siren_config = SirenConfig.from_name(size, dropout=0.0)
+    table = torch.randn(
+        siren_config.num_codebooks, siren_config.codebook_size, siren_config.latent_dim
+    )
+    siren = SirenLM(siren_config, table).to(device).eval()
+    baseline = DelayPatternLM(DelayLMConfig.from_name(size, dropout=0.0), table)
+    return siren, baseline.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="tiny", help="preset of both models")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frame-rate", type=float, default=50.0, help="codec frames per second")
+    parser.add_argument(
+        "--uncached-max", type=float, default=10.0, help="skip recomputation above this many s"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    siren, baseline = build(args.size, args.device)
+    text_dim = siren.config.text_dim
+    states = torch.randn(args.batch, 12, text_dim, device=args.device)
+    mask = torch.ones(args.batch, 12, dtype=torch.bool, device=args.device)
+    runs = {
+        "siren (experts batched)": (siren, {}),
+        "siren (experts one at a time)": (siren, {"batch_experts": False}),
+        "baseline (delay pattern)": (baseline, {}),
+    }
+    for model, kwargs in runs.values():  # warm-up
+        generate(model, states, mask, 3, temperature=0.0, **kwargs)
+    print(
+        f"size={args.size} params: siren {count_parameters(siren) / 1e6:.2f}M, baseline "
+        f"{count_parameters(baseline) / 1e6:.2f}M; batch={args.batch} threads={args.threads} "
+        f"device={args.device}; greedy; {args.frame_rate:g} frames/s"
+    )
+    print(
+        "| model | audio s | frames | cached s | frames/s | ms/frame | RTF | uncached s "
+        "| uncached/cached |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    cached: dict[tuple[str, float], float] = {}
+    for seconds in args.seconds:
+        frames = round(seconds * args.frame_rate)
+        for name, (model, kwargs) in runs.items():
+            gen = lambda m=model, f=frames, kw=kwargs, **extra: generate(  # noqa: E731
+                m, states, mask, f, temperature=0.0, **kw, **extra
+            )
+            cached[name, seconds] = t_cached = timed(gen)
+            uncached = ""
+            if not kwargs and seconds <= args.uncached_max:
+                t_uncached = timed(lambda g=gen: g(use_cache=False))
+                uncached = f"{t_uncached:.2f} | {t_uncached / t_cached:.1f}"
+            else:
+                uncached = "- | -"
+            print(
+                f"| {name} | {seconds:g} | {frames} | {t_cached:.2f} | "
+                f"{args.batch * frames / t_cached:.1f} | {1000 * t_cached / frames:.1f} | "
+                f"{t_cached / seconds:.2f} | {uncached} |",
+                flush=True,
+            )
+    short, long = min(args.seconds), max(args.seconds)
+    print(f"\ncached per-frame cost, {long:g} s / {short:g} s (1.0 = cost linear in length):")
+    for name in runs:
+        ratio = (cached[name, long] / long) / (cached[name, short] / short)
+        print(f"  {name}: {ratio:.2f}")
+    print("siren frames/s / baseline frames/s (same length, same run):")
+    for seconds in args.seconds:
+        base = cached["baseline (delay pattern)", seconds]
+        batched = base / cached["siren (experts batched)", seconds]
+        looped = base / cached["siren (experts one at a time)", seconds]
+        print(f"  {seconds:g} s: experts batched {batched:.2f}, one at a time {looped:.2f}")
+    share = temporal_share(siren, states, mask, round(short * args.frame_rate))
+    print(f"siren, experts one at a time: temporal steps are {100 * share:.0f}% of the time")
+
+
+if __name__ == "__main__":
+    main()
