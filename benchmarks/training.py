@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         f"threads={args.threads} checkpointing={args.checkpointing} "
         f"{'bf16 autocast' if cuda else 'fp32'}; best of {args.rounds} rounds x {args.steps} steps"
     )
-    memory = "peak allocated MB" if cuda else "peak RSS MB (model+data before step)"
+    memory = "peak allocated MB" if cuda else "step peak MB (peak RSS - RSS before)"
     header = f"| model | params | step s | frames/s | codes/s | GFLOP/step | TFLOP/s | {memory} |"
     if peak:
         header += " MFU |"
@@ -185,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     for kind in ("siren", "baseline"):
         r = best[kind]
         achieved = r["flops"] / r["step_s"] / 1e12
-        mem = f"{r['peak_mb']:.0f}" if cuda else f"{r['peak_mb']:.0f} ({r['model_rss_mb']:.0f})"
+        r["step_mb"] = r["peak_mb"] if cuda else r["peak_mb"] - r["model_rss_mb"]
+        mem = f"{r['step_mb']:.0f}"
+        if not cuda:
+            mem += f" ({r['peak_mb']:.0f} - {r['model_rss_mb']:.0f})"
         row = (
             f"| {kind} | {r['params'] / 1e6:.2f}M | {r['step_s']:.2f} | "
             f"{r['frames'] / r['step_s']:.0f} | {r['codes'] / r['step_s']:.0f} | "
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nsiren / baseline: throughput {b['step_s'] / s['step_s']:.2f}x, "
         f"FLOPs per step {s['flops'] / b['flops']:.2f}x, "
-        f"peak memory {s['peak_mb'] / b['peak_mb']:.2f}x, params {s['params'] / b['params']:.3f}x"
+        f"step memory {s['step_mb'] / b['step_mb']:.2f}x, params {s['params'] / b['params']:.3f}x"
     )
     if cuda and not peak:
         print(f"(no bf16 peak known for {device_name!r}: pass --peak-tflops for MFU)")
