@@ -2,11 +2,15 @@
 
 One teacher-forced step is what `PretrainModule` does: forward, the mean of the per-codebook
 masked cross-entropies (`masked_codebook_stats`), backward, AdamW. Each model runs in a fresh
-process (so that the peak resident memory on CPU is its own), alternating Siren / baseline for
+process, alternating Siren / baseline for
 `--rounds` rounds to spread the noise of a shared machine; the best round counts. FLOPs per
 step are counted once by `torch.utils.flop_counter.FlopCounterMode` (matmuls and attention).
-On CUDA the step runs under bf16 autocast, memory is `torch.cuda.max_memory_allocated`, and MFU
-is the counted FLOPs per second over the GPU's dense bf16 peak.
+On CPU the step memory is the resident-set peak during the timed steps (the kernel's VmHWM, reset
+after a warm-up step that allocates the optimizer state) minus the resident set before them:
+activations, gradients and temporaries (glibc is told to unmap freed blocks >= 64 KB at once, so
+the resident set follows the live tensors). On CUDA the step runs under bf16 autocast, memory is
+`torch.cuda.max_memory_allocated` (everything, weights and optimizer state included), and MFU is
+the counted FLOPs per second over the GPU's dense bf16 peak.
 
     PYTHONPATH=src python benchmarks/training.py                          # tiny, CPU, 1 thread
     PYTHONPATH=src python benchmarks/training.py --device cuda --config 1.6b --batch 4 \\
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import time
 from typing import Any
@@ -45,9 +49,19 @@ def gpu_peak_tflops(name: str) -> float | None:
     return GPU_PEAK_TFLOPS[max(hits, key=len)] if hits else None
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark (VmHWM) of this process (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def build(kind: str, size: str, checkpointing: bool) -> torch.nn.Module:
@@ -98,20 +112,18 @@ def measure(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    rss_before = current_rss_mb()
     step()  # warm-up (allocates the optimizer state)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+    rss_before = proc_status_mb("VmRSS")
     times = []
     for _ in range(args["steps"]):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak_mb = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else proc_status_mb("VmHWM")
     with FlopCounterMode(display=False) as counter:
         step()
     queue.put(
@@ -153,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+    # The children's glibc returns freed blocks >= 64 KB to the system at once, so the resident
+    # set follows the live tensors (read at process start, hence set before spawning).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     settings = {
         "size": args.config,
         "device": args.device,
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         f"threads={args.threads} checkpointing={args.checkpointing} "
         f"{'bf16 autocast' if cuda else 'fp32'}; best of {args.rounds} rounds x {args.steps} steps"
     )
-    memory = "peak allocated MB" if cuda else "step peak MB (peak RSS - RSS before)"
+    memory = "peak allocated MB" if cuda else "step MB (peak RSS - RSS before)"
     header = f"| model | params | step s | frames/s | codes/s | GFLOP/step | TFLOP/s | {memory} |"
     if peak:
         header += " MFU |"
