@@ -15,8 +15,9 @@ Then, for each:
         --data data/synthcaps --out runs/compare_tiny --steps 1500
 
 Code caches are written once into `<out>/codes/{train,val,test}` (resumable). Prints a table and
-writes `<out>/compare.json`. A random-init codec (`--codec random-spectral`) only exercises the
-pipeline: its audio metrics are not quality figures.
+writes `<out>/compare.json`. While no trained codec exists, `--codec kmeans-spectral` (see
+`bench_codecs.py`) gives codes with real data structure for the LM comparison; its decoder is
+untrained, so its audio metrics are not quality figures.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from bench_codecs import build_codec
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.data.synthcaps import ATTRIBUTES, attribute_agreement, measure_attributes
@@ -46,19 +48,6 @@ CONFIGS = {
     "siren": ROOT / "experiments" / "siren_tiny.yaml",
     "baseline": ROOT / "experiments" / "baseline_tiny.yaml",
 }
-
-
-def load_codec(spec: str) -> tuple[Any, str]:
-    """A codec from a `load_codec` spec, or `random-spectral` (random init); and a description."""
-    if spec == "random-spectral":
-        from siren_lightning.codec.spectral_codec import SpectralCodecConfig, SpectralRVQCodec
-
-        torch.manual_seed(0)
-        return SpectralRVQCodec(SpectralCodecConfig()).eval(), "random-init SpectralRVQCodec"
-    from siren_lightning.codec.checkpoint import load_codec as load
-
-    codec = load(spec)
-    return codec, f"{spec} (sha256 {codec.sha256()})"
 
 
 def code_caches(codec: Any, encoder: TextEncoder, data: Path, out: Path) -> dict[str, Path]:
@@ -181,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--codec", required=True, help="load_codec spec or random-spectral")
+    parser.add_argument(
+        "--codec", required=True, help="load_codec spec, kmeans-spectral or random-spectral"
+    )
     parser.add_argument("--data", required=True, help="SynthCaps folder ({train,val,test}.jsonl)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", nargs="+", default=["siren", "baseline"], choices=CONFIGS)
@@ -203,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
 
-    codec, codec_desc = load_codec(args.codec)
+    codec, codec_desc = build_codec(args.codec, str(data / "train.jsonl"))
     encoder = TextEncoder("minilm")
     started = time.perf_counter()
     caches = code_caches(codec, encoder, data, out)

@@ -16,9 +16,9 @@ Writes `rvq_analysis.json` and `fig2a_cosine.png`, `fig2b_gradient_angles.png`,
     PYTHONPATH=src python benchmarks/rvq_analysis.py --codec assets/codec_tiny \\
         --data data/synthcaps --out runs/rvq_analysis [--model runs/baseline_tiny/export]
 
-`--codec random-dac` / `random-spectral` builds a random-init tiny DAC / spectral codec, and
-without `--model` the LM is random-init: such runs exercise the pipeline; their numbers describe
-random weights, never a trained system (the JSON says which weights were used).
+`--codec kmeans-spectral` / `random-spectral` (see `bench_codecs.py`) stand in while no trained
+codec exists, and without `--model` the LM is random-init: such numbers describe those weights,
+never a trained system (the JSON says which weights were used).
 """
 
 from __future__ import annotations
@@ -33,26 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench_codecs import build_codec
 from siren_lightning.data.audio import load_audio
 from siren_lightning.data.manifest import Clip, read_manifest
 from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
-
-
-def build_codec(spec: str) -> tuple[Any, str]:
-    """A codec from a `load_codec` spec, or a random-init tiny one; and a description."""
-    if spec == "random-dac":
-        from siren_lightning.codec.dac_codec import DACCodec, DACConfig
-
-        return DACCodec(DACConfig.tiny()).eval(), "random-init tiny DAC (DACConfig.tiny())"
-    if spec == "random-spectral":
-        from siren_lightning.codec.spectral_codec import SpectralCodecConfig, SpectralRVQCodec
-
-        return SpectralRVQCodec(SpectralCodecConfig()).eval(), "random-init SpectralRVQCodec"
-    from siren_lightning.codec.checkpoint import load_codec
-
-    codec = load_codec(spec)
-    sha = codec.sha256() if hasattr(codec, "sha256") else None
-    return codec, f"{spec} (sha256 {sha})"
 
 
 @torch.no_grad()
@@ -195,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--codec", required=True, help="load_codec spec, random-dac, random-spectral"
+        "--codec", required=True, help="load_codec spec, kmeans-spectral or random-spectral"
     )
     parser.add_argument("--data", required=True, help="SynthCaps folder (train.jsonl, val.jsonl)")
     parser.add_argument("--out", required=True)
@@ -210,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    codec, codec_desc = build_codec(args.codec)
     data = Path(args.data)
+    codec, codec_desc = build_codec(args.codec, str(data / "train.jsonl"))
     train = read_manifest(data / "train.jsonl")[: args.train_clips]
     test = read_manifest(data / "val.jsonl")[: args.test_clips]
     codes_tr, mask_tr = encode_clips(codec, train, args.seconds)
