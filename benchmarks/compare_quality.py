@@ -37,7 +37,7 @@ import yaml
 
 from bench_codecs import build_codec
 from siren_lightning.data.datamodule import SirenDataModule
-from siren_lightning.data.manifest import read_manifest
+from siren_lightning.data.manifest import read_manifest, write_manifest
 from siren_lightning.data.synthcaps import ATTRIBUTES, attribute_agreement, measure_attributes
 from siren_lightning.models.siren import count_parameters
 from siren_lightning.pretrain import PretrainModule
@@ -50,15 +50,26 @@ CONFIGS = {
 }
 
 
-def code_caches(codec: Any, encoder: TextEncoder, data: Path, out: Path) -> dict[str, Path]:
-    """Tokenize the SynthCaps splits once (with MiniLM caption states) into out/codes/<split>."""
+def code_caches(
+    codec: Any, encoder: TextEncoder, data: Path, out: Path, limit: int | None
+) -> dict[str, Path]:
+    """Tokenize the SynthCaps splits once (with MiniLM caption states) into out/codes/<split>.
+
+    Args:
+        limit: use only the first `limit` clips of each split (a manifest subset under out/).
+    """
     from siren_lightning.codec.tokenize import tokenize_manifest
 
     caches = {}
     for split in ("train", "val", "test"):
+        manifest = data / f"{split}.jsonl"
+        if limit is not None:
+            subset = out / "manifests" / f"{split}.jsonl"
+            write_manifest(subset, read_manifest(manifest)[:limit])
+            manifest = subset
         caches[split] = out / "codes" / split
         tokenize_manifest(
-            data / f"{split}.jsonl",
+            manifest,
             codec,
             caches[split],
             text_encoder=encoder,
@@ -188,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--clips", type=int, help="use only the first N clips of each split")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     codec, codec_desc = build_codec(args.codec, str(data / "train.jsonl"))
     encoder = TextEncoder("minilm")
     started = time.perf_counter()
-    caches = code_caches(codec, encoder, data, out)
+    caches = code_caches(codec, encoder, data, out, args.clips)
     tokenize_s = time.perf_counter() - started
     test_clips = read_manifest(data / "test.jsonl")[: args.eval_clips]
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "cfg_scale": args.cfg_scale}
