@@ -3,7 +3,9 @@
 One teacher-forced step is what `PretrainModule` does: forward, the mean of the per-codebook
 masked cross-entropies (`masked_codebook_stats`), backward, AdamW. Each model runs in a fresh
 process, alternating Siren / baseline for
-`--rounds` rounds to spread the noise of a shared machine; the best round counts. FLOPs per
+`--rounds` rounds to spread the noise of a shared machine; the best round counts. On CPU the
+step time is the process's CPU time (with one thread, what a dedicated core would take; wall time
+on a shared machine mostly measures the other jobs). FLOPs per
 step are counted once by `torch.utils.flop_counter.FlopCounterMode` (matmuls and attention).
 On CPU the step memory is the resident-set peak during the timed steps (the kernel's VmHWM, reset
 after a warm-up step that allocates the optimizer state) minus the resident set before them:
@@ -118,11 +120,13 @@ def measure(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     else:
         reset_peak_rss()
     rss_before = proc_status_mb("VmRSS")
+    # CPU time of this process on CPU (robust to other jobs on a shared machine), wall on CUDA.
+    clock = time.perf_counter if cuda else time.process_time
     times = []
     for _ in range(args["steps"]):
-        start = time.perf_counter()
+        start = clock()
         step()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else proc_status_mb("VmHWM")
     with FlopCounterMode(display=False) as counter:
         step()
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"config={args.config} device={device_name} batch={args.batch} x {args.frames} frames "
         f"threads={args.threads} checkpointing={args.checkpointing} "
+        f"{'wall' if cuda else 'CPU'} time; "
         f"{'bf16 autocast' if cuda else 'fp32'}; best of {args.rounds} rounds x {args.steps} steps"
     )
     memory = "peak allocated MB" if cuda else "step MB (peak RSS - RSS before)"
