@@ -175,6 +175,12 @@ class ResidualGroupTransformer(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(c.width, c.codebook_size, bias=c.bias) for _ in range(c.group)
         )
+        # Positions of the g + 1 decoder tokens, computed once: the sampler decodes every code.
+        self.register_buffer(
+            "decoder_positions",
+            sinusoidal_positions(torch.arange(c.group + 1), c.width),
+            persistent=False,
+        )
 
     # Pieces, also used step by step by the sampler.
 
@@ -239,7 +245,7 @@ class ResidualGroupTransformer(nn.Module):
             [N, n - 1, K]: head i applied to output token i + 1 ([N, 1, K] if last_only).
         """
         n = tokens.shape[1]
-        pos = sinusoidal_positions(torch.arange(n, device=tokens.device), tokens.shape[-1])
+        pos = self.decoder_positions[:n]  # [n, D]
         x = tokens
         for block in self.decoder:
             x = x + pos.to(x.dtype)
