@@ -5,32 +5,12 @@ import lightning as L
 import pytest
 import soundfile as sf
 import torch
-from delay_testing import make_delay_model  # noqa: E402
-from siren_testing import make_model  # noqa: E402
-from torch import nn
+from delay_testing import make_delay_model
+from siren_testing import TableCodec, make_model
 
 from siren_lightning import export, generate  # noqa: E402
 from siren_lightning.pretrain import PretrainModule  # noqa: E402
 from siren_lightning.text import TextEncoder  # noqa: E402
-
-
-class TableCodec(nn.Module):
-    """A small stand-in codec: decodes the sum of codebook vectors with a fixed linear map."""
-
-    sample_rate, hop_length = 1600, 16
-
-    def __init__(self, table):
-        super().__init__()
-        self.register_buffer("table", table)  # [r, K, D_lat]
-        self.n_codebooks, self.codebook_size = table.shape[:2]
-        self.synth = nn.Linear(table.shape[-1], self.hop_length)
-
-    def codebook_table(self):
-        return self.table
-
-    def decode(self, codes):  # [B, r, T] -> [B, 1, T * hop]
-        z = sum(self.table[j][codes[:, j]] for j in range(codes.shape[1]))  # [B, T, D_lat]
-        return torch.tanh(self.synth(z)).flatten(1)[:, None]
 
 
 @pytest.fixture(scope="module", params=["siren", "delay"])

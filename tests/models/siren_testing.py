@@ -1,6 +1,7 @@
 """Tiny SirenLM builders shared by the model, pretraining and export tests."""
 
 import torch
+from torch import nn
 
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
@@ -33,3 +34,22 @@ def make_text(batch: int, tokens: int = 5, dim: int = 12, seed: int = 1):
     mask = torch.ones(batch, tokens, dtype=torch.bool)
     mask[0, tokens - 2 :] = False  # a shorter caption in the batch
     return states, mask
+
+
+class TableCodec(nn.Module):
+    """A small stand-in codec: decodes the sum of codebook vectors with a fixed linear map."""
+
+    sample_rate, hop_length = 1600, 16
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", table)  # [r, K, D_lat]
+        self.n_codebooks, self.codebook_size = table.shape[:2]
+        self.synth = nn.Linear(table.shape[-1], self.hop_length)
+
+    def codebook_table(self):
+        return self.table
+
+    def decode(self, codes):  # [B, r, T] -> [B, 1, T * hop]
+        z = sum(self.table[j][codes[:, j]] for j in range(codes.shape[1]))  # [B, T, D_lat]
+        return torch.tanh(self.synth(z)).flatten(1)[:, None]

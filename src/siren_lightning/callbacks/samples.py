@@ -1,0 +1,83 @@
+"""In-loop samples: every N validations, generate audio for fixed captions and log it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from siren_lightning.callbacks.media import log_clips, tensorboard_writer
+
+
+class AudioSamplesCallback(L.Callback):
+    """Generates codes for a few captions with the module's sampler, decodes them with its
+    codec, and logs audio and spectrograms to TensorBoard (`samples/<i>`).
+
+    The module must offer `sample_codes(captions, num_frames, seed, **sampling) -> [B, r, T]`
+    and a `codec` with `decode(codes) -> [B, 1, N]` and `sample_rate`, `hop_length`.
+
+    Args:
+        captions: what to generate; by default the first caption of the first `num_captions`
+            validation clips.
+        num_captions: how many captions when `captions` is not given.
+        seconds: length of each sample.
+        every_n_validations: log at every N-th validation (sanity checks do not count).
+        seed / sampling: passed to `sample_codes` (same seed each time: curves are comparable).
+    """
+
+    def __init__(
+        self,
+        captions: list[str] | None = None,
+        num_captions: int = 4,
+        seconds: float = 4.0,
+        every_n_validations: int = 1,
+        seed: int = 0,
+        sampling: dict[str, Any] | None = None,
+    ):
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}")
+        if seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        self.captions = list(captions) if captions else None
+        self.num_captions = num_captions
+        self.seconds = seconds
+        self.every = every_n_validations
+        self.seed = seed
+        self.sampling = dict(sampling or {})
+        self.validations = 0
+        self.logged: list[int] = []  # global steps at which samples were logged
+
+    def _default_captions(self, trainer: L.Trainer) -> list[str]:
+        datasets = getattr(trainer.datamodule, "datasets", {})
+        val = datasets.get("val")
+        if val is None:
+            raise ValueError(
+                "AudioSamplesCallback: give `captions` or a datamodule with a val split"
+            )
+        out = []
+        for i in range(min(self.num_captions, len(val))):
+            item = val.items[i] if hasattr(val, "items") else val.clips[i]
+            out.append(item["captions"][0] if isinstance(item, dict) else item.captions[0])
+        return out
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every:
+            return
+        writer = tensorboard_writer(trainer)
+        codec = pl_module.codec
+        if writer is None or codec is None:
+            return
+        if self.captions is None:
+            self.captions = self._default_captions(trainer)
+        frames = max(1, round(self.seconds * codec.sample_rate / codec.hop_length))
+        codes = pl_module.sample_codes(self.captions, frames, seed=self.seed, **self.sampling)
+        device = next(codec.parameters(), codes).device
+        audio = codec.decode(codes.to(device)).cpu()  # [B, 1, N]
+        clips = {f"{i}: {c[:60]}": audio[i, 0] for i, c in enumerate(self.captions)}
+        log_clips(writer, "samples", clips, codec.sample_rate, trainer.global_step)
+        self.logged.append(trainer.global_step)
