@@ -5,6 +5,7 @@ import lightning as L
 import pytest
 import soundfile as sf
 import torch
+from delay_testing import make_delay_model
 from siren_testing import TableCodec, make_model
 
 from siren_lightning import export, generate  # noqa: E402
@@ -12,11 +13,12 @@ from siren_lightning.pretrain import PretrainModule  # noqa: E402
 from siren_lightning.text import TextEncoder  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["siren", "delay"])
+def exported(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    network = make_model(text_dim=384)
+    build = make_model if request.param == "siren" else make_delay_model
+    network = build(text_dim=384)
     codec = TableCodec(network.codebook_table.clone())
     module = PretrainModule(
         network, text_encoder=TextEncoder("minilm"), codec=codec, warmup_steps=1, total_steps=2
@@ -43,6 +45,8 @@ def exported(tmp_path_factory):
 def test_export_round_trips_without_lightning(exported):
     module, _, folder, _ = exported
     model, sidecar = export.load_exported(folder)
+    assert type(model) is type(module.network)
+    assert sidecar["model_class"] == type(module.network).__name__
     assert sidecar["text_encoder"]["backend"] == "minilm"
     assert sidecar["text_encoder"]["name_or_path"] is None  # the installed package, portable
     assert sidecar["model_config"] == module.network.config.to_dict()

@@ -4,6 +4,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from delay_testing import make_delay_model  # noqa: E402
 from siren_testing import make_model  # noqa: E402
 from torch import nn
 
@@ -224,3 +225,52 @@ def test_sample_codes_is_seeded_and_restores_training_mode():
     b = module.sample_codes(["a beep", "a hum"], 4, seed=1, top_k=5)
     assert a.shape == (2, 6, 4) and torch.equal(a, b)
     assert module.network.training
+
+
+@pytest.mark.slow
+def test_the_delay_pattern_baseline_trains_unchanged():
+    network = make_delay_model(seed=0)
+    batch = _batch(network)
+    before = _per_codebook_ce(network, batch)
+    module = PretrainModule(network, lr=3e-3, warmup_steps=5, total_steps=80, caption_dropout=0.0)
+    assert module.train_groups == [0] and module.codebooks == list(range(6))
+    _trainer(80).fit(
+        module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None)
+    )
+    after = _per_codebook_ce(network, batch)
+    assert (after < 0.3 * before).all(), (before, after)
+    with pytest.raises(ValueError, match="train_groups"):
+        PretrainModule(make_delay_model(), train_groups=[1], caption_dropout=0.0)
+    module = PretrainModule(make_delay_model(), text_encoder=CharEncoder(), caption_dropout=0.1)
+    codes = module.sample_codes(["a beep"], 4, seed=1, top_k=5)
+    assert codes.shape == (1, 6, 4) and codes.max() < 16
+
+
+def test_lightning_cli_builds_the_baseline_from_yaml(tmp_path):
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from siren_lightning.models.delay_lm import DelayPatternLM
+
+    config = tmp_path / "baseline.yaml"
+    config.write_text(
+        """
+model:
+  class_path: siren_lightning.pretrain.PretrainModule
+  init_args:
+    network:
+      class_path: siren_lightning.models.delay_lm.DelayPatternLM
+      init_args:
+        config: {num_codebooks: 4, codebook_size: 16, latent_dim: 8, width: 32, num_heads: 4,
+                 num_layers: 1, text_dim: 12}
+    caption_dropout: 0.0
+"""
+    )
+    cli = LightningCLI(
+        LightningModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--config", str(config), "--trainer.accelerator=cpu", "--trainer.logger=false"],
+    )
+    assert isinstance(cli.model.network, DelayPatternLM)
+    assert cli.model.network.config.num_layers == 1 and cli.model.codebooks == [0, 1, 2, 3]

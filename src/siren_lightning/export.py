@@ -1,10 +1,11 @@
 """`siren export`: a PretrainModule checkpoint -> a folder that loads without Lightning.
 
-The folder holds what `huggingface_hub.PyTorchModelHubMixin.save_pretrained` writes for `SirenLM`
-(`config.json`, `model.safetensors` with the codec table included, `README.md`) plus the sidecar
-`siren.json`: the codec spec and SHA-256, the codec's sample rate and hop, and the text encoder
-(backend, name or path, max length, transformers version) that the model was trained with.
-`load_exported(folder)` reads both back; `siren generate` uses it.
+The folder holds what `huggingface_hub.PyTorchModelHubMixin.save_pretrained` writes for the LM
+(`SirenLM` or `DelayPatternLM`: `config.json`, `model.safetensors` with the codec table included,
+`README.md`) plus the sidecar `siren.json`: the model class, the codec spec and SHA-256, the
+codec's sample rate and hop, and the text encoder (backend, name or path, max length,
+transformers version) that the model was trained with. `load_exported(folder)` reads both back;
+`siren generate` uses it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from siren_lightning import __version__
+from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
 SIDECAR = "siren.json"
@@ -26,8 +28,24 @@ class ExportError(ValueError):
     """A checkpoint or export folder that cannot be used."""
 
 
+# The LMs an export folder may hold, by the class name recorded in checkpoints and sidecars
+# (older ones without it hold a SirenLM).
+MODELS: dict[str, tuple[type, type]] = {
+    "SirenLM": (SirenLM, SirenConfig),
+    "DelayPatternLM": (DelayPatternLM, DelayLMConfig),
+}
+
+
+def model_class(name: str | None) -> tuple[type, type]:
+    """The LM class recorded as `name` (SirenLM when None) and its config class."""
+    name = name or "SirenLM"
+    if name not in MODELS:
+        raise ExportError(f"unknown model class {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write `SirenLM` weights, config and the `siren.json` sidecar from a Lightning checkpoint.
+    """Write the LM's weights, config and the `siren.json` sidecar from a Lightning checkpoint.
 
     Args:
         checkpoint: a `.ckpt` saved while training a `PretrainModule`.
@@ -45,7 +63,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         raise ExportError(
             f"siren export: {checkpoint} is not a PretrainModule checkpoint (no 'siren')"
         )
-    model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
+    cls, config_cls = model_class(meta.get("model_class"))
+    model = cls(config_cls.from_dict(meta["model_config"]))
     prefix = "network."
     state = {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
@@ -60,6 +79,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         "siren_lightning_version": __version__,
         "source_checkpoint": str(checkpoint.resolve()),
         "global_step": blob.get("global_step"),
+        "model_class": type(model).__name__,
         "model_config": model.config.to_dict(),
         "codec": meta.get("codec"),
         "codec_sha256": meta.get("codec_sha256"),
@@ -72,7 +92,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_exported(folder: str | Path, device: str = "cpu") -> tuple[SirenLM, dict[str, Any]]:
+def load_exported(
+    folder: str | Path, device: str = "cpu"
+) -> tuple[SirenLM | DelayPatternLM, dict[str, Any]]:
     """Load an exported model (eval mode) and its sidecar.
 
     Raises:
@@ -82,8 +104,9 @@ def load_exported(folder: str | Path, device: str = "cpu") -> tuple[SirenLM, dic
     for name in ("config.json", "model.safetensors", SIDECAR):
         if not (folder / name).is_file():
             raise ExportError(f"{folder} has no {name}: not a folder written by `siren export`")
-    model = SirenLM.from_pretrained(str(folder), strict=True, map_location=device)
     sidecar = json.loads((folder / SIDECAR).read_text())
+    cls, _ = model_class(sidecar.get("model_class"))
+    model = cls.from_pretrained(str(folder), strict=True, map_location=device)
     return model.eval(), sidecar
 
 

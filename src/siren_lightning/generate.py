@@ -1,4 +1,4 @@
-"""`siren generate`: captions -> WAV files with an exported Siren model (no Lightning).
+"""`siren generate`: captions -> WAV files with an exported LM (Siren or the delay baseline).
 
 `siren generate --model DIR --captions "a high beep twice" ... --out OUT` (or `--captions-file F`,
 one caption a line) writes `OUT/<id>.wav` per caption and `OUT/generations.jsonl` with the id,
@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.sampling import generate
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
@@ -28,7 +29,7 @@ def _load_codec(spec: str) -> Any:
 
 
 def generate_audio(
-    model: SirenLM,
+    model: SirenLM | DelayPatternLM,
     text_encoder: Any,
     codec: Any,
     captions: list[str],
@@ -42,7 +43,7 @@ def generate_audio(
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
     Args:
-        model: an eval-mode `SirenLM` on the device of `text_encoder` and `codec`.
+        model: an eval-mode `SirenLM` or `DelayPatternLM` on the device of `text_encoder` and `codec`.
         text_encoder: `encode(captions) -> TextStates`.
         codec: `decode(codes [B, r, T]) -> audio [B, 1, N]`, `sample_rate`, `hop_length`.
         seconds: length of each clip.

@@ -1,4 +1,4 @@
-"""Stage 1: teacher-forced training of `SirenLM` (DESIGN.md section 1).
+"""Stage 1: teacher-forced training of `SirenLM` or the `DelayPatternLM` control (DESIGN.md 1, 5).
 
 Letters: B batch, r codebooks, n trained codebooks, T frames, K codebook size, L text tokens,
 Dt text width.
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
@@ -55,10 +56,11 @@ def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tupl
 
 
 class PretrainModule(L.LightningModule):
-    """Teacher forcing for `SirenLM` on code batches.
+    """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
 
     Args:
-        network: the `SirenLM` to train.
+        network: the LM to train. Either model returns `SirenOutput` and has a config with
+            `num_groups` / `group` (the delay-pattern LM is one group of all r codebooks).
         text_encoder: frozen encoder for batches without cached `text_states` and for the empty
             caption of caption dropout. Its weights are not written into checkpoints.
         codec: optional codec (`n_codebooks`, `codebook_size`, `codebook_table()`), or a spec
@@ -76,7 +78,7 @@ class PretrainModule(L.LightningModule):
 
     def __init__(
         self,
-        network: SirenLM,
+        network: SirenLM | DelayPatternLM,
         text_encoder: TextEncoder | None = None,
         codec: nn.Module | str | None = None,
         lr: float = 3e-4,
@@ -115,8 +117,9 @@ class PretrainModule(L.LightningModule):
             )
         self.train_groups = groups
         self.codebooks = [k * c.group + i for k in groups for i in range(c.group)]
-        for k, expert in enumerate(network.experts):
-            expert.requires_grad_(k in groups)
+        if len(groups) < c.num_groups:  # freeze the experts that are not trained
+            for k, expert in enumerate(network.experts):
+                expert.requires_grad_(k in groups)
         network.set_gradient_checkpointing(gradient_checkpointing)
         self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
@@ -176,6 +179,7 @@ class PretrainModule(L.LightningModule):
         """Record what `siren export` needs to rebuild the LM without Lightning."""
         codec, enc = self.codec, self.text_encoder
         checkpoint["siren"] = {
+            "model_class": type(self.network).__name__,
             "model_config": self.network.config.to_dict(),
             "codec": self.codec_spec,
             "codec_sha256": self._codec_sha256(),

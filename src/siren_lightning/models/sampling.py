@@ -1,9 +1,11 @@
-"""Autoregressive generation for `SirenLM` (DESIGN.md section 5; not in the official code).
+"""Autoregressive generation for `SirenLM` and `DelayPatternLM` (DESIGN.md section 5; not in the
+official code).
 
 Letters: B captions, N = B (or 2B with classifier-free guidance), r codebooks, g codebooks per
-expert, T frames, K codebook size, D width, D_lat codec latent width, L text tokens.
+expert, T frames, S = T + r - 1 delay steps, K codebook size, D width, D_lat codec latent width,
+L text tokens.
 
-Per frame t:
+`generate_frames` dispatches on the model. For `SirenLM`, per frame t:
 1. every expert's temporal transformer takes one step on frame t-1's codes. The steps are
    independent of each other (they read only frame t-1), so they all run before any decoder;
    self-attention keys/values come from a `KVCache` and the text keys/values of the
@@ -11,13 +13,18 @@ Per frame t:
 2. the small per-frame decoders run in expert order 0 .. r/g-1; expert k samples codes
    gk .. gk+g-1 one at a time and sees the codes that earlier experts sampled for this frame.
 
+For `DelayPatternLM`, per delay step s: one cached step of the single transformer on step s-1's
+codes, then every codebook q that holds a code at step s (frame s - q) is sampled from its head;
+frame t is complete, and streamed out, after step t + r - 1.
+
 Classifier-free guidance mixes conditional and unconditional logits,
-`uncond + scale * (cond - uncond)`; the unconditional prompt is the empty caption's states.
+`uncond + scale * (cond - uncond)`; the unconditional prompt is the empty caption's states. The
+prompt handling, guidance and filters are shared by both models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 
 import torch
@@ -25,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from siren_lightning.models.blocks import KVCache, sinusoidal_positions
+from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
 
 
@@ -80,6 +88,69 @@ def _pad_tokens(states: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tens
     """Right-pad [B, L, Dt] states and [B, L] mask to `length` tokens."""
     extra = length - states.shape[1]
     return F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def prepare_prompts(
+    text_states: Tensor,
+    text_mask: Tensor,
+    uncond_states: Tensor | None,
+    uncond_mask: Tensor | None,
+    cfg_scale: float,
+    text_dim: int,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, bool]:
+    """Check the prompts and stack the unconditional ones under them when guiding.
+
+    Args:
+        text_states: [B, L, Dt]; text_mask: [B, L] bool.
+        uncond_states, uncond_mask: [1 or B, L', Dt], [1 or B, L'] (needed when cfg_scale != 1).
+
+    Returns:
+        states [N, L'', Dt] in `dtype`, mask [N, L''], and whether guidance is on (N = 2B).
+    """
+    if text_states.dim() != 3 or text_states.shape[-1] != text_dim:
+        raise ValueError(
+            f"generate: text_states must be [B, L, Dt={text_dim}], got {tuple(text_states.shape)}"
+        )
+    b = text_states.shape[0]
+    guided = cfg_scale != 1.0
+    if guided:
+        if uncond_states is None or uncond_mask is None:
+            raise ValueError("generate: cfg_scale != 1 needs uncond_states and uncond_mask")
+        uncond_states = uncond_states.expand(b, -1, -1)
+        uncond_mask = uncond_mask.expand(b, -1)
+        length = max(text_states.shape[1], uncond_states.shape[1])
+        text_states, text_mask = _pad_tokens(text_states, text_mask, length)
+        uncond_states, uncond_mask = _pad_tokens(uncond_states, uncond_mask, length)
+        text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
+        text_mask = torch.cat([text_mask, uncond_mask])
+    return text_states.to(dtype), text_mask, guided
+
+
+def guide_and_sample(
+    logits: Tensor,
+    guided: bool,
+    cfg_scale: float,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Mix guided logits and draw codes.
+
+    Args:
+        logits: [N, ..., K]; with guidance the first half of N is conditional.
+
+    Returns:
+        [B, ...] long.
+    """
+    if guided:
+        cond, uncond = logits.chunk(2)
+        logits = uncond + cfg_scale * (cond - uncond)
+    codes = sample_logits(
+        logits.reshape(-1, logits.shape[-1]), temperature, top_k, top_p, generator
+    )
+    return codes.view(logits.shape[:-1])
 
 
 # Parts of a `TemporalBlock` that `StackedTemporal` stacks across experts.
@@ -181,7 +252,7 @@ class StackedTemporal:
 
 @torch.no_grad()
 def generate_frames(
-    model: SirenLM,
+    model: SirenLM | DelayPatternLM,
     text_states: Tensor,
     text_mask: Tensor,
     num_frames: int,
@@ -199,7 +270,7 @@ def generate_frames(
     """Generate codes frame by frame (streaming).
 
     Args:
-        model: a `SirenLM` (put it in eval mode first).
+        model: a `SirenLM` or a `DelayPatternLM` (put it in eval mode first).
         text_states: [B, L, Dt]; text_mask: [B, L] bool.
         num_frames: T.
         uncond_states, uncond_mask: [1 or B, L', Dt], [1 or B, L'] states of the empty caption;
@@ -208,33 +279,27 @@ def generate_frames(
         temperature, top_k, top_p: sampling filters (temperature 0: greedy).
         generator: seeds the draws.
         use_cache: False recomputes every temporal step over the whole prefix (reference path).
-        batch_experts: with the cache, run all experts' temporal steps as one batched step
-            (`StackedTemporal`); False runs them one after another.
+        batch_experts: Siren only: with the cache, run all experts' temporal steps as one
+            batched step (`StackedTemporal`); False runs them one after another.
 
     Yields:
         [B, r] long codes of each frame.
     """
     c = model.config
     b = text_states.shape[0]
-    if text_states.dim() != 3 or text_states.shape[-1] != c.text_dim:
-        raise ValueError(
-            f"generate: text_states must be [B, L, Dt={c.text_dim}], got {tuple(text_states.shape)}"
-        )
     if num_frames > c.max_frames and use_cache:
         raise ValueError(f"generate: {num_frames} frames exceed config.max_frames {c.max_frames}")
     dtype = model.codebook_table.dtype
-    guided = cfg_scale != 1.0
-    if guided:
-        if uncond_states is None or uncond_mask is None:
-            raise ValueError("generate: cfg_scale != 1 needs uncond_states and uncond_mask")
-        uncond_states = uncond_states.expand(b, -1, -1)
-        uncond_mask = uncond_mask.expand(b, -1)
-        length = max(text_states.shape[1], uncond_states.shape[1])
-        text_states, text_mask = _pad_tokens(text_states, text_mask, length)
-        uncond_states, uncond_mask = _pad_tokens(uncond_states, uncond_mask, length)
-        text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
-        text_mask = torch.cat([text_mask, uncond_mask])
-    text_states = text_states.to(dtype)
+    text_states, text_mask, guided = prepare_prompts(
+        text_states, text_mask, uncond_states, uncond_mask, cfg_scale, c.text_dim, dtype
+    )
+
+    def choose(logits: Tensor) -> Tensor:  # [N, ..., K] -> [B, ...]
+        return guide_and_sample(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
+
+    if isinstance(model, DelayPatternLM):
+        yield from _delay_frames(model, text_states, text_mask, num_frames, choose, use_cache)
+        return
     n = text_states.shape[0]
 
     experts = list(model.experts)
@@ -248,31 +313,29 @@ def generate_frames(
     )
     history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
 
-    def choose(logits: Tensor) -> Tensor:  # [N, K] -> [B]
-        if guided:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + cfg_scale * (cond - uncond)
-        return sample_logits(logits, temperature, top_k, top_p, generator)
-
-    # e_j(code) of every expert, looked up instead of projected each frame: [r, K, D] each.
-    tables = [
-        expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
-        for expert in experts
-    ]
+    # e_j(code) of every expert, looked up instead of projected each frame: [G, r, K, D].
+    tables = torch.stack(
+        [
+            expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
+            for expert in experts
+        ]
+    )
+    books = torch.arange(c.num_codebooks, device=text_states.device)
 
     def embed(k: int, codes: Tensor, first: int) -> Tensor:
         # [B, n] codes of codebooks first .. first+n-1 -> [N, D] sum of expert k's vectors.
-        e = sum(tables[k][first + i][codes[:, i]] for i in range(codes.shape[1]))
+        e = tables[k, books[first : first + codes.shape[1]], codes].sum(1)  # [B, n, D] -> [B, D]
         return torch.cat([e, e]) if guided else e
 
     previous: Tensor | None = None  # [B, r] codes of frame t-1
     for t in range(num_frames):
         # 1. Temporal steps of all experts: each reads only frame t-1.
         if previous is None:
-            inputs = [e.start.to(dtype).expand(n, -1) for e in experts]  # [N, D] each
+            inputs = torch.stack([e.start.to(dtype).expand(n, -1) for e in experts])  # [G, N, D]
         else:
-            inputs = [embed(k, previous, 0) for k in range(len(experts))]
-        hidden = [] if stacked is None else list(stacked.step(torch.stack(inputs), t))
+            inputs = tables[:, books, previous].sum(2)  # [G, B, r, D] -> [G, B, D]
+            inputs = torch.cat([inputs, inputs], 1) if guided else inputs  # [G, N, D]
+        hidden = [] if stacked is None else list(stacked.step(inputs, t))
         for k, expert in enumerate(experts if stacked is None else []):
             x = inputs[k][:, None]  # [N, 1, D]
             if use_cache:
@@ -299,8 +362,56 @@ def generate_frames(
         yield codes
 
 
+def _delay_frames(
+    model: DelayPatternLM,
+    text_states: Tensor,
+    text_mask: Tensor,
+    num_frames: int,
+    choose: Callable[[Tensor], Tensor],
+    use_cache: bool,
+) -> Iterator[Tensor]:
+    """`generate_frames` for the delay-pattern LM; prompts already prepared ([N, L, Dt])."""
+    c = model.config
+    r, idle = c.num_codebooks, c.codebook_size
+    n = text_states.shape[0]
+    steps = model.pattern.steps(num_frames)
+    table = model.projected_table()  # [r, K + 1, D]
+    text_kv = model.text_kv(text_states)
+    summary = model.text_summary(text_states, text_mask)  # [N, D]
+    caches = [KVCache(steps) for _ in model.blocks] if use_cache else None
+    history: list[Tensor] = []  # uncached path: inputs so far
+    valid = model.pattern.valid_mask(steps, text_states.device)  # [r, S]
+    tokens = None  # [B, r] codes of step s - 1
+    seq: list[Tensor] = []  # [B, r] per step
+    codebooks = torch.arange(r, device=text_states.device)
+    for s in range(steps):
+        if tokens is None:
+            e = table[:, idle].sum(0).expand(n, -1)  # the all-idle step, [N, D]
+        else:
+            e = table[codebooks, tokens].sum(1)  # [B, r, D] -> [B, D]
+            e = torch.cat([e, e]) if n != e.shape[0] else e
+        x = (e + summary)[:, None]  # [N, 1, D]
+        if use_cache:
+            logits = model.run(x, text_kv, text_mask, caches, offset=s)[:, :, 0]  # [N, r, K]
+        else:
+            history.append(x)
+            logits = model.run(torch.cat(history, 1), text_kv, text_mask)[:, :, -1]
+        active = valid[:, s]  # [r]
+        drawn = choose(logits[:, active])  # [B, n_active]
+        tokens = drawn.new_full((drawn.shape[0], r), idle)
+        tokens[:, active] = drawn
+        seq.append(tokens)
+        if s >= r - 1:  # frame s - r + 1 is complete: codebook q was drawn at step t + q
+            t = s - r + 1
+            yield torch.stack([seq[t + q][:, q] for q in range(r)], dim=1)  # [B, r]
+
+
 def generate(
-    model: SirenLM, text_states: Tensor, text_mask: Tensor, num_frames: int, **kwargs
+    model: SirenLM | DelayPatternLM,
+    text_states: Tensor,
+    text_mask: Tensor,
+    num_frames: int,
+    **kwargs,
 ) -> Tensor:
     """Generate codes for a batch of prompts; see `generate_frames` for the arguments.
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -175,6 +176,12 @@ class ResidualGroupTransformer(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(c.width, c.codebook_size, bias=c.bias) for _ in range(c.group)
         )
+        # Positions of the g + 1 decoder tokens, computed once: the sampler decodes every code.
+        self.register_buffer(
+            "decoder_positions",
+            sinusoidal_positions(torch.arange(c.group + 1), c.width),
+            persistent=False,
+        )
 
     # Pieces, also used step by step by the sampler.
 
@@ -190,6 +197,28 @@ class ResidualGroupTransformer(nn.Module):
         return torch.stack(
             [self.projectors[j](vectors[:, i]) for i, j in enumerate(codebooks)], dim=1
         )
+
+    def project_sum(self, vectors: Tensor, first: int, last: int) -> Tensor:
+        """Sum of the projected vectors of codebooks first .. last - 1, as one matmul.
+
+        Equal to `project(...)[:, first:last].sum(1)` without materialising each projection:
+        the codebooks' vectors are concatenated (a view when `vectors` is laid out frame-major,
+        as `SirenLM.codebook_vectors` makes it) against the concatenated projector weights.
+
+        Args:
+            vectors: [B, r, T, D_lat].
+
+        Returns:
+            [B, T, D] (zeros for an empty range).
+        """
+        b, _, t, _ = vectors.shape
+        if last <= first:
+            return vectors.new_zeros(b, t, self.config.width)
+        x = vectors[:, first:last].transpose(1, 2).reshape(b, t, -1)  # [B, T, n*D_lat]
+        projectors = self.projectors[first:last]
+        weight = torch.cat([p.weight for p in projectors], dim=1)  # [D, n*D_lat]
+        bias = None if projectors[0].bias is None else sum(p.bias for p in projectors)
+        return F.linear(x, weight, bias)
 
     def text_kv(self, text_states: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Cross-attention keys/values of every temporal block: [B, L, Dt] -> [B, H, L, D/H]s."""
@@ -239,7 +268,7 @@ class ResidualGroupTransformer(nn.Module):
             [N, n - 1, K]: head i applied to output token i + 1 ([N, 1, K] if last_only).
         """
         n = tokens.shape[1]
-        pos = sinusoidal_positions(torch.arange(n, device=tokens.device), tokens.shape[-1])
+        pos = self.decoder_positions[:n]  # [n, D]
         x = tokens
         for block in self.decoder:
             x = x + pos.to(x.dtype)
@@ -263,14 +292,18 @@ class ResidualGroupTransformer(nn.Module):
         """
         b, r, t, _ = vectors.shape
         g, k0 = self.config.group, self.first_codebook
-        e = self.project(vectors, range(r))  # [B, r, T, D]
-        previous = e.sum(1)[:, :-1]  # frame t-1's sum, [B, T-1, D]
-        x = torch.cat([self.start.expand(b, 1, -1).to(e.dtype), previous], dim=1)  # [B, T, D]
+        # Three sums cover all r codebooks once: below the expert's, its first g-1, the rest.
+        lower = self.project_sum(vectors, 0, k0)  # [B, T, D]
+        own = self.project(vectors[:, k0 : k0 + g - 1], range(k0, k0 + g - 1))  # [B, g-1, T, D]
+        rest = self.project_sum(vectors, k0 + g - 1, r)  # [B, T, D]
+        total = lower + own.sum(1) + rest
+        previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
+        x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
         h = self.run_temporal(x, self.text_kv(text_states), text_mask)  # [B, T, D]
-        before = self.text_summary(text_states, text_mask)[:, None] + e[:, :k0].sum(1)
+        before = self.text_summary(text_states, text_mask)[:, None] + lower
         tokens = [h, before]
         for i in range(g - 1):
-            tokens.append(tokens[-1] + e[:, k0 + i])
+            tokens.append(tokens[-1] + own[:, i])
         tokens = torch.stack(tokens, dim=2).flatten(0, 1)  # [B, T, g+1, D] -> [B*T, g+1, D]
         logits = self.decode(tokens)  # [B*T, g, K]
         return logits.view(b, t, g, -1).transpose(1, 2)  # [B, g, T, K]
@@ -331,9 +364,10 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
             [B, n, T, D_lat].
         """
         codebooks = range(codes.shape[1]) if codebooks is None else codebooks
-        return torch.stack(
-            [self.codebook_table[j][codes[:, i]] for i, j in enumerate(codebooks)], dim=1
-        )
+        vectors = torch.stack(
+            [self.codebook_table[j][codes[:, i]] for i, j in enumerate(codebooks)], dim=2
+        )  # [B, T, n, D_lat]: frame-major, so the experts' `project_sum` reads views
+        return vectors.transpose(1, 2)
 
     def forward(
         self,
