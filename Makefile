@@ -9,7 +9,16 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test lint format data clean
+SIREN := $(VENV)/bin/siren
+# The embedded default (DESIGN.md section 4). The codec asset is committed; `make codec` retrains it.
+CODEC ?= assets/codec_tiny
+CODES := data/synthcaps/codes
+RUN := runs/siren_tiny
+# Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget;
+# experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).
+PRETRAIN_STEPS ?= 150
+
+.PHONY: install test lint format data codec tokenize pretrain bench clean
 
 install: $(STAMP)
 
@@ -37,6 +46,33 @@ format: install
 
 data: install
 	$(VENV)/bin/siren prepare synthcaps --out data/synthcaps
+
+codec: data
+	$(SIREN) fit --config experiments/codec_tiny.yaml
+	$(SIREN) export-codec runs/codec_tiny/checkpoints/last.ckpt $(CODEC) --half
+
+tokenize: data
+	test -f $(CODEC)/codec.json || $(MAKE) codec
+	for split in train val test; do \
+	  $(SIREN) tokenize --manifest data/synthcaps/$$split.jsonl --codec $(CODEC) --out $(CODES)/$$split || exit 1; \
+	done
+
+# Tokenize, pretrain tiny Siren (resuming a run that was cut off), export, generate held-out clips.
+pretrain: tokenize
+	$(SIREN) fit --config experiments/siren_tiny.yaml --trainer.max_steps $(PRETRAIN_STEPS) \
+	  $$(test -f $(RUN)/checkpoints/last.ckpt && echo --ckpt_path $(RUN)/checkpoints/last.ckpt)
+	$(SIREN) export $(RUN)/checkpoints/last.ckpt --out $(RUN)/model
+	$(SIREN) generate --model $(RUN)/model --manifest data/synthcaps/test.jsonl --limit 6 \
+	  --seconds 4 --out $(RUN)/samples
+	@echo "model:       $(RUN)/model (siren generate --model $(RUN)/model --captions '...' --out DIR)"
+	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
+	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
+
+bench: data
+	PYTHONPATH=src $(PY) benchmarks/generation.py
+	PYTHONPATH=src $(PY) benchmarks/training.py
+	PYTHONPATH=src $(PY) benchmarks/tokenization.py
+	PYTHONPATH=src $(PY) benchmarks/rvq_analysis.py --codec $(CODEC) --data data/synthcaps --out runs/rvq_analysis
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -105,3 +105,16 @@ def test_generate_tool_writes_wavs_and_records(exported, monkeypatch):
         assert sr == 1600 and audio.shape == (10 * 16,) and abs(audio).max() > 0
         again, _ = sf.read(outs[1] / Path(r["path"]).name)
         assert (audio == again).all()  # same seed, same audio
+
+
+def test_generate_takes_the_first_captions_of_a_manifest(exported, monkeypatch, synthcaps_small):
+    from siren_lightning.data.manifest import read_manifest
+
+    _, codec, folder, tmp = exported
+    monkeypatch.setattr(generate, "_load_codec", lambda spec: codec)
+    argv = ["--model", str(folder), "--manifest", str(synthcaps_small["test"]), "--limit", "2"]
+    argv += ["--out", str(tmp / "m"), "--codec", "stand-in", "--seconds", "0.1"]
+    assert generate.main(argv) == 0
+    lines = (tmp / "m" / "generations.jsonl").read_text().splitlines()
+    clips = read_manifest(synthcaps_small["test"])
+    assert [json.loads(x)["caption"] for x in lines] == [c.captions[0] for c in clips[:2]]

@@ -18,6 +18,9 @@ TOOLS: dict[str, str] = {
     "export": "siren_lightning.export:main",
     "generate": "siren_lightning.generate:main",
     "evaluate": "siren_lightning.metrics.protocol:main",
+    "tokenize": "siren_lightning.codec.tokenize:main",
+    "export-codec": "siren_lightning.codec.checkpoint:main",
+    "codec-eval": "siren_lightning.codec.evaluate:main",
     "download-weights": "siren_lightning.metrics.weights:main",
 }
 

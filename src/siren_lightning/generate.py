@@ -115,6 +115,8 @@ def main(argv: list[str]) -> int:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--captions", nargs="+", help="captions to generate")
     group.add_argument("--captions-file", help="text file, one caption a line")
+    group.add_argument("--manifest", help="JSONL manifest: the first caption of each clip")
+    p.add_argument("--limit", type=int, default=None, help="at most this many captions")
     p.add_argument("--out", required=True, help="output folder for WAVs and generations.jsonl")
     p.add_argument("--codec", help="codec spec (folder, .ckpt, dac:16khz); default: the sidecar's")
     p.add_argument(
@@ -133,8 +135,13 @@ def main(argv: list[str]) -> int:
     if args.captions_file:
         lines = Path(args.captions_file).read_text().splitlines()
         captions = [line.strip() for line in lines if line.strip()]
+    elif args.manifest:
+        from siren_lightning.data.manifest import read_manifest
+
+        captions = [clip.captions[0] for clip in read_manifest(args.manifest)]
     else:
         captions = args.captions
+    captions = captions[: args.limit] if args.limit is not None else captions
     if not captions:
         print("siren generate: no captions given")
         return 2
