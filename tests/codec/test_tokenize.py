@@ -175,3 +175,21 @@ def test_cli_main(tmp_path, capsys):
     assert tok.main(argv) == 0
     assert c.sha256() in capsys.readouterr().out
     assert len(CodeCache(tmp_path / "cache", expected_codec_sha256=c.sha256())) == 2
+
+
+def test_cli_stores_minilm_caption_states(tmp_path):
+    from siren_lightning.codec.checkpoint import save_codec
+    from siren_lightning.text import TextEncoder
+
+    manifest = make_manifest(tmp_path, LENGTHS[:2])
+    save_codec(codec(), tmp_path / "codec")
+    argv = ["--manifest", str(manifest), "--codec", str(tmp_path / "codec")]
+    argv += ["--out", str(tmp_path / "cache"), "--no-progress", "--text-encoder", "minilm"]
+    assert tok.main(argv) == 0
+    item = CodeCache(tmp_path / "cache")[0]
+    encoded = TextEncoder("minilm").encode(item["captions"][:1])
+    n = int(encoded.mask[0].sum())
+    assert item["text_states"][0].shape == (n, 384)
+    torch.testing.assert_close(
+        item["text_states"][0].float(), encoded.states[0, :n], atol=1e-3, rtol=1e-3
+    )

@@ -212,11 +212,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--max-skip-fraction", type=float, default=0.01)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--text-encoder",
+        default=None,
+        help="also store caption states of this siren_lightning.text backend (minilm, t5, clap), "
+        "so training never runs the text encoder",
+    )
+    parser.add_argument("--text-encoder-path", default=None, help="its local folder or hub name")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     codec = load_codec(args.codec).to(args.device)
+    text_encoder = None
+    if args.text_encoder:
+        from siren_lightning.text import TextEncoder
+
+        text_encoder = TextEncoder(args.text_encoder, args.text_encoder_path).to(args.device)
     index = tokenize_manifest(
         args.manifest,
         codec,
@@ -227,6 +239,8 @@ def main(argv: list[str]) -> int:
         max_skip_fraction=args.max_skip_fraction,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        text_encoder=text_encoder,
+        text_encoder_name=getattr(text_encoder, "source", None),
     )
     print(
         f"{index['num_clips']} clips in {len(index['shards'])} shards at {args.out} "
