@@ -9,6 +9,7 @@ Letters: B batch, r codebooks, K codebook size, T frames, N audio samples, D lat
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 
@@ -17,7 +18,7 @@ from dac.nn.quantize import ResidualVectorQuantize
 from torch import nn
 
 
-class RVQCodec(nn.Module):
+class RVQCodec(nn.Module, abc.ABC):
     """Base for codecs built around DAC's `ResidualVectorQuantize` (attribute `quantizer`).
 
     Subclasses set `sample_rate`, `hop_length`, `quantizer` and implement `encode_latent` /
@@ -70,13 +71,13 @@ class RVQCodec(nn.Module):
         n = audio.shape[-1]
         return nn.functional.pad(audio, (0, self.num_frames(n) * self.hop_length - n))
 
+    @abc.abstractmethod
     def encode_latent(self, audio: torch.Tensor) -> torch.Tensor:
         """[B, 1, T*hop] -> continuous latent z [B, D, T] (before quantization)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Quantized latent [B, D, T] -> audio [B, 1, T*hop]."""
-        raise NotImplementedError
 
     def quantize(
         self, z: torch.Tensor, n_quantizers: int | None = None
@@ -90,6 +91,16 @@ class RVQCodec(nn.Module):
         """
         z_q, codes, _, commitment, codebook = self.quantizer(z, n_quantizers)
         return z_q, codes, commitment, codebook
+
+    def maybe_quantize(
+        self, z: torch.Tensor, quantize: bool, n_quantizers: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`quantize(z)`, or with quantize=False the bypass (autoencoder warm-up): z itself,
+        no codes [B, 0, T] and zero VQ losses."""
+        if quantize:
+            return self.quantize(z, n_quantizers)
+        zero = z.new_zeros(())
+        return z, z.new_zeros(z.shape[0], 0, z.shape[-1]), zero, zero
 
     @torch.no_grad()
     def encode(self, audio: torch.Tensor, n_quantizers: int | None = None) -> torch.Tensor:
@@ -144,14 +155,14 @@ class RVQCodec(nn.Module):
         """Codes [B, r', T] -> the latent the decoder consumes [B, D, T] (sum over codebooks)."""
         return self.codebook_vectors(codes).sum(dim=1)
 
+    @abc.abstractmethod
     def spec(self) -> dict:
         """{"class_path", "config"}: what `from_spec` needs to rebuild this codec (random weights)."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def from_spec(cls, spec: dict) -> RVQCodec:
         """A random-init codec of the sizes in `spec` (see `spec`)."""
-        raise NotImplementedError
 
     def sha256(self) -> str:
         """SHA-256 over the class name and the state dict (names, dtypes, shapes, bytes).

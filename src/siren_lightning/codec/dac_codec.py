@@ -126,16 +126,7 @@ class DACCodec(RVQCodec):
         """
         self._check_audio(audio)
         z = self.encode_latent(self.pad_to_hop(audio))
-        if quantize:
-            z_q, codes, commitment, codebook = self.quantize(z, n_quantizers)
-        else:
-            zero = z.new_zeros(())
-            z_q, codes, commitment, codebook = (
-                z,
-                z.new_zeros(z.shape[0], 0, z.shape[-1]),
-                zero,
-                zero,
-            )
+        z_q, codes, commitment, codebook = self.maybe_quantize(z, quantize, n_quantizers)
         recon = fit_length(self.decode_latent(z_q), audio.shape[-1])
         return {
             "audio": recon,

@@ -177,16 +177,7 @@ class SpectralRVQCodec(RVQCodec):
         self._check_audio(audio)
         target = self.log_magnitude(self.pad_to_hop(audio))
         z = self.encoder(target)
-        if quantize:
-            z_q, codes, commitment, codebook = self.quantize(z, n_quantizers)
-        else:
-            zero = z.new_zeros(())
-            z_q, codes, commitment, codebook = (
-                z,
-                z.new_zeros(z.shape[0], 0, z.shape[-1]),
-                zero,
-                zero,
-            )
+        z_q, codes, commitment, codebook = self.maybe_quantize(z, quantize, n_quantizers)
         return {
             "log_mag": self.decode_log_magnitude(z_q),
             "log_mag_target": target,
