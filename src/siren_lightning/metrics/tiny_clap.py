@@ -35,6 +35,11 @@ def assets_dir() -> Path:
     return Path(os.environ.get("SIREN_ASSETS", Path(__file__).resolve().parents[3] / "assets"))
 
 
+def tiny_clap_path(name_or_path: str | Path) -> Path:
+    """Where a bundled name (`tiny-clap-eval`, `tiny-clap-reward`) lives; other paths as given."""
+    return assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
+
+
 class TinyCLAP(nn.Module, PyTorchModelHubMixin):
     """Audio and text towers of a small CLAP. `save_pretrained` / `from_pretrained` come from
     `huggingface_hub` (config.json + model.safetensors, local folder or hub id).
@@ -185,7 +190,7 @@ def retrieval_recall(
 
 def load_tiny_clap(name_or_path: str | Path) -> TinyCLAP:
     """A bundled name (`tiny-clap-eval`, `tiny-clap-reward`) or a saved folder / hub id."""
-    path = assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
+    path = tiny_clap_path(name_or_path)
     if str(name_or_path) in BUNDLED and not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"{name_or_path}: no checkpoint at {path}. Train it with "
@@ -238,9 +243,7 @@ class TinyCLAPBackbone(AudioBackbone):
     def from_pretrained(cls, name_or_path: str | Path = "tiny-clap-eval") -> TinyCLAPBackbone:
         """A bundled name or a `save_pretrained` folder; the weights' SHA-256 is recorded."""
         model = load_tiny_clap(name_or_path)
-        folder = (
-            assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
-        )
+        folder = tiny_clap_path(name_or_path)
         sha = sha256_file(folder / "model.safetensors") if folder.is_dir() else None
         return cls(model, name=Path(str(name_or_path)).name, weights_sha256=sha)
 
