@@ -26,6 +26,7 @@ from siren_lightning.data.datasets import (
     collate_codes,
 )
 from siren_lightning.data.manifest import Clip, read_manifest
+from siren_lightning.data.resumable import ResumableDataLoader, ResumableSampler, global_seed
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class SirenDataModule(L.LightningDataModule):
         min_seconds: shorter clips are skipped.
         max_skip_fraction: the largest fraction of a split that may be skipped.
         check_files: read every audio header at setup (finds missing files before training).
+        seed: seeds the training order and each clip's crop and caption draw; default: the
+            seed of `seed_everything` (PL_GLOBAL_SEED), else 0.
+
+    The training loader is a `ResumableDataLoader` (`data.resumable`): sharded over the
+    processes under DDP, and restored mid-epoch from a checkpoint.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class SirenDataModule(L.LightningDataModule):
         min_seconds: float = 0.1,
         max_skip_fraction: float = 0.01,
         check_files: bool = True,
+        seed: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -215,16 +222,46 @@ class SirenDataModule(L.LightningDataModule):
             collate = collate_audio
         else:
             collate = collate_captions
-        train = split == "train"
-        return DataLoader(
-            ds,
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train,
-            drop_last=train and len(ds) >= hp.batch_size,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            collate_fn=collate,
+        common = dict(
+            num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, collate_fn=collate
         )
+        if split != "train":
+            return DataLoader(ds, batch_size=hp.eval_batch_size or hp.batch_size, **common)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = ResumableSampler(
+            ds, world, rank, seed=global_seed() if hp.seed is None else hp.seed
+        )
+        return ResumableDataLoader(
+            ds,
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) >= hp.batch_size,
+            consumed_batches=self._consumed_train_batches,
+            **common,
+        )
+
+    def _consumed_train_batches(self) -> int:
+        """Training batches of the current epoch the loop has taken (for the loader's state)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    @property
+    def cache_codecs(self) -> dict[str, dict[str, Any]]:
+        """Per code-cache split: the index's codec SHA-256, r and K (for the module's checks)."""
+        out = {}
+        for split, ds in self.datasets.items():
+            index = getattr(getattr(ds, "items", None), "index", None)
+            if isinstance(index, dict):
+                out[split] = {
+                    "path": str(getattr(ds.items, "root", "")),
+                    "codec_sha256": index.get("codec_sha256"),
+                    "n_codebooks": index.get("n_codebooks"),
+                    "codebook_size": index.get("codebook_size"),
+                }
+        return out
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -6,9 +6,10 @@
   plus {"text_states": [B, L, Dt], "text_mask": [B, L]} when the cache holds caption states
 - caption batches (alignment rollouts, generation): {"captions", "ids"}
 
-Randomness (crops, caption choice) draws from torch's global generator, which Lightning's
-`seed_everything(seed, workers=True)` seeds in the main process and in every worker: a seed
-reproduces the batches.
+Randomness (crops, caption choice): an item asked for by an `ItemKey` (what the training
+sampler of `data.resumable` yields) draws from a generator seeded for that item, so the batches
+depend only on (seed, epoch, clip) and a resumed or multi-process run sees the same ones; an item
+asked for by a plain index draws from torch's global generator.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from torch.utils.data import Dataset
 
 from siren_lightning.data.audio import AudioError, crop_or_pad, load_audio
 from siren_lightning.data.manifest import Clip
+from siren_lightning.data.resumable import item_generator
 
 log = logging.getLogger(__name__)
 
 
-def _choose(n: int, train: bool) -> int:
+def _choose(n: int, train: bool, generator: torch.Generator | None = None) -> int:
     """A random index in [0, n) when training, else 0."""
-    return int(torch.randint(n, ())) if train and n > 1 else 0
+    return int(torch.randint(n, (), generator=generator)) if train and n > 1 else 0
 
 
 class AudioClipDataset(Dataset):
@@ -59,7 +61,8 @@ class AudioClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        i, gen = item_generator(key)
         clip = self.clips[i]
         try:
             audio = load_audio(clip.audio, self.sample_rate, min_seconds=self.min_seconds)
@@ -67,9 +70,9 @@ class AudioClipDataset(Dataset):
             log.warning("skipping clip %s: %s", clip.id, err)
             return {"skipped": clip.id, "reason": err.reason}
         spare = max(audio.numel() - self.crop_samples, 0)
-        start = int(torch.randint(spare + 1, ())) if self.train and spare else 0
+        start = int(torch.randint(spare + 1, (), generator=gen)) if self.train and spare else 0
         piece, mask = crop_or_pad(audio, self.crop_samples, start)
-        caption = clip.captions[_choose(len(clip.captions), self.train)]
+        caption = clip.captions[_choose(len(clip.captions), self.train, gen)]
         return {"id": clip.id, "audio": piece, "audio_mask": mask, "caption": caption}
 
 
@@ -105,13 +108,14 @@ class CodeClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        i, gen = item_generator(key)
         item = self.items[i]
         codes = torch.as_tensor(item["codes"]).long()  # [r, T]
         spare = max(codes.shape[-1] - self.crop_frames, 0)
-        start = int(torch.randint(spare + 1, ())) if self.train and spare else 0
+        start = int(torch.randint(spare + 1, (), generator=gen)) if self.train and spare else 0
         captions = item["captions"]
-        which = _choose(len(captions), self.train)
+        which = _choose(len(captions), self.train, gen)
         out = {
             "id": item["id"],
             "codes": codes[:, start : start + self.crop_frames],
@@ -161,9 +165,11 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: Any) -> dict[str, Any]:
+        i, gen = item_generator(key)
         clip = self.clips[i]
-        return {"id": clip.id, "caption": clip.captions[_choose(len(clip.captions), self.train)]}
+        caption = clip.captions[_choose(len(clip.captions), self.train, gen)]
+        return {"id": clip.id, "caption": caption}
 
 
 def collate_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
