@@ -135,26 +135,35 @@ class CodeCache(Sequence):
         return self._len
 
     def _shard(self, s: int) -> dict[str, Any]:
+        """A shard's small metadata (offsets, clip ids, captions) and an open reader.
+
+        Codes and text states stay in the file: each item reads its slice through the
+        memory-mapped reader, so every process (DDP ranks, loader workers) reads the same files
+        and shares the operating system's page cache instead of holding a copy of the cache.
+        """
         if s not in self._loaded:
             path = self.root / self.index["shards"][s]["file"]
             if not path.is_file():
                 raise CodeCacheError(f"code cache shard missing: {path}")
-            with safe_open(str(path), framework="pt") as f:
-                data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
-                clips = json.loads(f.metadata()["clips"])
-            offsets = torch.cumsum(
-                torch.cat([torch.zeros(1, dtype=torch.int64), data["frames"]]), 0
-            )
-            data["offsets"], data["clips"] = offsets.tolist(), clips
-            if "text_lengths" in data:
-                t_off = torch.cumsum(
-                    torch.cat([torch.zeros(1, dtype=torch.int64), data["text_lengths"]]), 0
-                )
-                data["text_offsets"] = t_off.tolist()
+            reader = safe_open(str(path), framework="pt")
+            data: dict[str, Any] = {"reader": reader, "keys": set(reader.keys())}
+            clips = json.loads(reader.metadata()["clips"])
+            frames = reader.get_tensor("frames")
+            data["offsets"] = [0, *torch.cumsum(frames, 0).tolist()]
+            data["samples"], data["clips"] = reader.get_tensor("samples").tolist(), clips
+            if "text_lengths" in data["keys"]:
+                lengths = reader.get_tensor("text_lengths")
+                data["text_offsets"] = [0, *torch.cumsum(lengths, 0).tolist()]
                 caps = [len(c["captions"]) for c in clips]
                 data["caption_starts"] = [sum(caps[:i]) for i in range(len(caps))]
             self._loaded[s] = data
         return self._loaded[s]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open readers do not pickle (spawned loader workers): each process opens its own.
+        state = self.__dict__.copy()
+        state["_loaded"] = {}
+        return state
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -self._len <= i < self._len:
@@ -165,16 +174,17 @@ class CodeCache(Sequence):
         data = self._shard(s)
         a, b = data["offsets"][j], data["offsets"][j + 1]
         clip = data["clips"][j]
+        reader = data["reader"]
         item = {
             "id": clip["id"],
-            "codes": data["codes"][:, a:b],  # int16 [r, T]
+            "codes": reader.get_slice("codes")[:, a:b],  # int16 [r, T]
             "captions": clip["captions"],
             "samples": int(data["samples"][j]),
         }
-        if "text_states" in data:
+        if "text_states" in data["keys"]:
             c0, offs = data["caption_starts"][j], data["text_offsets"]
+            states = reader.get_slice("text_states")
             item["text_states"] = [
-                data["text_states"][offs[c0 + k] : offs[c0 + k + 1]]
-                for k in range(len(clip["captions"]))
+                states[offs[c0 + k] : offs[c0 + k + 1]] for k in range(len(clip["captions"]))
             ]
         return item
