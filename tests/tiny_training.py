@@ -86,7 +86,6 @@ class LossLog(L.Callback):
         torch.save(state, self.root / f"final.{trainer.global_rank}.pt")
 
 
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--root", type=Path, required=True)
@@ -103,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     make_cache(args.root / "cache")
     L.seed_everything(0, verbose=False)
     network = make_model(seed=0, dropout=args.dropout).train()
-    module = PretrainModule(network, lr=3e-3, warmup_steps=2, total_steps=args.steps,
-                            caption_dropout=0.0)
+    module = PretrainModule(
+        network, lr=3e-3, warmup_steps=2, total_steps=args.steps, caption_dropout=0.0
+    )
     if args.nan_at_step >= 0:
         step_fn = module.training_step
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -55,6 +56,31 @@ def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tupl
     return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
 
 
+def _check_ranges(
+    lr: float,
+    betas: Sequence[float],
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int | None,
+    min_lr_ratio: float,
+) -> None:
+    """One clear message per out-of-range optimisation setting."""
+    if not lr > 0:
+        raise ValueError(f"PretrainModule: lr must be positive, got {lr}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"PretrainModule: betas must be two numbers in [0, 1), got {betas}")
+    if weight_decay < 0:
+        raise ValueError(f"PretrainModule: weight_decay must be >= 0, got {weight_decay}")
+    if warmup_steps < 0:
+        raise ValueError(f"PretrainModule: warmup_steps must be >= 0, got {warmup_steps}")
+    if total_steps is not None and total_steps <= warmup_steps:
+        raise ValueError(
+            f"PretrainModule: total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})"
+        )
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"PretrainModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+
+
 class PretrainModule(L.LightningModule):
     """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
 
@@ -92,6 +118,16 @@ class PretrainModule(L.LightningModule):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        _check_ranges(lr, betas, weight_decay, warmup_steps, total_steps, min_lr_ratio)
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(
+                f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
+            )
+        if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
+            raise FileNotFoundError(
+                f"PretrainModule: codec {codec!r} does not exist (a codec folder with codec.json, "
+                "a CodecModule .ckpt, a DAC .pth, or dac:16khz)"
+            )
         self.save_hyperparameters(ignore=["network", "text_encoder", "codec"])
         self.network = network
         self.text_encoder = text_encoder
@@ -150,6 +186,7 @@ class PretrainModule(L.LightningModule):
         return self._codec[0]
 
     def setup(self, stage: str) -> None:
+        self._check_caches()
         codec, c = self.codec, self.network.config
         if codec is None:
             return
@@ -162,6 +199,28 @@ class PretrainModule(L.LightningModule):
         if not self.network.codebook_table.any():
             with torch.no_grad():
                 self.network.set_codebook_table(codec.codebook_table().float().cpu())
+
+    def _check_caches(self) -> None:
+        """Code caches must match the LM's r and K and the codec's SHA-256 (before training)."""
+        trainer = self._trainer
+        caches = getattr(getattr(trainer, "datamodule", None), "cache_codecs", None) or {}
+        c = self.network.config
+        for split, info in caches.items():
+            r, k = info.get("n_codebooks"), info.get("codebook_size")
+            if (r, k) != (None, None) and (r, k) != (c.num_codebooks, c.codebook_size):
+                raise ValueError(
+                    f"the {split} code cache {info['path']} holds r={r} codebooks of K={k}, the "
+                    f"LM was built for r={c.num_codebooks}, K={c.codebook_size}"
+                )
+            sha = self._codec_sha256() if self._codec[0] is not None else None
+            found = info.get("codec_sha256")
+            if sha is not None and found is not None and found != sha:
+                raise ValueError(
+                    f"the {split} code cache {info['path']} was written by codec {found[:16]}..., "
+                    f"but this run's codec ({self.codec_spec or type(self.codec).__name__}) is "
+                    f"{sha[:16]}...; re-run `siren tokenize` with this codec or point to the "
+                    "matching cache"
+                )
 
     def on_fit_start(self) -> None:
         if not self.network.codebook_table.any():

@@ -21,7 +21,7 @@ def test_save_writes_next_to_the_target_and_renames(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", spy)
     path = tmp_path / "ckpts" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(3)}, path)
-    (src, dst), = renames
+    ((src, dst),) = renames
     assert os.path.dirname(src) == str(path.parent) and dst == str(path)
     assert torch.load(path, weights_only=True)["step"] == 3
     assert os.listdir(path.parent) == ["last.ckpt"]

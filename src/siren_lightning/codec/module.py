@@ -91,6 +91,27 @@ class CodecModule(pl.LightningModule):
         super().__init__()
         if not isinstance(codec, RVQCodec):
             raise TypeError(f"CodecModule: codec must be an RVQCodec, got {type(codec).__name__}")
+        weights = dict(
+            mel_weight=mel_weight,
+            l1_weight=l1_weight,
+            commitment_weight=commitment_weight,
+            codebook_weight=codebook_weight,
+            spectral_weight=spectral_weight,
+            convergence_weight=convergence_weight,
+            adv_weight=adv_weight,
+            feature_weight=feature_weight,
+            warmup_steps=warmup_steps,
+            n_log_examples=n_log_examples,
+        )
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"CodecModule: {name} must be >= 0, got {value}")
+        if not 0.0 < lr_gamma <= 1.0:
+            raise ValueError(f"CodecModule: lr_gamma must be in (0, 1], got {lr_gamma}")
+        if kmeans_frames < 1:
+            raise ValueError(f"CodecModule: kmeans_frames must be >= 1, got {kmeans_frames}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"CodecModule: grad_clip must be positive or None, got {grad_clip}")
         self.save_hyperparameters(ignore=["codec", "optimizer"])
         self.codec = codec
         self.optimizer_fn = optimizer

@@ -12,6 +12,7 @@ computes them once per prompt.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -241,3 +242,23 @@ class DecoderBlock(nn.Module):
         """[B, T, D] -> [B, T, D]."""
         x = x + self.dropout(self.attn(self.self_norm(x)))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+def check_config_ranges(config: Any, layer_fields: tuple[str, ...]) -> None:
+    """Range checks shared by the LM configs: one clear message per bad value.
+
+    Sizes (`num_codebooks`, `codebook_size`, `latent_dim`, `width`, `num_heads`, `text_dim`,
+    `max_frames`, `mlp_hidden` when set) and the layer counts in `layer_fields` must be >= 1,
+    `dropout` in [0, 1) and `norm_eps` positive.
+    """
+    owner = type(config).__name__
+    sizes = ("num_codebooks", "codebook_size", "latent_dim", "width", "num_heads", "text_dim")
+    for name in (*sizes, "max_frames", *layer_fields):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {getattr(config, name)}")
+    if config.mlp_hidden is not None and config.mlp_hidden < 1:
+        raise ValueError(f"{owner}: mlp_hidden must be >= 1, got {config.mlp_hidden}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {config.dropout}")
+    if not config.norm_eps > 0:
+        raise ValueError(f"{owner}: norm_eps must be positive, got {config.norm_eps}")

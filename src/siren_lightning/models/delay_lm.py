@@ -31,7 +31,12 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from siren_lightning.models.blocks import TemporalBlock, sinusoidal_positions, swiglu_hidden
+from siren_lightning.models.blocks import (
+    TemporalBlock,
+    check_config_ranges,
+    sinusoidal_positions,
+    swiglu_hidden,
+)
 from siren_lightning.models.delay_pattern import DelayPattern
 from siren_lightning.models.siren import SirenOutput, masked_mean
 
@@ -82,8 +87,7 @@ class DelayLMConfig:
     num_groups: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.num_codebooks < 1:
-            raise ValueError(f"DelayLMConfig: num_codebooks must be >= 1, got {self.num_codebooks}")
+        check_config_ranges(self, ("num_layers",))
         if self.width % self.num_heads:
             raise ValueError(
                 f"DelayLMConfig: num_heads {self.num_heads} must divide width {self.width}"

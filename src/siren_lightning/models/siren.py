@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from siren_lightning.models.blocks import (
     DecoderBlock,
     TemporalBlock,
+    check_config_ranges,
     sinusoidal_positions,
     swiglu_hidden,
 )
@@ -83,6 +84,7 @@ class SirenConfig:
     num_groups: int = field(init=False)
 
     def __post_init__(self) -> None:
+        check_config_ranges(self, ("temporal_layers", "decoder_layers"))
         if self.num_codebooks % 2:
             raise ValueError(f"SirenConfig: num_codebooks must be even, got {self.num_codebooks}")
         if self.group < 1 or self.num_codebooks % self.group:
