@@ -274,3 +274,18 @@ model:
     )
     assert isinstance(cli.model.network, DelayPatternLM)
     assert cli.model.network.config.num_layers == 1 and cli.model.codebooks == [0, 1, 2, 3]
+
+
+def test_init_weights_from_a_checkpoint_or_an_export_and_a_missing_one(tmp_path):
+    trained = make_model(seed=1)
+    torch.save(
+        {"state_dict": {f"network.{k}": v for k, v in trained.state_dict().items()}},
+        tmp_path / "run.ckpt",
+    )
+    trained.save_pretrained(tmp_path / "export")
+    for source in (tmp_path / "run.ckpt", tmp_path / "export"):
+        module = PretrainModule(make_model(seed=0), caption_dropout=0.0, init_weights=str(source))
+        for name, value in trained.state_dict().items():
+            assert torch.equal(module.network.state_dict()[name], value), (source, name)
+    with pytest.raises(FileNotFoundError, match="init_weights: .*nowhere is neither"):
+        PretrainModule(make_model(), caption_dropout=0.0, init_weights=str(tmp_path / "nowhere"))

@@ -131,10 +131,15 @@ def main(argv: list[str] | None = None) -> None:
                 save_top_k=-1,
             )
         )
+    strategy = args.strategy
+    if strategy == "fsdp":
+        from siren_lightning.strategies import SirenFSDPStrategy
+
+        strategy = SirenFSDPStrategy()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy=args.strategy if args.devices > 1 else "auto",
+        strategy=strategy if args.devices > 1 else "auto",
         max_steps=args.steps,
         logger=False,
         enable_checkpointing=bool(args.ckpt_every),

@@ -81,6 +81,35 @@ def _check_ranges(
         raise ValueError(f"PretrainModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
 
 
+def load_network_weights(network: nn.Module, source: str | Path) -> None:
+    """Load LM weights (strictly) from a PretrainModule `.ckpt` or an exported folder.
+
+    Raises:
+        FileNotFoundError: naming the path when it is neither.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "model.safetensors"))
+    elif path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        prefix = "network."
+        state = {
+            k[len(prefix) :]: v
+            for k, v in blob.get("state_dict", {}).items()
+            if k.startswith(prefix)
+        }
+        if not state:
+            raise ValueError(f"init_weights: {path} holds no PretrainModule 'network.' weights")
+    else:
+        raise FileNotFoundError(
+            f"init_weights: {path} is neither a PretrainModule .ckpt nor a folder with "
+            "model.safetensors (written by `siren export`)"
+        )
+    network.load_state_dict(state)
+
+
 class PretrainModule(L.LightningModule):
     """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
 
@@ -100,6 +129,9 @@ class PretrainModule(L.LightningModule):
         train_groups: experts to train (all when None); the others stay frozen.
         caption_dropout: probability of replacing a caption by the empty caption.
         gradient_checkpointing: recompute block activations in the backward pass.
+        init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
+            written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
+            run that trained [0, 1]. Unlike `ckpt_path`, no optimizer or loop state is taken.
     """
 
     def __init__(
@@ -116,6 +148,7 @@ class PretrainModule(L.LightningModule):
         train_groups: Sequence[int] | None = None,
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         _check_ranges(lr, betas, weight_decay, warmup_steps, total_steps, min_lr_ratio)
@@ -129,6 +162,8 @@ class PretrainModule(L.LightningModule):
                 "a CodecModule .ckpt, a DAC .pth, or dac:16khz)"
             )
         self.save_hyperparameters(ignore=["network", "text_encoder", "codec"])
+        if init_weights is not None:
+            load_network_weights(network, init_weights)
         self.network = network
         self.text_encoder = text_encoder
         self.codec_spec = codec if isinstance(codec, str) else None
