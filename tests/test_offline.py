@@ -87,3 +87,24 @@ def test_hub_offline_switches_on_inside_and_restores_after(monkeypatch):
         assert constants.HF_HUB_OFFLINE is True
     assert "HF_HUB_OFFLINE" not in os.environ and os.environ["TRANSFORMERS_OFFLINE"] == "0"
     assert before == constants.HF_HUB_OFFLINE
+
+
+@pytest.mark.slow
+def test_import_offline_keeps_laion_clap_from_waiting_in_library_code(tmp_path):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env.update(HOME=str(tmp_path), HTTPS_PROXY=DEAD, https_proxy=DEAD, PYTHONPATH=str(ROOT / "src"))
+    code = (
+        "import huggingface_hub, transformers\n"  # already imported: its constants are fixed
+        "from siren_lightning.offline import import_offline\n"
+        "import_offline('frechet_audio_distance')\n"
+        "import os; print('imported', os.environ.get('HF_HUB_OFFLINE'))\n"
+    )
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=150
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "imported None"  # the switch is restored afterwards
+    assert time.monotonic() - start < 90  # without it: over 200 s of retries
