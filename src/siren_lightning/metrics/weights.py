@@ -30,6 +30,9 @@ class WeightSpec:
         url: official download URL.
         sha256: full pinned SHA-256, when known.
         sha256_prefix: leading hex digits of the SHA-256 (torch.hub convention), when known.
+        md5: the MD5 the host publishes (Zenodo lists one per file), when no SHA-256 is; checked
+            on downloads and on the file in `weights_dir()` (a path passed explicitly is the
+            user's choice: its SHA-256 is recorded, and `expected_sha256` pins it).
     """
 
     name: str
@@ -37,12 +40,15 @@ class WeightSpec:
     url: str
     sha256: str | None = None
     sha256_prefix: str | None = None
+    md5: str | None = None
 
 
 PANNS_CNN14_16K = WeightSpec(
     name="panns-cnn14-16k",
     filename="Cnn14_16k_mAP=0.438.pth",
     url="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+    # Zenodo record 3987831's published checksum (audioldm_eval checks the same one).
+    md5="362fc5ff18f1d6ad2f6d464b45893f2c",
 )
 VGGISH = WeightSpec(
     name="vggish",
@@ -73,6 +79,20 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _check_md5(spec: WeightSpec, path: Path) -> None:
+    if spec.md5 is None:
+        return
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != spec.md5:
+        raise WeightsError(
+            f"{path}: MD5 {digest.hexdigest()} is not the published {spec.md5} of the official "
+            f"{spec.filename} (truncated or another file); delete it and download {spec.url} again"
+        )
 
 
 def _check_hash(spec: WeightSpec, path: Path, expected_sha256: str | None) -> str:
@@ -109,8 +129,11 @@ def resolve_weights(
         p = Path(path).expanduser()
         candidates.append(p / spec.filename if p.is_dir() else p)
     candidates.append(weights_dir() / spec.filename)
-    for candidate in candidates:
+    for i, candidate in enumerate(candidates):
         if candidate.is_file():
+            from_cache = path is None or i > 0
+            if from_cache and expected_sha256 is None:
+                _check_md5(spec, candidate)  # the cached official file
             return candidate, _check_hash(spec, candidate, expected_sha256)
     if path is not None and not candidates[0].is_file():
         raise WeightsError(f"{spec.name}: no weights file at {candidates[0]}")
@@ -124,7 +147,12 @@ def resolve_weights(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.sha256_prefix)
-    return target, _check_hash(spec, target, expected_sha256)
+    try:
+        _check_md5(spec, target)
+        return target, _check_hash(spec, target, expected_sha256)
+    except WeightsError:
+        target.unlink(missing_ok=True)  # never leave a bad download where the next run looks
+        raise
 
 
 def resolve_hf_checkpoint(checkpoint: str) -> Path:
