@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--nan-at-step", type=int, default=-1)
+    p.add_argument("--nan-rank", type=int, default=-1, help="poison only this rank (-1: all)")
     p.add_argument("--strategy", default="ddp")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def poisoned(batch, batch_idx):
             loss = step_fn(batch, batch_idx)
-            return loss * float("nan") if module.global_step == args.nan_at_step else loss
+            rank_hit = args.nan_rank in (-1, module.global_rank)
+            hit = rank_hit and module.global_step == args.nan_at_step
+            return loss * float("nan") if hit else loss
 
         module.training_step = poisoned
     data = SirenDataModule(

@@ -72,16 +72,16 @@ class NaNGuard(L.Callback):
         if not stop:
             return
         step, epoch = trainer.global_step, trainer.current_epoch
-        kind = "finite elsewhere" if finite else _describe(values)
+        where = "on another process" if finite else f"({_describe(values)}) on this process"
         path = self._save(trainer, step) if self.save else None
         ids = ", ".join(self._ids[:8]) + (" ..." if len(self._ids) > 8 else "")
         kept = (
-            f"the last good state (before this step's update) is saved at {path}"
+            f"The last good state (before this step's update) is saved at {path}"
             if path is not None
-            else "no checkpoint was saved (save=False)"
+            else "No checkpoint was saved (save=False)"
         )
         raise NonFiniteLossError(
-            f"NaNGuard: non-finite training {what} ({kind} on this process) at global step {step} "
+            f"NaNGuard: non-finite training {what} {where} at global step {step} "
             f"(epoch {epoch}, batch {self._batch_idx}; clips: {ids or 'unknown'}); the run stops. "
             f"{kept}. Resume from it with a lower learning rate or without these clips."
         )
