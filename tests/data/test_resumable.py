@@ -80,3 +80,17 @@ def test_item_draws_ignore_the_global_generator_but_follow_the_key():
     assert torch.equal(a["codes"], b["codes"]) and a["caption"] == b["caption"]
     crops = {tuple(ds[ItemKey(4, s)]["codes"][0].tolist()) for s in range(20)}
     assert len(crops) > 3  # other seeds, other windows
+
+
+def test_audio_crops_and_captions_follow_the_key_too(synthcaps_small):
+    from siren_lightning.data.datasets import AudioClipDataset
+    from siren_lightning.data.manifest import read_manifest
+
+    clips = read_manifest(synthcaps_small["train"])
+    ds = AudioClipDataset(clips, 16_000, 4_000, train=True)  # 0.25 s crops of 1-2 s clips
+    torch.manual_seed(0)
+    a = ds[ItemKey(3, 7)]
+    torch.manual_seed(1)
+    b = ds[ItemKey(3, 7)]
+    assert torch.equal(a["audio"], b["audio"]) and a["caption"] == b["caption"]
+    assert not torch.equal(ds[ItemKey(3, 8)]["audio"], a["audio"])
