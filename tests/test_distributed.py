@@ -44,8 +44,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         # the sampler shards each global batch: the ranks' clips are the one-process batch's
         assert sorted(a["ids"] + b["ids"]) == sorted(s["ids"]) and not set(a["ids"]) & set(b["ids"])
         assert (a["loss"] + b["loss"]) / 2 == pytest.approx(s["loss"], rel=1e-6, abs=1e-6)
-    p1 = torch.load(one / "final.0.pt")
-    p2, p2b = torch.load(two / "final.0.pt"), torch.load(two / "final.1.pt")
+    p1 = torch.load(one / "final.0.pt", weights_only=True)
+    p2, p2b = (
+        torch.load(two / "final.0.pt", weights_only=True),
+        torch.load(two / "final.1.pt", weights_only=True),
+    )
     for name in p1:
         assert torch.equal(p2[name], p2b[name]), name  # DDP keeps the replicas identical
         torch.testing.assert_close(p2[name], p1[name], rtol=1e-4, atol=1e-4, msg=name)

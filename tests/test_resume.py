@@ -70,6 +70,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_losses(tmp_path):
     for x in after:  # same batches (ids), same dropout: bit-identical losses on one CPU thread
         assert x["ids"] == reference[x["step"]]["ids"], x["step"]
         assert x["loss"] == reference[x["step"]]["loss"], x["step"]
-    a, b = torch.load(whole / "final.0.pt"), torch.load(killed / "final.0.pt")
+    a, b = (
+        torch.load(whole / "final.0.pt", weights_only=True),
+        torch.load(killed / "final.0.pt", weights_only=True),
+    )
     for name in a:
         assert torch.equal(a[name], b[name]), name
