@@ -118,3 +118,41 @@ def test_generate_takes_the_first_captions_of_a_manifest(exported, monkeypatch, 
     lines = (tmp / "m" / "generations.jsonl").read_text().splitlines()
     clips = read_manifest(synthcaps_small["test"])
     assert [json.loads(x)["caption"] for x in lines] == [c.captions[0] for c in clips[:2]]
+
+
+def test_manifest_generations_are_named_by_clip_id_and_pair_in_evaluate(
+    exported, monkeypatch, synthcaps_small
+):
+    from siren_lightning.data.manifest import read_manifest
+    from siren_lightning.metrics import protocol
+
+    _, codec, folder, tmp = exported
+    monkeypatch.setattr(generate, "_load_codec", lambda spec: codec)
+    out = tmp / "by_id"
+    argv = ["--model", str(folder), "--manifest", str(synthcaps_small["test"]), "--limit", "5"]
+    argv += ["--out", str(out), "--codec", "stand-in", "--seconds", "0.5"]
+    assert generate.main(argv) == 0
+    ids = [c.id for c in read_manifest(synthcaps_small["test"])[:5]]
+    assert sorted(p.stem for p in out.glob("*.wav")) == sorted(ids)
+    records = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ids and all(
+        Path(r["path"]).stem == r["id"] for r in records
+    )
+    # `siren evaluate` pairs every generated file with its manifest reference by id.
+    argv = ["--generated", str(out), "--reference", str(synthcaps_small["test"])]
+    assert protocol.main(argv + ["--out", str(tmp / "by_id.json")]) == 0
+    counts = json.loads((tmp / "by_id.json").read_text())["counts"]
+    assert counts["generated"] == counts["reference"] == counts["paired"] == 5
+    assert counts["clap_scored"] == 5
+
+
+def test_generate_audio_refuses_ids_that_are_not_file_names(exported, tmp_path):
+    module, codec, _, _ = exported
+    with pytest.raises(ValueError, match="unique file names"):
+        generate.generate_audio(
+            module.network, module.text_encoder, codec, ["a", "b"], tmp_path, ids=["x", "x"]
+        )
+    with pytest.raises(ValueError, match="unique file names"):
+        generate.generate_audio(
+            module.network, module.text_encoder, codec, ["a"], tmp_path, ids=["../up"]
+        )

@@ -2,7 +2,9 @@
 
 `siren generate --model DIR --captions "a high beep twice" ... --out OUT` (or `--captions-file F`,
 one caption a line) writes `OUT/<id>.wav` per caption and `OUT/generations.jsonl` with the id,
-caption, path, seed and sampling settings of each. The model folder comes from `siren export`;
+caption, path, seed and sampling settings of each. With `--manifest`, the id is the clip's id, so
+`siren evaluate --generated OUT --reference MANIFEST` pairs each file with its reference; else
+ids count from 00000. The model folder comes from `siren export`;
 its sidecar names the codec and the text encoder, both overridable on the command line.
 """
 
@@ -39,6 +41,7 @@ def generate_audio(
     seed: int = 0,
     batch_size: int = 8,
     sampling: dict[str, Any] | None = None,
+    ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -49,12 +52,23 @@ def generate_audio(
         seconds: length of each clip.
         seed: seeds one `torch.Generator` for the whole run (same seed and batch size: same audio).
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`.
+        ids: one file name (without .wav) per caption, e.g. manifest clip ids; default
+            00000, 00001, ...
 
     Returns:
         the records written to `generations.jsonl`.
     """
     import soundfile as sf
 
+    ids = [f"{i:05d}" for i in range(len(captions))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(captions):
+        raise ValueError(f"generate_audio: {len(ids)} ids for {len(captions)} captions")
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
+    if bad or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"generate_audio: clip ids must be unique file names (no '/', not starting with '.'); "
+            f"bad: {bad[:3] or sorted({i for i in ids if ids.count(i) > 1})[:3]}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {
@@ -85,7 +99,7 @@ def generate_audio(
         with torch.no_grad():
             audio = codec.decode(codes).float().cpu()  # [B, 1, N]
         for i, caption in enumerate(batch):
-            clip_id = f"{start + i:05d}"
+            clip_id = ids[start + i]
             path = out / f"{clip_id}.wav"
             sf.write(str(path), audio[i, 0].numpy(), codec.sample_rate, subtype="PCM_16")
             records.append(
@@ -132,16 +146,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
+    ids = None
     if args.captions_file:
         lines = Path(args.captions_file).read_text().splitlines()
         captions = [line.strip() for line in lines if line.strip()]
     elif args.manifest:
         from siren_lightning.data.manifest import read_manifest
 
-        captions = [clip.captions[0] for clip in read_manifest(args.manifest)]
+        clips = [clip for clip in read_manifest(args.manifest) if clip.captions]
+        captions, ids = [c.captions[0] for c in clips], [c.id for c in clips]
     else:
         captions = args.captions
-    captions = captions[: args.limit] if args.limit is not None else captions
+    if args.limit is not None:
+        captions = captions[: args.limit]
+        ids = ids[: args.limit] if ids is not None else None
     if not captions:
         print("siren generate: no captions given")
         return 2
@@ -184,6 +202,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         sampling=sampling,
+        ids=ids,
     )
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0

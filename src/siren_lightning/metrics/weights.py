@@ -2,8 +2,10 @@
 clear error naming the file to place.
 
 A file is identified by its SHA-256, which every results JSON records. Where the official file's
-hash is published (torch.hub names carry its first 8 hex digits) it is checked; a user can pin a
-full hash with ``expected_sha256``.
+hash is published it is checked: VGGish's torch.hub name carries the first 8 hex digits of its
+SHA-256; the PANNs Zenodo record publishes an MD5 only (no SHA-256 is published for it, so its
+SHA-256 is computed and recorded, not pinned). A user can pin a full SHA-256 with
+``expected_sha256``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class WeightSpec:
         url: official download URL.
         sha256: full pinned SHA-256, when known.
         sha256_prefix: leading hex digits of the SHA-256 (torch.hub convention), when known.
+        md5: the MD5 the official host publishes, when that is all it publishes.
     """
 
     name: str
@@ -37,12 +40,15 @@ class WeightSpec:
     url: str
     sha256: str | None = None
     sha256_prefix: str | None = None
+    md5: str | None = None
 
 
 PANNS_CNN14_16K = WeightSpec(
     name="panns-cnn14-16k",
     filename="Cnn14_16k_mAP=0.438.pth",
     url="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+    # Published in the Zenodo record's file list (record 3987831); Zenodo gives no SHA-256.
+    md5="362fc5ff18f1d6ad2f6d464b45893f2c",
 )
 VGGISH = WeightSpec(
     name="vggish",
@@ -66,9 +72,9 @@ def is_online() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("1", "true", "yes", "on")
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest (SHA-256 by default) of a file's content."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -85,6 +91,13 @@ def _check_hash(spec: WeightSpec, path: Path, expected_sha256: str | None) -> st
             f"{path}: SHA-256 {actual} does not start with {spec.sha256_prefix}, "
             f"the official {spec.filename}'s"
         )
+    if not expected and spec.md5:
+        md5 = sha256_file(path, "md5")
+        if md5 != spec.md5:
+            raise WeightsError(
+                f"{path}: MD5 {md5} differs from {spec.md5}, the one published for the official "
+                f"{spec.filename} ({spec.url}); the file is truncated or another checkpoint"
+            )
     return actual
 
 
