@@ -30,6 +30,13 @@ def _load_codec(spec: str) -> Any:
     return load_codec(spec)
 
 
+def _file_seconds(path: str | Path) -> float:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
 def generate_audio(
     model: SirenLM | DelayPatternLM,
     text_encoder: Any,
@@ -37,7 +44,7 @@ def generate_audio(
     captions: list[str],
     out: str | Path,
     *,
-    seconds: float = 5.0,
+    seconds: float | list[float] = 5.0,
     seed: int = 0,
     batch_size: int = 8,
     sampling: dict[str, Any] | None = None,
@@ -49,7 +56,8 @@ def generate_audio(
         model: an eval-mode `SirenLM` or `DelayPatternLM` on the device of `text_encoder` and `codec`.
         text_encoder: `encode(captions) -> TextStates`.
         codec: `decode(codes [B, r, T]) -> audio [B, 1, N]`, `sample_rate`, `hop_length`.
-        seconds: length of each clip.
+        seconds: length of every clip, or one length per caption (a batch is generated to its
+            longest and each clip cut to its own length).
         seed: seeds one `torch.Generator` for the whole run (same seed and batch size: same audio).
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`.
         ids: one file name (without .wav) per caption, e.g. manifest clip ids; default
@@ -78,13 +86,17 @@ def generate_audio(
         "cfg_scale": 3.0,
         **(sampling or {}),
     }
-    frames = math.ceil(seconds * codec.sample_rate / codec.hop_length)
+    lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else list(seconds)
+    if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
+        raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
+    samples = [max(1, round(s * codec.sample_rate)) for s in lengths]
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
     empty = text_encoder.encode([""])
     records = []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
+        frames = math.ceil(max(samples[start : start + batch_size]) / codec.hop_length)
         text = text_encoder.encode(batch)
         codes = generate(
             model,
@@ -101,7 +113,12 @@ def generate_audio(
         for i, caption in enumerate(batch):
             clip_id = ids[start + i]
             path = out / f"{clip_id}.wav"
-            sf.write(str(path), audio[i, 0].numpy(), codec.sample_rate, subtype="PCM_16")
+            clip = (
+                audio[i, 0]
+                if isinstance(seconds, int | float)
+                else audio[i, 0, : samples[start + i]]
+            )
+            sf.write(str(path), clip.numpy(), codec.sample_rate, subtype="PCM_16")
             records.append(
                 {
                     "id": clip_id,
@@ -110,6 +127,7 @@ def generate_audio(
                     "seed": seed,
                     "batch_size": batch_size,
                     "frames": frames,
+                    "samples": int(clip.numel()),
                     "sample_rate": codec.sample_rate,
                     **sampling,
                 }
@@ -137,6 +155,12 @@ def main(argv: list[str]) -> int:
         "--text-encoder", help="local folder of the text encoder; default: the sidecar's"
     )
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument(
+        "--match-durations",
+        action="store_true",
+        help="with --manifest: each clip as long as its reference (the manifest's duration, else "
+        "the audio file's), as `siren test` generates",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -146,7 +170,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
-    ids = None
+    ids, seconds = None, args.seconds
+    if args.match_durations and not args.manifest:
+        print("siren generate: --match-durations needs --manifest")
+        return 2
     if args.captions_file:
         lines = Path(args.captions_file).read_text().splitlines()
         captions = [line.strip() for line in lines if line.strip()]
@@ -155,11 +182,14 @@ def main(argv: list[str]) -> int:
 
         clips = [clip for clip in read_manifest(args.manifest) if clip.captions]
         captions, ids = [c.captions[0] for c in clips], [c.id for c in clips]
+        if args.match_durations:
+            seconds = [c.duration or _file_seconds(c.audio) for c in clips]
     else:
         captions = args.captions
     if args.limit is not None:
         captions = captions[: args.limit]
         ids = ids[: args.limit] if ids is not None else None
+        seconds = seconds[: args.limit] if isinstance(seconds, list) else seconds
     if not captions:
         print("siren generate: no captions given")
         return 2
@@ -198,7 +228,7 @@ def main(argv: list[str]) -> int:
         codec,
         captions,
         args.out,
-        seconds=args.seconds,
+        seconds=seconds,
         seed=args.seed,
         batch_size=args.batch_size,
         sampling=sampling,
