@@ -152,6 +152,7 @@ data:
     assert ceiling["metrics"]["clap_score"] > results["metrics"]["clap_score"]
     assert results["ground_truth"]["metrics"]["clap_score"] > results["metrics"]["clap_score"]
     assert results["generation"]["length_rule"] == "each reference's length"
+    assert results["generation"]["codec"]["codec_sha256"] == ceiling["codec_sha256"]
     records = [json.loads(x) for x in (out / "generated" / "generations.jsonl").open()]
     assert len(records) == n and {r["top_k"] for r in records} == {20}
     for clip in read_manifest(synthcaps_small["test"]):

@@ -315,7 +315,6 @@ class EvaluationCallback(L.Callback):
             }
         results["generation"] = {
             "checkpoint": trainer.ckpt_path,
-            "global_step": trainer.global_step,
             "model_class": type(getattr(pl_module, "network", pl_module)).__name__,
             "seed": self.seed,
             "sampling": self.sampling,
@@ -323,7 +322,7 @@ class EvaluationCallback(L.Callback):
             if self.seconds is None
             else f"{self.seconds} s",
             "caption_rule": "the test loader's caption (the first caption of each clip)",
-            **{f"codec_{k}": v for k, v in self._describe_codec(pl_module).items()},
+            "codec": self._describe_codec(pl_module),
         }
         self.results = results
         for key, value in results["metrics"].items():
