@@ -18,7 +18,7 @@ RUN := runs/siren_tiny
 # experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).
 PRETRAIN_STEPS ?= 150
 
-.PHONY: install test lint format data codec tokenize pretrain bench clean
+.PHONY: install test lint format data codec tokenize pretrain evaluate bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,15 @@ pretrain: tokenize
 	@echo "model:       $(RUN)/model (siren generate --model $(RUN)/model --captions '...' --out DIR)"
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
+
+# Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling).
+EVAL_CLIPS ?= 32
+evaluate:
+	test -f $(RUN)/model/config.json || $(MAKE) pretrain
+	$(SIREN) generate --model $(RUN)/model --manifest data/synthcaps/test.jsonl --limit $(EVAL_CLIPS) \
+	  --match-durations --out $(RUN)/eval/generated
+	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference data/synthcaps/test.jsonl \
+	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json
 
 bench: data
 	PYTHONPATH=src $(PY) benchmarks/generation.py

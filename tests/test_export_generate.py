@@ -118,3 +118,58 @@ def test_generate_takes_the_first_captions_of_a_manifest(exported, monkeypatch, 
     lines = (tmp / "m" / "generations.jsonl").read_text().splitlines()
     clips = read_manifest(synthcaps_small["test"])
     assert [json.loads(x)["caption"] for x in lines] == [c.captions[0] for c in clips[:2]]
+
+
+def test_manifest_generations_are_named_by_clip_id_and_pair_in_evaluate(
+    exported, monkeypatch, synthcaps_small
+):
+    from siren_lightning.data.manifest import read_manifest
+    from siren_lightning.metrics import protocol
+
+    _, codec, folder, tmp = exported
+    monkeypatch.setattr(generate, "_load_codec", lambda spec: codec)
+    out = tmp / "by_id"
+    # Shorter stated durations, so the stand-in model (64 frames at most) can match them.
+    manifest = tmp / "short.jsonl"
+    lines = []
+    for i, clip in enumerate(read_manifest(synthcaps_small["test"])[:6]):
+        entry = {"id": clip.id, "audio": str(clip.audio), "captions": clip.captions}
+        lines.append(json.dumps({**entry, "duration": 0.2 + 0.05 * i}))
+    manifest.write_text("\n".join(lines) + "\n")
+    argv = ["--model", str(folder), "--manifest", str(manifest), "--limit", "5"]
+    argv += ["--out", str(out), "--codec", "stand-in", "--match-durations", "--batch-size", "3"]
+    assert generate.main(argv) == 0
+    clips = read_manifest(manifest)[:5]
+    ids = [c.id for c in clips]
+    assert sorted(p.stem for p in out.glob("*.wav")) == sorted(ids)
+    for clip in clips:  # each as long as its stated duration
+        assert sf.info(str(out / f"{clip.id}.wav")).frames == round(clip.duration * 1600)
+    records = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ids and all(
+        Path(r["path"]).stem == r["id"] for r in records
+    )
+    # `siren evaluate` pairs every generated file with its manifest reference by id.
+    argv = ["--generated", str(out), "--reference", str(manifest)]
+    assert protocol.main(argv + ["--out", str(tmp / "by_id.json")]) == 0
+    counts = json.loads((tmp / "by_id.json").read_text())["counts"]
+    assert counts["generated"] == counts["reference"] == counts["paired"] == 5
+    assert counts["clap_scored"] == 5
+
+
+def test_match_durations_needs_a_manifest(exported, capsys):
+    _, _, folder, tmp = exported
+    argv = ["--model", str(folder), "--captions", "a beep", "--out", str(tmp / "x")]
+    assert generate.main(argv + ["--match-durations"]) == 2
+    assert "--match-durations needs --manifest" in capsys.readouterr().out
+
+
+def test_generate_audio_refuses_ids_that_are_not_file_names(exported, tmp_path):
+    module, codec, _, _ = exported
+    with pytest.raises(ValueError, match="unique file names"):
+        generate.generate_audio(
+            module.network, module.text_encoder, codec, ["a", "b"], tmp_path, ids=["x", "x"]
+        )
+    with pytest.raises(ValueError, match="unique file names"):
+        generate.generate_audio(
+            module.network, module.text_encoder, codec, ["a"], tmp_path, ids=["../up"]
+        )

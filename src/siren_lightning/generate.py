@@ -2,7 +2,9 @@
 
 `siren generate --model DIR --captions "a high beep twice" ... --out OUT` (or `--captions-file F`,
 one caption a line) writes `OUT/<id>.wav` per caption and `OUT/generations.jsonl` with the id,
-caption, path, seed and sampling settings of each. The model folder comes from `siren export`;
+caption, path, seed and sampling settings of each. With `--manifest`, the id is the clip's id, so
+`siren evaluate --generated OUT --reference MANIFEST` pairs each file with its reference; else
+ids count from 00000. The model folder comes from `siren export`;
 its sidecar names the codec and the text encoder, both overridable on the command line.
 """
 
@@ -28,6 +30,13 @@ def _load_codec(spec: str) -> Any:
     return load_codec(spec)
 
 
+def _file_seconds(path: str | Path) -> float:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
+
+
 def generate_audio(
     model: SirenLM | DelayPatternLM,
     text_encoder: Any,
@@ -35,10 +44,11 @@ def generate_audio(
     captions: list[str],
     out: str | Path,
     *,
-    seconds: float = 5.0,
+    seconds: float | list[float] = 5.0,
     seed: int = 0,
     batch_size: int = 8,
     sampling: dict[str, Any] | None = None,
+    ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -46,15 +56,27 @@ def generate_audio(
         model: an eval-mode `SirenLM` or `DelayPatternLM` on the device of `text_encoder` and `codec`.
         text_encoder: `encode(captions) -> TextStates`.
         codec: `decode(codes [B, r, T]) -> audio [B, 1, N]`, `sample_rate`, `hop_length`.
-        seconds: length of each clip.
+        seconds: length of every clip, or one length per caption (a batch is generated to its
+            longest and each clip cut to its own length).
         seed: seeds one `torch.Generator` for the whole run (same seed and batch size: same audio).
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`.
+        ids: one file name (without .wav) per caption, e.g. manifest clip ids; default
+            00000, 00001, ...
 
     Returns:
         the records written to `generations.jsonl`.
     """
     import soundfile as sf
 
+    ids = [f"{i:05d}" for i in range(len(captions))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(captions):
+        raise ValueError(f"generate_audio: {len(ids)} ids for {len(captions)} captions")
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
+    if bad or len(set(ids)) != len(ids):
+        raise ValueError(
+            f"generate_audio: clip ids must be unique file names (no '/', not starting with '.'); "
+            f"bad: {bad[:3] or sorted({i for i in ids if ids.count(i) > 1})[:3]}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {
@@ -64,13 +86,17 @@ def generate_audio(
         "cfg_scale": 3.0,
         **(sampling or {}),
     }
-    frames = math.ceil(seconds * codec.sample_rate / codec.hop_length)
+    lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else list(seconds)
+    if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
+        raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
+    samples = [max(1, round(s * codec.sample_rate)) for s in lengths]
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
     empty = text_encoder.encode([""])
     records = []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
+        frames = math.ceil(max(samples[start : start + batch_size]) / codec.hop_length)
         text = text_encoder.encode(batch)
         codes = generate(
             model,
@@ -85,9 +111,14 @@ def generate_audio(
         with torch.no_grad():
             audio = codec.decode(codes).float().cpu()  # [B, 1, N]
         for i, caption in enumerate(batch):
-            clip_id = f"{start + i:05d}"
+            clip_id = ids[start + i]
             path = out / f"{clip_id}.wav"
-            sf.write(str(path), audio[i, 0].numpy(), codec.sample_rate, subtype="PCM_16")
+            clip = (
+                audio[i, 0]
+                if isinstance(seconds, int | float)
+                else audio[i, 0, : samples[start + i]]
+            )
+            sf.write(str(path), clip.numpy(), codec.sample_rate, subtype="PCM_16")
             records.append(
                 {
                     "id": clip_id,
@@ -96,6 +127,7 @@ def generate_audio(
                     "seed": seed,
                     "batch_size": batch_size,
                     "frames": frames,
+                    "samples": int(clip.numel()),
                     "sample_rate": codec.sample_rate,
                     **sampling,
                 }
@@ -123,6 +155,12 @@ def main(argv: list[str]) -> int:
         "--text-encoder", help="local folder of the text encoder; default: the sidecar's"
     )
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument(
+        "--match-durations",
+        action="store_true",
+        help="with --manifest: each clip as long as its reference (the manifest's duration, else "
+        "the audio file's), as `siren test` generates",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -132,16 +170,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
+    ids, seconds = None, args.seconds
+    if args.match_durations and not args.manifest:
+        print("siren generate: --match-durations needs --manifest")
+        return 2
     if args.captions_file:
         lines = Path(args.captions_file).read_text().splitlines()
         captions = [line.strip() for line in lines if line.strip()]
     elif args.manifest:
         from siren_lightning.data.manifest import read_manifest
 
-        captions = [clip.captions[0] for clip in read_manifest(args.manifest)]
+        clips = [clip for clip in read_manifest(args.manifest) if clip.captions]
+        captions, ids = [c.captions[0] for c in clips], [c.id for c in clips]
+        if args.match_durations:
+            seconds = [c.duration or _file_seconds(c.audio) for c in clips]
     else:
         captions = args.captions
-    captions = captions[: args.limit] if args.limit is not None else captions
+    if args.limit is not None:
+        captions = captions[: args.limit]
+        ids = ids[: args.limit] if ids is not None else None
+        seconds = seconds[: args.limit] if isinstance(seconds, list) else seconds
     if not captions:
         print("siren generate: no captions given")
         return 2
@@ -180,10 +228,11 @@ def main(argv: list[str]) -> int:
         codec,
         captions,
         args.out,
-        seconds=args.seconds,
+        seconds=seconds,
         seed=args.seed,
         batch_size=args.batch_size,
         sampling=sampling,
+        ids=ids,
     )
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0

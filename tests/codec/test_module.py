@@ -77,6 +77,27 @@ def test_spectral_codec_loss_falls_and_kmeans_runs_after_warmup():
     assert after["spec/convergence"] < 0.8 * before["spec/convergence"]
 
 
+def test_frame_energy_loss_is_the_per_frame_log_energy_gap():
+    """A uniform +6 dB error on every bin of the real frames costs log(4) per frame."""
+    codec = SpectralRVQCodec(SpectralCodecConfig.tiny())
+    module = CodecModule(codec, energy_weight=0.5)
+    batch = tone_batch()
+    out = codec(batch["audio"])
+    target = out["log_mag_target"]
+    # Normalised log-magnitude: +log(2) / scale doubles every magnitude, i.e. 4x the energy.
+    louder = {**out, "log_mag": target + math.log(2.0) / codec.log_scale}
+    losses = module.reconstruction_losses(louder, batch["audio"], batch["audio_mask"])
+    assert losses["spec/frame_energy"].item() == pytest.approx(math.log(4.0), rel=1e-4)
+    exact = module.reconstruction_losses(
+        {**out, "log_mag": target}, batch["audio"], batch["audio_mask"]
+    )
+    assert exact["spec/frame_energy"].item() == 0.0
+    total = module.total_loss(losses) - module.total_loss(
+        {k: v for k, v in losses.items() if k != "spec/frame_energy"}
+    )
+    assert total.item() == pytest.approx(0.5 * math.log(4.0), rel=1e-4)
+
+
 @pytest.mark.slow
 def test_dac_codec_mel_loss_falls_with_dac_losses():
     torch.manual_seed(0)

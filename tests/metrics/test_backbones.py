@@ -32,8 +32,13 @@ def test_panns_outputs_and_weight_loading(tmp_path, monkeypatch):
     path = tmp_path / PANNS_CNN14_16K.filename
     torch.save({"model": model.model.state_dict()}, path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded = PannsCnn14(weights=tmp_path)
-    assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    # Not the official file: its MD5 (all Zenodo publishes) differs, so it is refused ...
+    with pytest.raises(WeightsError, match="MD5 .* differs from 362fc5ff18f1d6ad2f6d464b45893f2c"):
+        PannsCnn14(weights=tmp_path)
+    # ... unless the user pins its SHA-256, which is then what the results record.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = PannsCnn14(weights=tmp_path, expected_sha256=digest)
+    assert loaded.weights_sha256 == digest
     torch.testing.assert_close(loaded(audio).logits, out.logits)
     # 32 kHz input is resampled to 16 kHz by embed().
     assert model.embed(torch.randn(1, 64000) * 0.1, 32000).shape == (1, 2048)

@@ -67,7 +67,17 @@ def test_evaluate_folders_writes_full_results(backbone, tmp_path):
     gen, ref = audio_files(tmp_path / "gen"), audio_files(tmp_path / "ref")
     results = evaluator.evaluate(gen, ref, captions)
     m = results["metrics"]
-    assert set(m) == {"fd", "kl_softmax", "kl_sigmoid", "kl", "is_mean", "is_std", "clap_score"}
+    assert set(m) == {
+        "fd",
+        "fad",
+        "kl_softmax",
+        "kl_sigmoid",
+        "kl",
+        "is_mean",
+        "is_std",
+        "clap_score",
+    }
+    assert m["fad"] is None and "VGGish" in results["unavailable"]["fad"]
     assert m["fd"] > 0 and m["kl"] == m["kl_softmax"] and m["is_mean"] >= 1.0
     assert results["counts"] == {"generated": 12, "reference": 12, "paired": 12, "clap_scored": 12}
     assert results["backbones"]["fd"]["weights_sha256"] == "0" * 64
@@ -129,3 +139,18 @@ def test_vggish_frames_per_096_seconds():
     assert (out.frames[0] < 0).any()
     with pytest.raises(ValueError, match="0.96 s"):
         vggish(torch.randn(1, SR // 2))
+
+
+def test_audioldm_eval_preset_names_every_missing_weights_file(tmp_path, monkeypatch):
+    """Offline and without the pretrained files, the full preset fails once, naming each file."""
+    from siren_lightning.metrics.protocol import build_evaluator
+    from siren_lightning.metrics.weights import WeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SIREN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError) as err:
+        build_evaluator("audioldm_eval", clap_checkpoint="laion/clap-htsat-unfused")
+    message = str(err.value)
+    assert "Cnn14_16k_mAP=0.438.pth" in message and "vggish-10086976.pth" in message
+    assert "laion/clap-htsat-unfused" in message and "--preset tiny" in message

@@ -10,6 +10,22 @@ import torch
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 
 
+@torch.no_grad()
+def generate_waveforms(
+    pl_module: L.LightningModule,
+    captions: list[str],
+    num_frames: int,
+    seed: int = 0,
+    sampling: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Audio [B, N] (CPU, N = num_frames * hop) for B captions: the module's
+    `sample_codes(captions, num_frames, seed, **sampling) -> [B, r, T]` decoded by its codec."""
+    codec = pl_module.codec
+    codes = pl_module.sample_codes(captions, num_frames, seed=seed, **(sampling or {}))
+    device = next(codec.parameters(), codes).device
+    return codec.decode(codes.to(device)).float().cpu()[:, 0]  # [B, 1, N] -> [B, N]
+
+
 class AudioSamplesCallback(L.Callback):
     """Generates codes for a few captions with the module's sampler, decodes them with its
     codec, and logs audio and spectrograms to TensorBoard (`samples/<i>`).
@@ -75,9 +91,7 @@ class AudioSamplesCallback(L.Callback):
         if self.captions is None:
             self.captions = self._default_captions(trainer)
         frames = max(1, round(self.seconds * codec.sample_rate / codec.hop_length))
-        codes = pl_module.sample_codes(self.captions, frames, seed=self.seed, **self.sampling)
-        device = next(codec.parameters(), codes).device
-        audio = codec.decode(codes.to(device)).cpu()  # [B, 1, N]
-        clips = {f"{i}: {c[:60]}": audio[i, 0] for i, c in enumerate(self.captions)}
+        audio = generate_waveforms(pl_module, self.captions, frames, self.seed, self.sampling)
+        clips = {f"{i}: {c[:60]}": audio[i] for i, c in enumerate(self.captions)}
         log_clips(writer, "samples", clips, codec.sample_rate, trainer.global_step)
         self.logged.append(trainer.global_step)

@@ -59,6 +59,10 @@ class CodecModule(pl.LightningModule):
             (spectral codec only): log-domain L1 is median-seeking and predicts the floor where a
             tone's loud bins are uncertain (measured: sirens decoded 20-40 dB too quiet); this
             mean-seeking term keeps their energy.
+        energy_weight: weight of the L1 between predicted and true per-frame log-energies
+            (spectral codec only). SynthCaps' onset count and envelope direction are read off the
+            frame RMS, and a quiet-decoded tone splits one event into several: this term aims
+            at exactly that level contour (by Parseval, frame energy = sum of |S|^2 over bins).
         adversarial: add DAC's discriminator (waveform codecs only); adv_weight / feature_weight
             are DAC's 1 and 2.
         warmup_steps: steps with the quantizer bypassed (plain autoencoder) before k-means.
@@ -79,6 +83,7 @@ class CodecModule(pl.LightningModule):
         codebook_weight: float = 1.0,
         spectral_weight: float = 1.0,
         convergence_weight: float = 1.0,
+        energy_weight: float = 0.0,
         adversarial: bool = False,
         adv_weight: float = 1.0,
         feature_weight: float = 2.0,
@@ -218,6 +223,11 @@ class CodecModule(pl.LightningModule):
                 self.codec.magnitude(target).pow(0.3),
                 frames,
             )
+            losses["spec/frame_energy"] = _masked_l1(
+                _log_energy(self.codec.magnitude(pred.clamp(max=3.0))),
+                _log_energy(self.codec.magnitude(target)),
+                frames,
+            )
         else:
             recon = out["audio"] * (mask[:, None] if mask is not None else 1.0)
             x, y = AudioSignal(recon, self.codec.sample_rate), self._signal(audio)
@@ -233,6 +243,7 @@ class CodecModule(pl.LightningModule):
             "spec/log_mag_l1": hp.spectral_weight,
             "spec/log_mel_l1": hp.spectral_weight,
             "spec/convergence": hp.convergence_weight,
+            "spec/frame_energy": hp.energy_weight,
             "mel/loss": hp.mel_weight,
             "waveform/loss": hp.l1_weight,
             "adv/gen_loss": hp.adv_weight,
@@ -322,6 +333,11 @@ class CodecModule(pl.LightningModule):
 def _masked_l1(pred: torch.Tensor, target: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Mean |pred - target| over real frames: [B, C, T], [B, C, T], [B, 1, T] -> []."""
     return ((pred - target).abs() * frames).sum() / (frames.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+def _log_energy(mag: torch.Tensor) -> torch.Tensor:
+    """Per-frame log-energy of linear magnitudes: [B, F, T] -> [B, 1, T]."""
+    return mag.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-8).log()
 
 
 def _spectral_convergence(

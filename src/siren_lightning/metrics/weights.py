@@ -2,8 +2,10 @@
 clear error naming the file to place.
 
 A file is identified by its SHA-256, which every results JSON records. Where the official file's
-hash is published (torch.hub names carry its first 8 hex digits) it is checked; a user can pin a
-full hash with ``expected_sha256``.
+hash is published it is checked: VGGish's torch.hub name carries the first 8 hex digits of its
+SHA-256; the PANNs Zenodo record publishes an MD5 only (no SHA-256 is published for it, so its
+SHA-256 is computed and recorded, not pinned). A user can pin a full SHA-256 with
+``expected_sha256``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ class WeightSpec:
         url: official download URL.
         sha256: full pinned SHA-256, when known.
         sha256_prefix: leading hex digits of the SHA-256 (torch.hub convention), when known.
-        md5: the MD5 the host publishes (Zenodo lists one per file), when no SHA-256 is; checked
-            on downloads and on the file in `weights_dir()` (a path passed explicitly is the
-            user's choice: its SHA-256 is recorded, and `expected_sha256` pins it).
+        md5: the MD5 the official host publishes, when that is all it publishes.
     """
 
     name: str
@@ -47,7 +47,7 @@ PANNS_CNN14_16K = WeightSpec(
     name="panns-cnn14-16k",
     filename="Cnn14_16k_mAP=0.438.pth",
     url="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
-    # Zenodo record 3987831's published checksum (audioldm_eval checks the same one).
+    # Published in the Zenodo record's file list (record 3987831); Zenodo gives no SHA-256.
     md5="362fc5ff18f1d6ad2f6d464b45893f2c",
 )
 VGGISH = WeightSpec(
@@ -72,27 +72,13 @@ def is_online() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("1", "true", "yes", "on")
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's content."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest (SHA-256 by default) of a file's content."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _check_md5(spec: WeightSpec, path: Path) -> None:
-    if spec.md5 is None:
-        return
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != spec.md5:
-        raise WeightsError(
-            f"{path}: MD5 {digest.hexdigest()} is not the published {spec.md5} of the official "
-            f"{spec.filename} (truncated or another file); delete it and download {spec.url} again"
-        )
 
 
 def _check_hash(spec: WeightSpec, path: Path, expected_sha256: str | None) -> str:
@@ -105,6 +91,13 @@ def _check_hash(spec: WeightSpec, path: Path, expected_sha256: str | None) -> st
             f"{path}: SHA-256 {actual} does not start with {spec.sha256_prefix}, "
             f"the official {spec.filename}'s"
         )
+    if not expected and spec.md5:
+        md5 = sha256_file(path, "md5")
+        if md5 != spec.md5:
+            raise WeightsError(
+                f"{path}: MD5 {md5} differs from {spec.md5}, the one published for the official "
+                f"{spec.filename} ({spec.url}); the file is truncated or another checkpoint"
+            )
     return actual
 
 
@@ -129,11 +122,8 @@ def resolve_weights(
         p = Path(path).expanduser()
         candidates.append(p / spec.filename if p.is_dir() else p)
     candidates.append(weights_dir() / spec.filename)
-    for i, candidate in enumerate(candidates):
+    for candidate in candidates:
         if candidate.is_file():
-            from_cache = path is None or i > 0
-            if from_cache and expected_sha256 is None:
-                _check_md5(spec, candidate)  # the cached official file
             return candidate, _check_hash(spec, candidate, expected_sha256)
     if path is not None and not candidates[0].is_file():
         raise WeightsError(f"{spec.name}: no weights file at {candidates[0]}")
@@ -147,12 +137,7 @@ def resolve_weights(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.sha256_prefix)
-    try:
-        _check_md5(spec, target)
-        return target, _check_hash(spec, target, expected_sha256)
-    except WeightsError:
-        target.unlink(missing_ok=True)  # never leave a bad download where the next run looks
-        raise
+    return target, _check_hash(spec, target, expected_sha256)
 
 
 def resolve_hf_checkpoint(checkpoint: str) -> Path:
