@@ -109,9 +109,11 @@ class PannsCnn14(AudioBackbone):
         expected_sha256: str | None = None,
     ) -> None:
         super().__init__()
-        from frechet_audio_distance.models.pann import Cnn14_16k
+        from siren_lightning.offline import import_offline
 
-        self.model = Cnn14_16k(
+        # Importing the package pulls in laion_clap, which retries the hub for minutes offline.
+        pann = import_offline("frechet_audio_distance.models.pann")
+        self.model = pann.Cnn14_16k(
             sample_rate=16000,
             window_size=512,
             hop_size=160,
