@@ -174,7 +174,8 @@ def audio_metrics(clips: list, folder: Path, tiny_clap: str | None) -> dict[str,
     reference = {c.id: Path(c.audio) for c in clips}
     captions = {c.id: c.captions[0] for c in clips}
     results = evaluator.evaluate(generated, reference, captions)
-    return {f"tiny/{k}": float(v) for k, v in results["metrics"].items()}
+    # Metrics the preset cannot compute (FAD offline, IS on < 10 clips) are None, with a reason.
+    return {f"tiny/{k}": float(v) for k, v in results["metrics"].items() if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
