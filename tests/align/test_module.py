@@ -70,3 +70,39 @@ def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator)
     trainer(30).fit(m, train_dataloaders=caption_loader(batch_size=2))
     end = mean_reward(m)
     assert end > start + 1.0, (start, end)  # dB
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_teacher_forced_guided_logits_are_what_the_sampler_drew_from(tiny_parts, cfg_scale):
+    from siren_lightning.align.heldout import group_logits
+    from siren_lightning.models.sampling import generate
+
+    network, _, text = tiny_parts
+    prompts, empty = text.encode(["a loud low hum", "two quiet beeps"]), text.encode([""])
+    codes = generate(
+        network,
+        prompts.states,
+        prompts.mask,
+        12,
+        uncond_states=empty.states,
+        uncond_mask=empty.mask,
+        cfg_scale=cfg_scale,
+        temperature=0.0,  # greedy: every code is the argmax of the logits it was drawn from
+    )
+    experts = {k: network.experts[k] for k in (0, 2)}
+    with torch.no_grad():
+        logits = group_logits(
+            network,
+            experts,
+            codes,
+            prompts.states,
+            prompts.mask,
+            uncond=(empty.states, empty.mask),
+            cfg_scale=cfg_scale,
+        )
+    assert torch.equal(logits.argmax(-1), codes[:, [0, 1, 4, 5]])
+
+
+def test_truncated_rollouts_are_refused(tiny_parts):
+    with pytest.raises(ValueError, match="exact log-probability"):
+        module(tiny_parts, rollout_sampling={"top_k": 50})

@@ -8,8 +8,9 @@ Letters: B clips, r codebooks, n policy codebooks, T frames, K codebook size, N 
 - the evaluation protocol's metrics (`metrics.protocol.Evaluator`, preset `tiny`: `clap_score`
   with `tiny-clap-eval`, `fd` of its embeddings against the clips' reference audio, and the
   attribute `kl`/`is_*` it also computes);
-- `kl_ref`: mean exact per-token KL(policy || reference) over the policy's codebooks on the
-  generated codes (0 for the reference itself).
+- `kl_ref`: mean exact per-token KL(policy || reference) of the distributions the codes are
+  drawn from (guided by the same scale, before the top-k filter) over the policy's codebooks on
+  the generated codes (0 for the reference itself).
 Both the in-loop evaluation of `AlignModule` and `siren align-report` call it.
 """
 
@@ -54,21 +55,40 @@ def group_logits(
     codes: Tensor,
     text_states: Tensor,
     text_mask: Tensor,
+    uncond: tuple[Tensor, Tensor] | None = None,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """Teacher-forced logits of the given experts' codebooks.
+    """Teacher-forced logits of the given experts' codebooks, as the sampler draws from them.
 
     Args:
         network: the `SirenLM` whose frozen codebook table embeds the codes.
         experts: group index k -> the expert to run for it (the policy's own, or the frozen
             reference copy), in the order of the output.
         codes: [B, r, T] long; text_states [B, L, Dt]; text_mask [B, L] bool.
+        uncond: the empty caption's states [1, L', Dt] and mask [1, L'] (needed when
+            cfg_scale != 1).
+        cfg_scale: classifier-free guidance: ``uncond + scale * (cond - uncond)``, the logits
+            `models.sampling` samples from.
+        temperature: the logits are divided by it (as the sampler does).
 
     Returns:
         [B, n, T, K], n = g x len(experts).
     """
     vectors = network.codebook_vectors(codes)  # [B, r, T, D_lat]
-    text_states = text_states.to(vectors.dtype)
-    return torch.cat([e(vectors, text_states, text_mask) for e in experts.values()], dim=1)
+
+    def run(states: Tensor, mask: Tensor) -> Tensor:
+        states = states.to(vectors.dtype)
+        return torch.cat([e(vectors, states, mask) for e in experts.values()], dim=1)
+
+    logits = run(text_states, text_mask)
+    if cfg_scale != 1.0:
+        if uncond is None:
+            raise ValueError("group_logits: cfg_scale != 1 needs the empty caption's states")
+        b = codes.shape[0]
+        empty = run(uncond[0].expand(b, -1, -1), uncond[1].expand(b, -1))
+        logits = empty + cfg_scale * (logits - empty)
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def policy_codebooks(network: nn.Module, groups: Sequence[int]) -> list[int]:
@@ -140,8 +160,13 @@ def evaluate_policy(
         if reference:
             groups = list(reference)
             policy = {k: network.experts[k] for k in groups}
-            logits = group_logits(network, policy, codes, text.states, text.mask)
-            ref_logits = group_logits(network, reference, codes, text.states, text.mask)
+            guide = {
+                "uncond": (empty.states, empty.mask),
+                "cfg_scale": sampling["cfg_scale"],
+                "temperature": sampling["temperature"],
+            }
+            logits = group_logits(network, policy, codes, text.states, text.mask, **guide)
+            ref_logits = group_logits(network, reference, codes, text.states, text.mask, **guide)
             kls.append(kl_exact(logits, ref_logits).mean(dim=(1, 2)).cpu())  # [B]
         for clip, wav in zip(batch, audio.cpu(), strict=True):
             path = out_dir / f"{clip.id}.wav"

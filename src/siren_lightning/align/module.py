@@ -15,16 +15,20 @@ One training step (manual optimisation):
    per-token KL penalty to the reference (`kl_estimator`: k3 by default, or exact) and an
    optional entropy bonus. `strategy: dpo`: DPO on the best and the worst sample of each group.
 
-The experts stay in eval mode throughout (no dropout), so the log-probabilities of the update
-are those of the distribution that sampled. Rollouts sample with temperature 1, no top-k/top-p
-filter and no guidance by default: the policy gradient then uses the probabilities the codes
-were actually drawn with (other `rollout_sampling` values make the rollouts off-policy).
+The policy is the distribution the sampler draws from: with classifier-free guidance (rollouts
+use `cfg_scale` 3 by default, as `siren generate` does) the log-probabilities, the KL and the
+entropy are those of the guided logits ``uncond + s (cond - uncond)`` of the policy experts (and
+of the reference copy for the reference), so the update stays on-policy and the unconditional
+branch that guidance relies on is trained with it. Rollouts use no top-k/top-p filter (the
+log-probability of a filtered code would be -inf after an update). The experts stay in eval
+mode throughout (no dropout), so the update scores the codes exactly as the sampler did.
 
 Every `eval_every_n_steps` rollout batches (and before the first and after the last), the
 held-out evaluation (`align.heldout`) generates the first `eval_clips` captions of the val split
-with `siren generate`'s sampling and logs `heldout/reward`, `heldout/clap_score` (the evaluation
-tiny CLAP, never the reward model), `heldout/fd` (preset `tiny`, against the clips' reference
-audio) and `heldout/kl_ref` to TensorBoard, with a few clips.
+with `siren generate`'s sampling and logs `heldout/reward`, `heldout/clap_score` and `heldout/fd`
+(preset `tiny`: the evaluation tiny CLAP, never the reward model, FD against the clips'
+reference audio; or preset `audioldm_eval` on real data) and `heldout/kl_ref` to TensorBoard,
+with a few clips.
 
 Checkpoints carry the same `siren` record as stage 1's, so `siren export` turns one into a model
 folder that `siren generate` reads.
@@ -60,14 +64,14 @@ from siren_lightning.align.objectives import (
     kl_k3,
     token_log_probs,
 )
-from siren_lightning.align.rewards import Reward, TinyCLAPReward
+from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
 from siren_lightning.models.sampling import generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
 log = logging.getLogger(__name__)
 
-# On-policy rollouts: the codes are drawn from the policy's own conditional distribution.
-ROLLOUT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 1.0}
+# Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
+ROLLOUT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 3.0}
 
 
 def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
@@ -117,7 +121,7 @@ class AlignModule(L.LightningModule):
         group_size: G samples per caption.
         seconds: length of each rollout clip.
         rollout_sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` of the rollouts
-            (default `ROLLOUT_SAMPLING`, on-policy).
+            (default `ROLLOUT_SAMPLING`; top_k/top_p must stay off).
         lr, betas, weight_decay: AdamW on the policy's parameters (constant rate).
         grad_clip: gradient-norm clip of each update (0: none).
         kl_coef: weight of the per-token KL penalty to the reference (GRPO).
@@ -130,7 +134,10 @@ class AlignModule(L.LightningModule):
         eval_clips: how many val captions the held-out evaluation uses.
         eval_seconds: held-out clip length (default `seconds`).
         eval_sampling: held-out sampling (default `siren generate`'s).
+        eval_preset: `tiny` (SynthCaps: tiny-clap-eval) or `audioldm_eval` (real data: PANNs FD,
+            LAION CLAP score; weights as for `siren evaluate`).
         eval_tiny_clap: the tiny CLAP of the `tiny` evaluation preset.
+        eval_clap_checkpoint: the LAION CLAP of the `audioldm_eval` preset (its default if None).
         eval_cache: feature cache folder of the evaluator (reference clips are embedded once).
         eval_manifest: held-out manifest instead of the datamodule's val split.
         seed: seeds the rollout and evaluation samplers.
@@ -162,7 +169,9 @@ class AlignModule(L.LightningModule):
         eval_clips: int = 32,
         eval_seconds: float | None = None,
         eval_sampling: dict[str, Any] | None = None,
+        eval_preset: Literal["tiny", "audioldm_eval"] = "tiny",
         eval_tiny_clap: str = "tiny-clap-eval",
+        eval_clap_checkpoint: str | None = None,
         eval_cache: str | None = None,
         eval_manifest: str | None = None,
         seed: int = 0,
@@ -182,6 +191,11 @@ class AlignModule(L.LightningModule):
             raise ValueError(f"AlignModule: group_size must be >= 2, got {group_size}")
         if ppo_epochs < 1:
             raise ValueError(f"AlignModule: ppo_epochs must be >= 1, got {ppo_epochs}")
+        if eval_every_n_steps and eval_clips < 10:
+            raise ValueError(
+                f"AlignModule: eval_clips must be >= 10 (the evaluator's inception score has 10 "
+                f"splits), got {eval_clips}"
+            )
         meta: dict[str, Any] = {}
         if init_from is not None:
             network, meta = load_stage1(init_from)
@@ -211,6 +225,12 @@ class AlignModule(L.LightningModule):
         self._codec = [codec]  # a list hides it from nn.Module: not saved in checkpoints
         self._reward = [reward]
         self.rollout_sampling = {**ROLLOUT_SAMPLING, **(rollout_sampling or {})}
+        rs = self.rollout_sampling
+        if rs["top_k"] > 0 or rs["top_p"] < 1.0 or rs["temperature"] <= 0:
+            raise ValueError(
+                f"AlignModule: rollout_sampling {rs} must keep top_k 0, top_p 1 and a positive "
+                "temperature: the update needs the exact log-probability of every sampled code"
+            )
         self.eval_sampling = {**EVAL_SAMPLING, **(eval_sampling or {})}
         self._generator: torch.Generator | None = None
         self._evaluator: Any = None
@@ -299,6 +319,10 @@ class AlignModule(L.LightningModule):
             },
         }
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        align = checkpoint.get("siren", {}).get("align", {})
+        self._rollout_batches = int(align.get("rollout_batches", 0))
+
     # Setup.
 
     def setup(self, stage: str) -> None:
@@ -337,16 +361,17 @@ class AlignModule(L.LightningModule):
 
         Returns:
             `captions` (B, each caption G times), `codes` [B, r, T], `audio` [B, 1, N],
-            `rewards` [B], `text_states` [B, L, Dt], `text_mask` [B, L].
+            `rewards` [B], `text_states` [B, L, Dt], `text_mask` [B, L], `uncond` (the empty
+            caption's states [1, L', Dt] and mask [1, L']).
         """
         hp = self.hparams
         repeated = [c for c in captions for _ in range(hp.group_size)]
         text = self.text_encoder.encode(repeated)
         codec = self.codec
         frames = max(1, round(hp.seconds * codec.sample_rate / codec.hop_length))
+        empty = self.text_encoder.encode([""])
         uncond = {}
         if self.rollout_sampling["cfg_scale"] != 1.0:
-            empty = self.text_encoder.encode([""])
             uncond = {"uncond_states": empty.states, "uncond_mask": empty.mask}
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(hp.seed)
@@ -368,13 +393,24 @@ class AlignModule(L.LightningModule):
             "rewards": rewards,
             "text_states": text.states,
             "text_mask": text.mask,
+            "uncond": (empty.states, empty.mask),
         }
 
     def _logits(self, experts: dict[int, nn.Module], r: dict[str, Any], rows: Tensor | None):
         codes, states, mask = r["codes"], r["text_states"], r["text_mask"]
         if rows is not None:
             codes, states, mask = codes[rows], states[rows], mask[rows]
-        return group_logits(self.network, experts, codes, states, mask)  # [B, n, T, K]
+        rs = self.rollout_sampling
+        return group_logits(
+            self.network,
+            experts,
+            codes,
+            states,
+            mask,
+            uncond=r["uncond"],
+            cfg_scale=rs["cfg_scale"],
+            temperature=rs["temperature"],
+        )  # [B, n, T, K]
 
     # Steps.
 
@@ -435,7 +471,7 @@ class AlignModule(L.LightningModule):
         return loss.detach()
 
     def on_train_end(self) -> None:
-        if self.hparams.eval_every_n_steps and self._last_eval_step != self.global_step:
+        if self.hparams.eval_every_n_steps and self._last_eval_step != self._rollout_batches:
             self.run_heldout()
 
     # Held-out evaluation.
@@ -456,30 +492,45 @@ class AlignModule(L.LightningModule):
         return heldout_clips(val.clips, hp.eval_clips)
 
     def evaluator(self) -> Any:
-        """The `tiny` preset's evaluator, refused when it would grade with the reward model."""
+        """The held-out evaluator (`eval_preset`), refused when it would grade with the reward
+        model: the tiny preset's CLAP must not be the reward's tiny CLAP, and the audioldm_eval
+        preset's LAION CLAP must not be the reward's LAION checkpoint."""
         if self._evaluator is None:
             from siren_lightning.metrics.protocol import build_evaluator
             from siren_lightning.metrics.tiny_clap import tiny_clap_path
+            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
 
             hp = self.hparams
-            graded = tiny_clap_path(hp.eval_tiny_clap).resolve()
-            reward_path = getattr(self.reward, "path", None)
-            if reward_path is not None and Path(reward_path).resolve() == graded:
+            if hp.eval_preset == "tiny":
+                grader = str(tiny_clap_path(hp.eval_tiny_clap).resolve())
+                used = getattr(self.reward, "path", None)
+                used = None if used is None else str(Path(used).resolve())
+            else:
+                grader = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT
+                used = getattr(self.reward, "checkpoint", None)
+                used = used if isinstance(self.reward, LaionCLAPReward) else None
+            if used is not None and used == grader:
                 raise ValueError(
-                    f"AlignModule: eval_tiny_clap {hp.eval_tiny_clap!r} is the reward model; "
-                    "held-out scores must come from the other tiny CLAP"
+                    f"AlignModule: the {hp.eval_preset} evaluation would grade with the reward "
+                    f"model ({grader}); held-out scores must come from another scorer"
                 )
             self._evaluator = build_evaluator(
-                "tiny", tiny_clap=hp.eval_tiny_clap, cache_dir=hp.eval_cache
+                hp.eval_preset,
+                tiny_clap=hp.eval_tiny_clap,
+                clap_checkpoint=hp.eval_clap_checkpoint,
+                cache_dir=hp.eval_cache,
             )
         return self._evaluator
 
     def run_heldout(self) -> dict[str, float]:
-        """Evaluate on the held-out captions; log the metrics and a few clips."""
+        """Evaluate on the held-out captions; log the metrics and a few clips.
+
+        WAVs go to `<log dir>/heldout/step_<rollout batches>/`.
+        """
         from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 
         hp = self.hparams
-        step = self.global_step
+        step = self._rollout_batches  # the x-axis of the train/ curves (one per rollout batch)
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         metrics, clips = evaluate_policy(
             self.network,
