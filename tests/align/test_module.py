@@ -63,9 +63,16 @@ def mean_reward(m: AlignModule, seed: int = 123) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kl_estimator", ["k3", "exact"])
-def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator):
-    m = module(tiny_parts, kl_estimator=kl_estimator, group_size=8, lr=1e-2, kl_coef=0.01)
+@pytest.mark.parametrize(("kl_estimator", "cfg_scale"), [("k3", 3.0), ("exact", 1.0)])
+def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator, cfg_scale):
+    m = module(
+        tiny_parts,
+        kl_estimator=kl_estimator,
+        rollout_sampling={"cfg_scale": cfg_scale},
+        group_size=8,
+        lr=1e-2,
+        kl_coef=0.01,
+    )
     start = mean_reward(m)  # about -7.7 dB, std 0.5 dB over the 8 x 8 clips
     trainer(30).fit(m, train_dataloaders=caption_loader(batch_size=2))
     end = mean_reward(m)
