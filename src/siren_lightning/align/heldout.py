@@ -1,0 +1,187 @@
+"""Held-out evaluation of a policy: captions never used for rollouts, graded by the other scorer.
+
+Letters: B clips, r codebooks, n policy codebooks, T frames, K codebook size, N samples.
+
+`evaluate_policy` generates one clip per held-out caption (fixed seed, the sampling settings of
+`siren generate`), writes the WAVs, and returns:
+- `reward`: mean training reward of the clips (what the policy was pushed towards);
+- the evaluation protocol's metrics (`metrics.protocol.Evaluator`, preset `tiny`: `clap_score`
+  with `tiny-clap-eval`, `fd` of its embeddings against the clips' reference audio, and the
+  attribute `kl`/`is_*` it also computes);
+- `kl_ref`: mean exact per-token KL(policy || reference) of the distributions the codes are
+  drawn from (guided by the same scale, before the top-k filter) over the policy's codebooks on
+  the generated codes (0 for the reference itself).
+Both the in-loop evaluation of `AlignModule` and `siren align-report` call it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from siren_lightning.align.objectives import kl_exact
+from siren_lightning.models.sampling import generate
+
+# `siren generate`'s defaults: held-out clips are sampled the way users sample.
+EVAL_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
+
+
+@dataclass(frozen=True)
+class HeldoutClip:
+    """One held-out prompt: clip id, its first caption and its reference audio file."""
+
+    id: str
+    caption: str
+    audio: Path
+
+
+def heldout_clips(clips: Sequence[Any], limit: int | None = None) -> list[HeldoutClip]:
+    """The first `limit` clips of a split (manifest `Clip`s) as held-out prompts."""
+    chosen = list(clips)[: limit if limit is not None else None]
+    if not chosen:
+        raise ValueError("held-out evaluation: the split has no clips")
+    return [HeldoutClip(c.id, c.captions[0], Path(c.audio)) for c in chosen]
+
+
+def group_logits(
+    network: nn.Module,
+    experts: Mapping[int, nn.Module],
+    codes: Tensor,
+    text_states: Tensor,
+    text_mask: Tensor,
+    uncond: tuple[Tensor, Tensor] | None = None,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Teacher-forced logits of the given experts' codebooks, as the sampler draws from them.
+
+    Args:
+        network: the `SirenLM` whose frozen codebook table embeds the codes.
+        experts: group index k -> the expert to run for it (the policy's own, or the frozen
+            reference copy), in the order of the output.
+        codes: [B, r, T] long; text_states [B, L, Dt]; text_mask [B, L] bool.
+        uncond: the empty caption's states [1, L', Dt] and mask [1, L'] (needed when
+            cfg_scale != 1).
+        cfg_scale: classifier-free guidance: ``uncond + scale * (cond - uncond)``, the logits
+            `models.sampling` samples from.
+        temperature: the logits are divided by it (as the sampler does).
+
+    Returns:
+        [B, n, T, K], n = g x len(experts).
+    """
+    vectors = network.codebook_vectors(codes)  # [B, r, T, D_lat]
+
+    def run(states: Tensor, mask: Tensor) -> Tensor:
+        states = states.to(vectors.dtype)
+        return torch.cat([e(vectors, states, mask) for e in experts.values()], dim=1)
+
+    logits = run(text_states, text_mask)
+    if cfg_scale != 1.0:
+        if uncond is None:
+            raise ValueError("group_logits: cfg_scale != 1 needs the empty caption's states")
+        b = codes.shape[0]
+        empty = run(uncond[0].expand(b, -1, -1), uncond[1].expand(b, -1))
+        logits = empty + cfg_scale * (logits - empty)
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def policy_codebooks(network: nn.Module, groups: Sequence[int]) -> list[int]:
+    """Codebook indices predicted by the experts `groups` (2k, 2k+1 for g = 2)."""
+    g = network.config.group
+    return [k * g + i for k in groups for i in range(g)]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    network: nn.Module,
+    text_encoder: Any,
+    codec: Any,
+    clips: Sequence[HeldoutClip],
+    out_dir: str | Path,
+    *,
+    reward: Any = None,
+    evaluator: Any = None,
+    reference: Mapping[int, nn.Module] | None = None,
+    seconds: float = 2.0,
+    sampling: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Generate, score and grade one clip per held-out caption.
+
+    Args:
+        network: eval-mode `SirenLM`.
+        text_encoder: `encode(captions) -> TextStates`.
+        codec: `decode(codes) -> audio [B, 1, N]`, `sample_rate`, `hop_length`.
+        clips: the held-out prompts.
+        out_dir: the WAVs are written here as `<id>.wav`.
+        reward: the training reward (logged as `reward`), or None.
+        evaluator: a `metrics.protocol.Evaluator` (never built on the reward model), or None.
+        reference: group k -> frozen reference expert; gives `kl_ref` when set.
+        seconds, sampling, seed, batch_size: generation settings (`EVAL_SAMPLING` by default).
+
+    Returns:
+        metrics (name -> float) and the first clips' audio (caption -> [N]) for logging.
+    """
+    import soundfile as sf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampling = {**EVAL_SAMPLING, **(sampling or {})}
+    frames = math.ceil(seconds * codec.sample_rate / codec.hop_length)
+    device = network.codebook_table.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    empty = text_encoder.encode([""])
+    rewards, kls, audio_log = [], [], {}
+    files: dict[str, Path] = {}
+    for start in range(0, len(clips), batch_size):
+        batch = list(clips[start : start + batch_size])
+        captions = [c.caption for c in batch]
+        text = text_encoder.encode(captions)
+        codes = generate(
+            network,
+            text.states,
+            text.mask,
+            frames,
+            uncond_states=empty.states,
+            uncond_mask=empty.mask,
+            generator=generator,
+            **sampling,
+        )  # [B, r, T]
+        audio = codec.decode(codes).float()  # [B, 1, N]
+        if reward is not None:
+            rewards.append(reward(audio, codec.sample_rate, captions).cpu())
+        if reference:
+            groups = list(reference)
+            policy = {k: network.experts[k] for k in groups}
+            guide = {
+                "uncond": (empty.states, empty.mask),
+                "cfg_scale": sampling["cfg_scale"],
+                "temperature": sampling["temperature"],
+            }
+            logits = group_logits(network, policy, codes, text.states, text.mask, **guide)
+            ref_logits = group_logits(network, reference, codes, text.states, text.mask, **guide)
+            kls.append(kl_exact(logits, ref_logits).mean(dim=(1, 2)).cpu())  # [B]
+        for clip, wav in zip(batch, audio.cpu(), strict=True):
+            path = out_dir / f"{clip.id}.wav"
+            sf.write(str(path), wav[0].numpy(), codec.sample_rate, subtype="FLOAT")
+            files[clip.id] = path
+            if len(audio_log) < 3:
+                audio_log[clip.caption] = wav[0]
+    metrics: dict[str, float] = {}
+    if rewards:
+        metrics["reward"] = float(torch.cat(rewards).mean())
+    if reference:
+        metrics["kl_ref"] = float(torch.cat(kls).mean())
+    if evaluator is not None:
+        results = evaluator.evaluate(
+            files, {c.id: c.audio for c in clips}, {c.id: c.caption for c in clips}
+        )
+        metrics.update(results["metrics"])
+    return metrics, audio_log

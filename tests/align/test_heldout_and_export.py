@@ -1,0 +1,141 @@
+import copy
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from siren_lightning.align import report
+from siren_lightning.align.heldout import evaluate_policy, heldout_clips
+from siren_lightning.align.module import AlignModule
+from siren_lightning.align.rewards import LoudnessReward, TinyCLAPReward
+from siren_lightning.data.datamodule import SirenDataModule
+from siren_lightning.data.manifest import read_manifest
+from siren_lightning.export import export_checkpoint, load_exported
+
+
+def perturbed(network, group=0, scale=0.5, seed=3):
+    other = copy.deepcopy(network)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.experts[group].heads.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return other
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluator():
+    from siren_lightning.metrics.protocol import build_evaluator
+
+    return build_evaluator("tiny", tiny_clap="tiny-clap-eval")
+
+
+@pytest.mark.slow
+def test_heldout_evaluation_grades_with_the_eval_clap(
+    tiny_parts, synthcaps_small, tiny_evaluator, tmp_path
+):
+    network, codec, text = tiny_parts
+    clips = heldout_clips(read_manifest(synthcaps_small["val"]), 10)
+    evaluator = tiny_evaluator
+    reference = {0: copy.deepcopy(network.experts[0])}
+    kwargs = dict(reward=LoudnessReward(), reference=reference, seconds=0.6)
+    metrics, audio = evaluate_policy(
+        network, text, codec, clips, tmp_path / "a", evaluator=evaluator, **kwargs
+    )
+    assert metrics["kl_ref"] == 0.0  # the policy is its reference
+    for name in ("reward", "clap_score", "fd"):
+        assert name in metrics and torch.isfinite(torch.tensor(metrics[name])), name
+    assert len(list((tmp_path / "a").glob("*.wav"))) == 10 and len(audio) == 3
+    other, _ = evaluate_policy(perturbed(network), text, codec, clips, tmp_path / "b", **kwargs)
+    assert other["kl_ref"] > 0.01
+
+
+def test_report_table(tiny_parts, tmp_path):
+    network, codec, text = tiny_parts
+    clips = [report.HeldoutClip(f"c{i}", c, tmp_path / "x.wav") for i, c in enumerate("abcd")]
+    out = report.compare(
+        {"before": network, "after": perturbed(network)},
+        network,
+        [0],
+        text,
+        codec,
+        clips,
+        tmp_path / "report",
+        reward=LoudnessReward(),
+        seconds=0.2,
+    )
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["rows"]["before"]["kl_ref"] == 0.0 < saved["rows"]["after"]["kl_ref"]
+    assert saved["clip_ids"] == ["c0", "c1", "c2", "c3"] and out["reward"] == "loudness-db"
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| before |" in table and "KL to reference" in table and "CLAP score" not in table
+
+
+def test_report_cli_names_a_missing_model(tmp_path, capsys):
+    argv = ["--before", str(tmp_path / "nope"), "--after", str(tmp_path), "--manifest", "m"]
+    assert report.main([*argv, "--out", str(tmp_path / "o")]) == 1
+    assert "nope has no config.json" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fit_with_heldout_evaluation_then_export(
+    tiny_parts, synthcaps_small, tiny_evaluator, tmp_path
+):
+    network, codec, text = tiny_parts
+    data = SirenDataModule(
+        train_manifest=str(synthcaps_small["train"]),
+        val_manifest=str(synthcaps_small["val"]),
+        mode="captions",
+        sample_rate=1600,
+        hop_length=16,
+        crop_seconds=1.0,
+        batch_size=2,
+    )
+    m = AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        reward=LoudnessReward(),
+        group_size=4,
+        seconds=0.5,
+        lr=1e-2,
+        eval_every_n_steps=2,
+        eval_clips=10,
+        eval_seconds=0.6,
+    )
+    m._evaluator = tiny_evaluator  # built once for this file (what `m.evaluator()` builds)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(m, datamodule=data)
+    assert [h["step"] for h in m.heldout_history] == [0, 2, 3]  # before, every 2, after
+    assert m.heldout_history[0]["kl_ref"] == 0.0 < m.heldout_history[-1]["kl_ref"]
+    assert {"clap_score", "fd", "reward"} <= set(m.heldout_history[-1])
+    # the checkpoint exports like a stage-1 one, with the aligned weights
+    ckpt = (
+        trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+    )
+    folder = export_checkpoint(ckpt, tmp_path / "model")
+    model, sidecar = load_exported(folder)
+    assert sidecar["train_groups"] == [0]
+    for name, value in m.network.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_the_reward_model_never_grades(tiny_parts):
+    network, codec, text = tiny_parts
+    m = AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        reward=TinyCLAPReward("tiny-clap-eval"),
+        eval_tiny_clap="tiny-clap-eval",
+    )
+    with pytest.raises(ValueError, match="would grade with the reward model"):
+        m.evaluator()
