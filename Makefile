@@ -18,7 +18,7 @@ RUN := runs/siren_tiny
 # experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).
 PRETRAIN_STEPS ?= 150
 
-.PHONY: install test lint format data codec tokenize pretrain evaluate bench clean
+.PHONY: install test lint format data codec tokenize pretrain evaluate align bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,19 @@ pretrain: tokenize
 	@echo "model:       $(RUN)/model (siren generate --model $(RUN)/model --captions '...' --out DIR)"
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
+
+# Stage 2: align expert 0 of the pretrained tiny model with the tiny-clap-reward (GRPO), export
+# it, and compare before/after on 200 held-out val captions graded by the other tiny CLAP.
+ALIGN := runs/align_tiny
+ALIGN_REPORT_CLIPS ?= 200
+align: install
+	test -f $(RUN)/checkpoints/last.ckpt -a -f $(RUN)/model/model.safetensors || $(MAKE) pretrain
+	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml
+	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
+	$(SIREN) align-report --before $(RUN)/model --after $(ALIGN)/model \
+	  --manifest data/synthcaps/val.jsonl --limit $(ALIGN_REPORT_CLIPS) --out $(ALIGN)/report \
+	  --cache runs/feature_cache --threads 1
+	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
 
 # Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling).
 EVAL_CLIPS ?= 32

@@ -21,6 +21,7 @@ TOOLS: dict[str, str] = {
     "tokenize": "siren_lightning.codec.tokenize:main",
     "export-codec": "siren_lightning.codec.checkpoint:main",
     "codec-eval": "siren_lightning.codec.evaluate:main",
+    "align-report": "siren_lightning.align.report:main",
     "download-weights": "siren_lightning.metrics.weights:main",
 }
 

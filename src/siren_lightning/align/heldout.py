@@ -183,5 +183,6 @@ def evaluate_policy(
         results = evaluator.evaluate(
             files, {c.id: c.audio for c in clips}, {c.id: c.caption for c in clips}
         )
-        metrics.update(results["metrics"])
+        # Metrics the preset cannot compute (FAD offline, IS on < 10 clips) are None.
+        metrics.update({k: v for k, v in results["metrics"].items() if v is not None})
     return metrics, audio_log

@@ -140,7 +140,7 @@ class AlignModule(L.LightningModule):
         eval_clap_checkpoint: the LAION CLAP of the `audioldm_eval` preset (its default if None).
         eval_cache: feature cache folder of the evaluator (reference clips are embedded once).
         eval_manifest: held-out manifest instead of the datamodule's val split.
-        seed: seeds the rollout and evaluation samplers.
+        rollout_seed: seeds the rollout and evaluation samplers.
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class AlignModule(L.LightningModule):
         eval_clap_checkpoint: str | None = None,
         eval_cache: str | None = None,
         eval_manifest: str | None = None,
-        seed: int = 0,
+        rollout_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network", "reward", "text_encoder", "codec"])
@@ -344,7 +344,7 @@ class AlignModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.codec.to(self.device)
         self.reward.to(self.device)
-        self._generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
+        self._generator = torch.Generator(device=self.device).manual_seed(self.hparams.rollout_seed)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
@@ -374,7 +374,7 @@ class AlignModule(L.LightningModule):
         if self.rollout_sampling["cfg_scale"] != 1.0:
             uncond = {"uncond_states": empty.states, "uncond_mask": empty.mask}
         if self._generator is None:
-            self._generator = torch.Generator(device=self.device).manual_seed(hp.seed)
+            self._generator = torch.Generator(device=self.device).manual_seed(hp.rollout_seed)
         codes = generate(
             self.network,
             text.states,
@@ -543,7 +543,7 @@ class AlignModule(L.LightningModule):
             reference=self.reference_experts(),
             seconds=hp.eval_seconds or hp.seconds,
             sampling=self.eval_sampling,
-            seed=hp.seed,
+            seed=hp.rollout_seed,
         )
         self._last_eval_step = step
         self.heldout_history.append({"step": step, **metrics})
