@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from siren_lightning.models.delay_lm import DelayPatternLM
-from siren_lightning.models.sampling import generate
+from siren_lightning.models.sampling import generate_for_captions
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
@@ -92,21 +92,12 @@ def generate_audio(
     samples = [max(1, round(s * codec.sample_rate)) for s in lengths]
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    empty = text_encoder.encode([""])
     records = []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
         frames = math.ceil(max(samples[start : start + batch_size]) / codec.hop_length)
-        text = text_encoder.encode(batch)
-        codes = generate(
-            model,
-            text.states,
-            text.mask,
-            frames,
-            uncond_states=empty.states,
-            uncond_mask=empty.mask,
-            generator=generator,
-            **sampling,
+        codes = generate_for_captions(
+            model, text_encoder, batch, frames, generator=generator, **sampling
         )  # [B, r, T]
         with torch.no_grad():
             audio = codec.decode(codes).float().cpu()  # [B, 1, N]

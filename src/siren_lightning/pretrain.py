@@ -336,21 +336,18 @@ class PretrainModule(L.LightningModule):
         Args:
             sampling: `temperature`, `top_k`, `top_p` for `models.sampling.generate`.
         """
-        from siren_lightning.models.sampling import generate
+        from siren_lightning.models.sampling import generate_for_captions
 
         if self.text_encoder is None:
             raise ValueError("PretrainModule.sample_codes needs a text_encoder")
         was_training = self.network.training
         self.network.eval()
-        text, empty = self.text_encoder.encode(captions), self.text_encoder.encode([""])
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        codes = generate(
+        codes = generate_for_captions(
             self.network,
-            text.states,
-            text.mask,
+            self.text_encoder,
+            captions,
             num_frames,
-            uncond_states=empty.states,
-            uncond_mask=empty.mask,
             cfg_scale=cfg_scale,
             generator=generator,
             **sampling,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from operator import attrgetter
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -420,3 +421,29 @@ def generate(
     """
     frames = list(generate_frames(model, text_states, text_mask, num_frames, **kwargs))
     return torch.stack(frames, dim=-1)
+
+
+def generate_for_captions(
+    model: SirenLM | DelayPatternLM,
+    text_encoder: Any,
+    captions: list[str],
+    num_frames: int,
+    **kwargs,
+) -> Tensor:
+    """Generate codes for captions: encode them (and the empty caption that classifier-free
+    guidance contrasts them with) with `text_encoder.encode(list[str]) -> TextStates`, then
+    `generate`; see `generate_frames` for `kwargs` (cfg_scale, sampling filters, generator).
+
+    Returns:
+        [B, r, T] long.
+    """
+    text, empty = text_encoder.encode(captions), text_encoder.encode([""])
+    return generate(
+        model,
+        text.states,
+        text.mask,
+        num_frames,
+        uncond_states=empty.states,
+        uncond_mask=empty.mask,
+        **kwargs,
+    )
