@@ -110,6 +110,16 @@ def load_network_weights(network: nn.Module, source: str | Path) -> None:
     network.load_state_dict(state)
 
 
+def check_codec_fits(codec: nn.Module, config: Any) -> None:
+    """Raise one clear error when a codec's r and K are not those an LM config was built for."""
+    if (codec.n_codebooks, codec.codebook_size) != (config.num_codebooks, config.codebook_size):
+        raise ValueError(
+            f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
+            f"K={codec.codebook_size}, the LM was built for r={config.num_codebooks}, "
+            f"K={config.codebook_size}"
+        )
+
+
 class PretrainModule(L.LightningModule):
     """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
 
@@ -225,12 +235,7 @@ class PretrainModule(L.LightningModule):
         codec, c = self.codec, self.network.config
         if codec is None:
             return
-        if (codec.n_codebooks, codec.codebook_size) != (c.num_codebooks, c.codebook_size):
-            raise ValueError(
-                f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
-                f"K={codec.codebook_size}, the LM was built for r={c.num_codebooks}, "
-                f"K={c.codebook_size}"
-            )
+        check_codec_fits(codec, c)
         if not self.network.codebook_table.any():
             with torch.no_grad():
                 self.network.set_codebook_table(codec.codebook_table().float().cpu())

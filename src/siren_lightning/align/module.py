@@ -67,6 +67,7 @@ from siren_lightning.align.objectives import (
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
 from siren_lightning.models.sampling import generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
+from siren_lightning.pretrain import check_codec_fits
 
 log = logging.getLogger(__name__)
 
@@ -327,12 +328,7 @@ class AlignModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         codec, c = self.codec, self.network.config
-        if (codec.n_codebooks, codec.codebook_size) != (c.num_codebooks, c.codebook_size):
-            raise ValueError(
-                f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
-                f"K={codec.codebook_size}, the LM was built for r={c.num_codebooks}, "
-                f"K={c.codebook_size}"
-            )
+        check_codec_fits(codec, c)
         if not self.network.codebook_table.any():
             raise ValueError("AlignModule: the LM's codebook_table is all zeros")
         if self.text_encoder.dim != c.text_dim:
