@@ -41,3 +41,12 @@ def test_a_save_killed_half_way_keeps_the_old_file_and_leaves_no_temporary(tmp_p
         atomic_torch_save({"step": 2}, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_saved_checkpoint_has_the_mode_of_a_plain_file(tmp_path):
+    from siren_lightning.callbacks.checkpoint_io import atomic_torch_save
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic_torch_save({"a": 1}, tmp_path / "last.ckpt")
+    assert (tmp_path / "last.ckpt").stat().st_mode == plain.stat().st_mode
