@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from siren_lightning.align.objectives import kl_exact
-from siren_lightning.models.sampling import generate_for_captions
+from siren_lightning.models.sampling import generate
 
 # `siren generate`'s defaults: held-out clips are sampled the way users sample.
 EVAL_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
@@ -143,14 +143,23 @@ def evaluate_policy(
     for start in range(0, len(clips), batch_size):
         batch = list(clips[start : start + batch_size])
         captions = [c.caption for c in batch]
-        codes = generate_for_captions(
-            network, text_encoder, captions, frames, generator=generator, **sampling
+        # Encoded here, not inside a caption-level helper: the KL below needs the same states.
+        text = text_encoder.encode(captions)
+        codes = generate(
+            network,
+            text.states,
+            text.mask,
+            frames,
+            uncond_states=empty.states,
+            uncond_mask=empty.mask,
+            generator=generator,
+            **sampling,
         )  # [B, r, T]
         audio = codec.decode(codes).float()  # [B, 1, N]
         if reward is not None:
             rewards.append(reward(audio, codec.sample_rate, captions).cpu())
         if reference:
-            text, groups = text_encoder.encode(captions), list(reference)
+            groups = list(reference)
             policy = {k: network.experts[k] for k in groups}
             guide = {
                 "uncond": (empty.states, empty.mask),
