@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from clap_testing import tiny_laion_clap
 
 from siren_lightning.align.rewards import (
     CallableReward,
@@ -96,36 +97,7 @@ def test_build_reward_specs():
 
 
 def test_laion_reward_is_the_cosine_of_the_metrics_backbone():
-    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
-
-    from siren_lightning.metrics.backbones import LaionClap
-    from siren_lightning.text import minilm_path
-
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(
-            vocab_size=30522,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-        audio_config=dict(
-            depths=[1, 1],
-            num_attention_heads=[2, 2],
-            patch_embeds_hidden_size=16,
-            hidden_size=32,
-            enable_fusion=False,
-        ),
-        projection_dim=16,
-    )
-    backbone = LaionClap(
-        checkpoint="tiny-random",
-        model=ClapModel(config),
-        tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
-        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"),
-    )
+    backbone = tiny_laion_clap()
     reward = LaionCLAPReward("tiny-random", backbone=backbone)
     audio = torch.stack([sine(0.3, 16000, 16000), sine(0.05, 16000, 16000)])[:, None]
     captions = ["a tone", "a quiet tone"]

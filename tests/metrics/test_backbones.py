@@ -6,8 +6,9 @@ import hashlib
 
 import pytest
 import torch
+from clap_testing import tiny_laion_clap
 
-from siren_lightning.metrics.backbones import LaionClap, PannsCnn14
+from siren_lightning.metrics.backbones import PannsCnn14
 from siren_lightning.metrics.weights import (
     PANNS_CNN14_16K,
     WeightsError,
@@ -65,35 +66,7 @@ def test_resolve_weights_checks_hashes_and_names_the_missing_file(tmp_path, monk
 
 
 def test_laion_clap_wrapper_on_a_tiny_random_model():
-    from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
-
-    from siren_lightning.text import minilm_path
-
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(
-            vocab_size=30522,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-        audio_config=dict(
-            depths=[1, 1],
-            num_attention_heads=[2, 2],
-            patch_embeds_hidden_size=16,
-            hidden_size=32,
-            enable_fusion=False,
-        ),
-        projection_dim=16,
-    )
-    clap = LaionClap(
-        checkpoint="tiny-random",
-        model=ClapModel(config),
-        tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
-        feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"),
-    )
+    clap = tiny_laion_clap()
     audio = clap.embed(torch.randn(2, 16000) * 0.1, 16000)  # resampled to 48 kHz
     text = clap.embed_text(["a dog barks", "rain on a roof"])
     assert audio.shape == text.shape == (2, 16)
