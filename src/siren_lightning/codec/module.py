@@ -216,17 +216,15 @@ class CodecModule(pl.LightningModule):
             losses["spec/log_mel_l1"] = _masked_l1(
                 self._log_mel(pred), self._log_mel(target), frames
             )
+            mag_pred = self.codec.magnitude(pred.clamp(max=3.0))
+            mag_target = self.codec.magnitude(target)
             # On power-compressed magnitudes (|S|^0.3): linear enough to weigh a tone's loud bins,
             # with a gradient that does not vanish where the prediction is still far too quiet.
             losses["spec/convergence"] = _spectral_convergence(
-                self.codec.magnitude(pred.clamp(max=3.0)).pow(0.3),
-                self.codec.magnitude(target).pow(0.3),
-                frames,
+                mag_pred.pow(0.3), mag_target.pow(0.3), frames
             )
             losses["spec/frame_energy"] = _masked_l1(
-                _log_energy(self.codec.magnitude(pred.clamp(max=3.0))),
-                _log_energy(self.codec.magnitude(target)),
-                frames,
+                _log_energy(mag_pred), _log_energy(mag_target), frames
             )
         else:
             recon = out["audio"] * (mask[:, None] if mask is not None else 1.0)
