@@ -6,7 +6,9 @@ from siren_testing import make_model, make_text
 
 from siren_lightning.models.blocks import KVCache
 from siren_lightning.models.sampling import (
+    LastTokenDecoder,
     StackedTemporal,
+    expert_code_tables,
     filter_top_k,
     filter_top_p,
     generate,
@@ -140,3 +142,28 @@ def test_stacked_temporal_step_equals_each_expert(bias):
                 torch.testing.assert_close(together[k], alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="eval mode"):
         StackedTemporal(list(model.train().experts), states, mask, 5)
+
+
+@pytest.mark.parametrize("decoder_layers,bias", [(1, True), (2, False), (3, True)])
+def test_last_token_decoder_equals_the_experts_decode(decoder_layers, bias):
+    model = make_model(decoder_layers=decoder_layers, bias=bias)
+    g = model.config.group
+    with torch.no_grad():
+        for expert in model.experts:
+            fast = LastTokenDecoder(expert, torch.float32)
+            for n in range(2, g + 2):
+                tokens = torch.randn(3, n, model.config.width)
+                expected = expert.decode(tokens, last_only=True)[:, 0]  # [N, K]
+                torch.testing.assert_close(fast.logits(tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_expert_code_tables_are_the_projected_codebooks(bias):
+    model = make_model(bias=bias)
+    experts, table = list(model.experts), model.codebook_table
+    r = model.config.num_codebooks
+    with torch.no_grad():
+        tables = expert_code_tables(experts, table, torch.float32)
+        for k, expert in enumerate(experts):
+            expected = expert.project(table[None], range(r))[0]  # [r, K, D]
+            torch.testing.assert_close(tables[k], expected, atol=1e-6, rtol=1e-5)

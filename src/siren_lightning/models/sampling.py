@@ -251,6 +251,85 @@ class StackedTemporal:
         return _rms_norm(x, self.final_norm, self.eps)
 
 
+class LastTokenDecoder:
+    """One expert's per-frame decoder on the sampling path: the logits of the last token only.
+
+    The same math as `ResidualGroupTransformer.decode(tokens, last_only=True)` in eval mode, but
+    functional over the expert's own weights (no module calls, positions cast once) and with
+    the last block's attention, MLP and norm run for the last token alone: the sampler calls
+    this r times per frame, where per-operator overhead, not FLOPs, sets the cost.
+    `tests/models/test_sampling.py` checks it against `decode`.
+    """
+
+    def __init__(self, expert, dtype: torch.dtype) -> None:
+        c = expert.config
+        self.heads_count, self.eps = c.num_heads, c.norm_eps
+
+        def linear(m):
+            return m.weight.detach(), None if m.bias is None else m.bias.detach()
+
+        self.blocks = [
+            (
+                block.self_norm.weight.detach(),
+                linear(block.attn.qkv),
+                linear(block.attn.out),
+                block.mlp_norm.weight.detach(),
+                linear(block.mlp.gate),
+                linear(block.mlp.up),
+                linear(block.mlp.down),
+            )
+            for block in expert.decoder
+        ]
+        self.final_norm = expert.decoder_norm.weight.detach()
+        self.heads = [linear(head) for head in expert.heads]
+        self.positions = expert.decoder_positions.to(dtype)  # [g + 1, D]
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        """tokens [N, n, D] (2 <= n <= g + 1) -> [N, K] logits of head n - 2 at the last token."""
+        n_rows, n, d = tokens.shape
+        pos = self.positions[:n]
+        x = tokens
+        last_block = len(self.blocks) - 1
+        for i, (norm1, qkv, out, norm2, gate, up, down) in enumerate(self.blocks):
+            x = x + pos
+            h = F.rms_norm(x, (d,), norm1, self.eps)
+            q, k, v = F.linear(h, *qkv).view(n_rows, n, 3, self.heads_count, -1).unbind(2)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [N, H, n, D/H]
+            if i == last_block:  # only the last token's output is read: it sees every token
+                x, q = x[:, -1:], q[:, -1:].transpose(1, 2)
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True)
+            x = x + F.linear(y.transpose(1, 2).reshape(n_rows, -1, d), *out)
+            h = F.rms_norm(x, (d,), norm2, self.eps)
+            x = x + F.linear(F.silu(F.linear(h, *gate)) * F.linear(h, *up), *down)
+        h = F.rms_norm(x[:, 0], (d,), self.final_norm, self.eps)
+        return F.linear(h, *self.heads[n - 2])
+
+
+def expert_code_tables(experts: list, codebook_table: Tensor, dtype: torch.dtype) -> Tensor:
+    """Every expert's projected vector of every code, to look up instead of projecting.
+
+    Args:
+        experts: the G `ResidualGroupTransformer`s.
+        codebook_table: [r, K, D_lat] codec vectors.
+
+    Returns:
+        [G, r, K, D]: entry (k, j, c) is expert k's projector j applied to code c of codebook j.
+    """
+    table = codebook_table.to(dtype)
+    r, size, _ = table.shape
+    out = table.new_empty(len(experts), r, size, experts[0].config.width)
+    for k, expert in enumerate(experts):
+        weight = torch.stack([p.weight.detach() for p in expert.projectors]).to(dtype)  # [r, D, Dl]
+        if expert.projectors[0].bias is None:
+            torch.bmm(table, weight.transpose(1, 2), out=out[k])
+        else:
+            bias = torch.stack([p.bias.detach() for p in expert.projectors]).to(dtype)  # [r, D]
+            torch.baddbmm(bias[:, None], table, weight.transpose(1, 2), out=out[k])
+    return out
+
+
 @torch.no_grad()
 def generate_frames(
     model: SirenLM | DelayPatternLM,
@@ -315,12 +394,8 @@ def generate_frames(
     history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
 
     # e_j(code) of every expert, looked up instead of projected each frame: [G, r, K, D].
-    tables = torch.stack(
-        [
-            expert.project(model.codebook_table[None].to(dtype), range(c.num_codebooks))[0]
-            for expert in experts
-        ]
-    )
+    tables = expert_code_tables(experts, model.codebook_table, dtype)
+    decoders = [LastTokenDecoder(expert, dtype) for expert in experts]
     books = torch.arange(c.num_codebooks, device=text_states.device)
 
     def embed(k: int, codes: Tensor, first: int) -> Tensor:
@@ -347,14 +422,14 @@ def generate_frames(
             hidden.append(h[:, 0])  # [N, D]
         # 2. Decoders in order; each sees the codes sampled so far in this frame.
         codes = torch.zeros(b, c.num_codebooks, dtype=torch.long, device=text_states.device)
-        for k, expert in enumerate(experts):
+        for k in range(len(experts)):
             first = k * c.group
             before = summaries[k]
             if first > 0:
                 before = before + embed(k, codes[:, :first], 0)  # [N, D]
             tokens = [hidden[k], before]
             for i in range(c.group):
-                logits = expert.decode(torch.stack(tokens, 1), last_only=True)[:, 0]  # [N, K]
+                logits = decoders[k].logits(torch.stack(tokens, 1))  # [N, K]
                 codes[:, first + i] = choose(logits)
                 if i < c.group - 1:
                     j = first + i
