@@ -69,6 +69,9 @@ class CodecModule(pl.LightningModule):
         kmeans_init: initialise the codebooks by k-means on encoder latents (residual by residual)
             at step `warmup_steps`, from up to `kmeans_frames` latent frames of recent batches.
         grad_clip: gradient-norm clip (None: off).
+        trainable: names of the codec's submodules to train (e.g. [decoder, refiner]); the rest
+            is frozen. Freezing the encoder and quantizer keeps every code (and every code cache's
+            content) as it was while the decoder improves. None trains everything.
         n_log_examples: validation clips written to TensorBoard as audio and spectrograms.
     """
 
@@ -91,6 +94,7 @@ class CodecModule(pl.LightningModule):
         kmeans_init: bool = False,
         kmeans_frames: int = 16384,
         grad_clip: float | None = 1000.0,
+        trainable: list[str] | None = None,
         n_log_examples: int = 2,
     ) -> None:
         super().__init__()
@@ -117,6 +121,18 @@ class CodecModule(pl.LightningModule):
             raise ValueError(f"CodecModule: kmeans_frames must be >= 1, got {kmeans_frames}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"CodecModule: grad_clip must be positive or None, got {grad_clip}")
+        if trainable is not None:
+            children = dict(codec.named_children())
+            unknown = [n for n in trainable if children.get(n) is None]
+            if unknown or not trainable:
+                raise ValueError(
+                    f"CodecModule: trainable must name some of the codec's submodules "
+                    f"{sorted(n for n, m in children.items() if m is not None)}, got {trainable}"
+                )
+            if kmeans_init and "quantizer" not in trainable:
+                raise ValueError("CodecModule: kmeans_init needs the quantizer in trainable")
+            for name, child in children.items():
+                child.requires_grad_(name in trainable)
         self.save_hyperparameters(ignore=["codec", "optimizer"])
         self.codec = codec
         self.optimizer_fn = optimizer
@@ -149,7 +165,7 @@ class CodecModule(pl.LightningModule):
         make = self.optimizer_fn or (
             lambda params: torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.99))
         )
-        opt_g = make(self.codec.parameters())
+        opt_g = make([p for p in self.codec.parameters() if p.requires_grad])
         sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=self.hparams.lr_gamma)
         if self.gan_loss is None:
             return [opt_g], [sched_g]

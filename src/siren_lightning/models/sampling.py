@@ -167,8 +167,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Per-expert RMSNorm: x [G, N, D], weight [G, D]."""
-    return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight.unsqueeze(1)
+    """Per-expert RMSNorm: x [G, N, D], weight [G, 1, D]."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight
 
 
 class StackedTemporal:
@@ -195,12 +195,15 @@ class StackedTemporal:
         def stack(tensors: list[Tensor | None]) -> Tensor | None:
             return None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
 
+        def stack_norms(norms: list) -> Tensor:  # -> [G, 1, D]
+            return stack([norm.weight for norm in norms]).unsqueeze(1)
+
         self.layers = []
         for i in range(c.temporal_layers):
             blocks = [e.temporal[i] for e in experts]
             layer = {}
             for name in _NORMS:
-                layer[name] = stack([attrgetter(name)(block).weight for block in blocks])
+                layer[name] = stack_norms([attrgetter(name)(block) for block in blocks])
             for name in _LINEARS:
                 linears = [attrgetter(name)(block) for block in blocks]
                 layer[name] = (stack([m.weight for m in linears]), stack([m.bias for m in linears]))
@@ -209,7 +212,9 @@ class StackedTemporal:
             layer["text_v"] = torch.cat([v for _, v in kv])
             layer["cache"] = KVCache(max_len)
             self.layers.append(layer)
-        self.final_norm = stack([e.temporal_norm.weight for e in experts])
+        self.final_norm = stack_norms([e.temporal_norm for e in experts])
+        positions = torch.arange(max_len, device=text_states.device)
+        self.positions = sinusoidal_positions(positions, self.width).to(text_states.dtype)
         has_text = text_mask.any(dim=1).repeat(self.g)  # [G*N]
         self.text_allowed = (text_mask.repeat(self.g, 1) | ~has_text[:, None])[:, None, None, :]
         self.has_text = has_text[:, None, None, None]
@@ -229,7 +234,7 @@ class StackedTemporal:
         Returns:
             [G, N, D] normalised temporal outputs.
         """
-        pos = sinusoidal_positions(torch.tensor([t], device=x.device), self.width)[0].to(x.dtype)
+        pos = self.positions[t]
         for layer in self.layers:
             x = x + pos
             h = _rms_norm(x, layer["cross_norm"], self.eps)
