@@ -8,11 +8,13 @@ from siren_lightning.models.blocks import KVCache
 from siren_lightning.models.sampling import (
     LastTokenDecoder,
     StackedTemporal,
+    apply_operand,
     expert_code_tables,
     filter_top_k,
     filter_top_p,
     generate,
     generate_frames,
+    matmul_operand,
     sample_logits,
 )
 
@@ -130,7 +132,8 @@ def test_stacked_temporal_step_equals_each_expert(bias):
     model = make_model(bias=bias)
     states, mask = _prompts(model)
     experts = list(model.experts)
-    stacked = StackedTemporal(experts, states, mask, max_len=5)
+    temporal, norms = [e.temporal for e in experts], [e.temporal_norm for e in experts]
+    stacked = StackedTemporal(temporal, norms, states, mask, max_len=5)
     caches = [[KVCache(5) for _ in e.temporal] for e in experts]
     kv = [e.text_kv(states) for e in experts]
     with torch.no_grad():
@@ -140,8 +143,9 @@ def test_stacked_temporal_step_equals_each_expert(bias):
             for k, e in enumerate(experts):
                 alone = e.run_temporal(x[k][:, None], kv[k], mask, caches[k], offset=t)[:, 0]
                 torch.testing.assert_close(together[k], alone, atol=1e-5, rtol=1e-5)
+    model.train()
     with pytest.raises(ValueError, match="eval mode"):
-        StackedTemporal(list(model.train().experts), states, mask, 5)
+        StackedTemporal(temporal, norms, states, mask, 5)
 
 
 @pytest.mark.parametrize("decoder_layers,bias", [(1, True), (2, False), (3, True)])
@@ -167,3 +171,23 @@ def test_expert_code_tables_are_the_projected_codebooks(bias):
         for k, expert in enumerate(experts):
             expected = expert.project(table[None], range(r))[0]  # [r, K, D]
             torch.testing.assert_close(tables[k], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d_in,d_out", [(8, 24), (24, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matmul_operand_layouts_compute_the_linear_layer(d_in, d_out, bias):
+    linear = torch.nn.Linear(d_in, d_out, bias=bias)
+    operand = matmul_operand(linear.weight)
+    assert operand.shape == (d_in, d_out)
+    # Widening layers get their own row-major copy; narrowing ones read the weight in place.
+    assert operand.is_contiguous() == (d_out >= d_in)
+    x = torch.randn(2, 3, d_in)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_operand(x, operand, linear.bias), linear(x))
+        # Stacked over G = 2 layers: [G, N, Din] @ [G, Din, Dout] + [G, 1, Dout].
+        other = torch.nn.Linear(d_in, d_out, bias=bias)
+        weights = torch.stack([linear.weight, other.weight])
+        biases = torch.stack([linear.bias, other.bias])[:, None] if bias else None
+        both = apply_operand(x[:2, :1].clone(), matmul_operand(weights), biases)
+        torch.testing.assert_close(both[0], linear(x[0, :1]))
+        torch.testing.assert_close(both[1], other(x[1, :1]))

@@ -159,11 +159,25 @@ _NORMS = ("cross_norm", "self_norm", "mlp_norm")
 _LINEARS = ("cross.query", "cross.out", "attn.qkv", "attn.out", "mlp.gate", "mlp.up", "mlp.down")
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Per-expert linear layer: x [G, N, Din], weight [G, Dout, Din], bias [G, Dout] -> [G, N, Dout]."""
-    if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+def matmul_operand(weight: Tensor) -> Tensor:
+    """A linear layer's weight [..., Dout, Din] as the right operand M [..., Din, Dout] of x @ M.
+
+    At sampling time x has one to a few rows, and the CPU matmul is then bound by reading M: read
+    along its rows (measured on the project's CPU: 1.5-3x faster than through the transposed view
+    when Dout >= Din, a little slower when Din > Dout). So M is a contiguous copy when it widens
+    and the transposed view of the weight itself when it narrows.
+    """
+    operand = weight.detach().transpose(-1, -2)
+    return operand.contiguous() if weight.shape[-2] >= weight.shape[-1] else operand
+
+
+def apply_operand(x: Tensor, operand: Tensor, bias: Tensor | None) -> Tensor:
+    """x [..., N, Din] @ operand [..., Din, Dout] + bias [..., 1, Dout] (2-D or stacked 3-D)."""
+    if operand.dim() == 3:
+        return torch.bmm(x, operand) if bias is None else torch.baddbmm(bias, x, operand)
+    flat = x.reshape(-1, x.shape[-1])
+    y = flat @ operand if bias is None else torch.addmm(bias, flat, operand)
+    return y.view(*x.shape[:-1], -1)
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -172,25 +186,36 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 class StackedTemporal:
-    """One cached temporal step of all experts at once (weights stacked on an expert axis G).
+    """One cached step of G stacks of `TemporalBlock`s at once (weights stacked on an axis G).
 
-    The experts share no weights but have the same shapes, so each of their linear layers becomes
-    one batched matmul and each attention one call over G x N rows: G times fewer kernels than
-    running the experts one after another. The math is that of `TemporalBlock` in eval mode
-    (no dropout); `tests/models/test_sampling.py` checks it against the experts themselves.
+    Siren's experts share no weights but have the same shapes, so each of their linear layers
+    becomes one batched matmul and each attention one call over G x N rows: G times fewer
+    kernels than running the experts one after another. The delay-pattern baseline runs its
+    single stack through the same code (G = 1), so both models sample on the same kernels. The
+    math is that of `TemporalBlock` in eval mode (no dropout), positions re-added before each
+    block and a final RMSNorm; `tests/models/test_sampling.py` checks it against the modules.
 
     Args:
-        experts: the G `ResidualGroupTransformer`s.
+        stacks: G equal-shaped sequences of `TemporalBlock`s (each expert's `temporal`).
+        final_norms: the G `RMSNorm`s after them.
         text_states: [N, L, Dt]; text_mask: [N, L] bool.
-        max_len: frames the KV cache holds.
+        max_len: steps the KV cache holds.
     """
 
-    def __init__(self, experts: list, text_states: Tensor, text_mask: Tensor, max_len: int):
-        if any(e.training for e in experts):
+    def __init__(
+        self,
+        stacks: list,
+        final_norms: list,
+        text_states: Tensor,
+        text_mask: Tensor,
+        max_len: int,
+    ):
+        if any(block.training for blocks in stacks for block in blocks):
             raise ValueError("StackedTemporal: put the model in eval mode (no dropout)")
-        c = experts[0].config
-        self.g, self.n = len(experts), text_states.shape[0]
-        self.width, self.heads, self.eps = c.width, c.num_heads, c.norm_eps
+        first = stacks[0][0]
+        self.g, self.n = len(stacks), text_states.shape[0]
+        self.width = first.self_norm.weight.shape[0]
+        self.heads, self.eps = first.attn.num_heads, first.self_norm.eps
 
         def stack(tensors: list[Tensor | None]) -> Tensor | None:
             return None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
@@ -199,20 +224,23 @@ class StackedTemporal:
             return stack([norm.weight for norm in norms]).unsqueeze(1)
 
         self.layers = []
-        for i in range(c.temporal_layers):
-            blocks = [e.temporal[i] for e in experts]
+        for blocks in zip(*stacks):
             layer = {}
             for name in _NORMS:
                 layer[name] = stack_norms([attrgetter(name)(block) for block in blocks])
             for name in _LINEARS:
                 linears = [attrgetter(name)(block) for block in blocks]
-                layer[name] = (stack([m.weight for m in linears]), stack([m.bias for m in linears]))
-            kv = [e.temporal[i].cross.text_kv(text_states) for e in experts]
+                bias = stack([m.bias for m in linears])
+                layer[name] = (
+                    matmul_operand(stack([m.weight for m in linears])),  # [G, Din, Dout]
+                    None if bias is None else bias.unsqueeze(1),  # [G, 1, Dout]
+                )
+            kv = [block.cross.text_kv(text_states) for block in blocks]
             layer["text_k"] = torch.cat([k for k, _ in kv])  # [G*N, H, L, D/H]
             layer["text_v"] = torch.cat([v for _, v in kv])
             layer["cache"] = KVCache(max_len)
             self.layers.append(layer)
-        self.final_norm = stack_norms([e.temporal_norm for e in experts])
+        self.final_norm = stack_norms(final_norms)
         positions = torch.arange(max_len, device=text_states.device)
         self.positions = sinusoidal_positions(positions, self.width).to(text_states.dtype)
         has_text = text_mask.any(dim=1).repeat(self.g)  # [G*N]
@@ -238,21 +266,25 @@ class StackedTemporal:
         for layer in self.layers:
             x = x + pos
             h = _rms_norm(x, layer["cross_norm"], self.eps)
-            q = self._heads(_linear(h, *layer["cross.query"]))
+            q = self._heads(apply_operand(h, *layer["cross.query"]))
             y = F.scaled_dot_product_attention(
                 q, layer["text_k"], layer["text_v"], attn_mask=self.text_allowed
             )
             y = y * self.has_text.to(y.dtype)
-            x = x + _linear(self._merge(y), *layer["cross.out"])
+            x = x + apply_operand(self._merge(y), *layer["cross.out"])
             h = _rms_norm(x, layer["self_norm"], self.eps)
-            qkv = _linear(h, *layer["attn.qkv"]).reshape(self.g * self.n, 3, self.heads, 1, -1)
+            qkv = apply_operand(h, *layer["attn.qkv"]).reshape(
+                self.g * self.n, 3, self.heads, 1, -1
+            )
             q, k, v = qkv.unbind(1)  # [G*N, H, 1, D/H] each
             k, v = layer["cache"].append(k, v)
             y = F.scaled_dot_product_attention(q, k, v)
-            x = x + _linear(self._merge(y), *layer["attn.out"])
+            x = x + apply_operand(self._merge(y), *layer["attn.out"])
             h = _rms_norm(x, layer["mlp_norm"], self.eps)
-            gated = F.silu(_linear(h, *layer["mlp.gate"])) * _linear(h, *layer["mlp.up"])
-            x = x + _linear(gated, *layer["mlp.down"])
+            gated = F.silu(apply_operand(h, *layer["mlp.gate"])) * apply_operand(
+                h, *layer["mlp.up"]
+            )
+            x = x + apply_operand(gated, *layer["mlp.down"])
         return _rms_norm(x, self.final_norm, self.eps)
 
 
@@ -260,9 +292,10 @@ class LastTokenDecoder:
     """One expert's per-frame decoder on the sampling path: the logits of the last token only.
 
     The same math as `ResidualGroupTransformer.decode(tokens, last_only=True)` in eval mode, but
-    functional over the expert's own weights (no module calls, positions cast once) and with
-    the last block's attention, MLP and norm run for the last token alone: the sampler calls
-    this r times per frame, where per-operator overhead, not FLOPs, sets the cost.
+    functional over the expert's own weights (no module calls, positions cast once, each
+    weight laid out by `matmul_operand`) and with the last block's attention, MLP and norm run
+    for the last token alone: the sampler calls this r times per frame, where reading weights
+    and per-operator overhead, not FLOPs, set the cost.
     `tests/models/test_sampling.py` checks it against `decode`.
     """
 
@@ -271,7 +304,7 @@ class LastTokenDecoder:
         self.heads_count, self.eps = c.num_heads, c.norm_eps
 
         def linear(m):
-            return m.weight.detach(), None if m.bias is None else m.bias.detach()
+            return matmul_operand(m.weight), None if m.bias is None else m.bias.detach()
 
         self.blocks = [
             (
@@ -298,18 +331,18 @@ class LastTokenDecoder:
         for i, (norm1, qkv, out, norm2, gate, up, down) in enumerate(self.blocks):
             x = x + pos
             h = F.rms_norm(x, (d,), norm1, self.eps)
-            q, k, v = F.linear(h, *qkv).view(n_rows, n, 3, self.heads_count, -1).unbind(2)
+            q, k, v = apply_operand(h, *qkv).view(n_rows, n, 3, self.heads_count, -1).unbind(2)
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [N, H, n, D/H]
             if i == last_block:  # only the last token's output is read: it sees every token
                 x, q = x[:, -1:], q[:, -1:].transpose(1, 2)
                 y = F.scaled_dot_product_attention(q, k, v)
             else:
                 y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True)
-            x = x + F.linear(y.transpose(1, 2).reshape(n_rows, -1, d), *out)
+            x = x + apply_operand(y.transpose(1, 2).reshape(n_rows, -1, d), *out)
             h = F.rms_norm(x, (d,), norm2, self.eps)
-            x = x + F.linear(F.silu(F.linear(h, *gate)) * F.linear(h, *up), *down)
+            x = x + apply_operand(F.silu(apply_operand(h, *gate)) * apply_operand(h, *up), *down)
         h = F.rms_norm(x[:, 0], (d,), self.final_norm, self.eps)
-        return F.linear(h, *self.heads[n - 2])
+        return apply_operand(h, *self.heads[n - 2])
 
 
 def expert_code_tables(experts: list, codebook_table: Tensor, dtype: torch.dtype) -> Tensor:
@@ -392,7 +425,13 @@ def generate_frames(
     summaries = [e.text_summary(text_states, text_mask) for e in experts]  # [N, D] each
     caches = [[KVCache(num_frames) for _ in e.temporal] if use_cache else None for e in experts]
     stacked = (
-        StackedTemporal(experts, text_states, text_mask, num_frames)
+        StackedTemporal(
+            [e.temporal for e in experts],
+            [e.temporal_norm for e in experts],
+            text_states,
+            text_mask,
+            num_frames,
+        )
         if use_cache and batch_experts
         else None
     )
@@ -457,9 +496,16 @@ def _delay_frames(
     n = text_states.shape[0]
     steps = model.pattern.steps(num_frames)
     table = model.projected_table()  # [r, K + 1, D]
-    text_kv = model.text_kv(text_states)
+    text_kv = None if use_cache else model.text_kv(text_states)
     summary = model.text_summary(text_states, text_mask)  # [N, D]
-    caches = [KVCache(steps) for _ in model.blocks] if use_cache else None
+    stacked = (
+        StackedTemporal([model.blocks], [model.norm], text_states, text_mask, steps)
+        if use_cache
+        else None
+    )
+    # The r heads as one matmul: [D, r*K] (and [r*K] bias).
+    heads = matmul_operand(torch.cat([head.weight for head in model.heads]))
+    heads_bias = None if model.heads[0].bias is None else torch.cat([h.bias for h in model.heads])
     history: list[Tensor] = []  # uncached path: inputs so far
     valid = model.pattern.valid_mask(steps, text_states.device)  # [r, S]
     tokens = None  # [B, r] codes of step s - 1
@@ -472,8 +518,9 @@ def _delay_frames(
             e = table[codebooks, tokens].sum(1)  # [B, r, D] -> [B, D]
             e = torch.cat([e, e]) if n != e.shape[0] else e
         x = (e + summary)[:, None]  # [N, 1, D]
-        if use_cache:
-            logits = model.run(x, text_kv, text_mask, caches, offset=s)[:, :, 0]  # [N, r, K]
+        if stacked is not None:
+            h = stacked.step(x.transpose(0, 1), s)[0]  # [N, D]
+            logits = apply_operand(h, heads, heads_bias).view(n, r, -1)  # [N, r, K]
         else:
             history.append(x)
             logits = model.run(torch.cat(history, 1), text_kv, text_mask)[:, :, -1]
