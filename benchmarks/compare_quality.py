@@ -15,7 +15,8 @@ Then, for each:
         --data data/synthcaps --out runs/compare_tiny --steps 1500
 
 Code caches are written once into `<out>/codes/{train,val,test}` (resumable). Prints a table and
-writes `<out>/compare.json`. While no trained codec exists, `--codec kmeans-spectral` (see
+writes `<out>/compare.json`; each trained LM is exported to `<out>/<model>/export` (`siren export`
+format: `rvq_analysis.py --model` reads the baseline's for paper Fig. 2b). While no trained codec exists, `--codec kmeans-spectral` (see
 `bench_codecs.py`) gives codes with real data structure for the LM comparison; its decoder is
 untrained, so its audio metrics are not quality figures.
 """
@@ -39,6 +40,7 @@ from bench_codecs import build_codec
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.data.manifest import read_manifest, write_manifest
 from siren_lightning.data.synthcaps import ATTRIBUTES, attribute_agreement, measure_attributes
+from siren_lightning.export import export_checkpoint
 from siren_lightning.models.siren import count_parameters
 from siren_lightning.pretrain import PretrainModule
 from siren_lightning.text.encoder import TextEncoder
@@ -251,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
+        checkpoint = out / name / "last.ckpt"
+        trainer.save_checkpoint(checkpoint, weights_only=True)
+        export_checkpoint(checkpoint, out / name / "export")
+        checkpoint.unlink()
         row: dict[str, Any] = {
             "params": count_parameters(module.network),
             "train_s": time.perf_counter() - start,

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from siren_lightning.models.blocks import KVCache, sinusoidal_positions
 from siren_lightning.models.delay_lm import DelayPatternLM
@@ -156,7 +156,22 @@ def guide_and_sample(
 
 # Parts of a `TemporalBlock` that `StackedTemporal` stacks across experts.
 _NORMS = ("cross_norm", "self_norm", "mlp_norm")
-_LINEARS = ("cross.query", "cross.out", "attn.qkv", "attn.out", "mlp.gate", "mlp.up", "mlp.down")
+# Linear layers that take the same input run as one matmul over their concatenated weights.
+_LINEARS = {
+    "cross.query": ("cross.query",),
+    "cross.out": ("cross.out",),
+    "attn.qkv": ("attn.qkv",),
+    "attn.out": ("attn.out",),
+    "mlp.gate_up": ("mlp.gate", "mlp.up"),
+    "mlp.down": ("mlp.down",),
+}
+
+
+def _weight_and_bias(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """Linear layers on the same input as one: weight [sum Dout, Din], bias [sum Dout] or None."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+    return weight, bias
 
 
 def matmul_operand(weight: Tensor) -> Tensor:
@@ -228,11 +243,11 @@ class StackedTemporal:
             layer = {}
             for name in _NORMS:
                 layer[name] = stack_norms([attrgetter(name)(block) for block in blocks])
-            for name in _LINEARS:
-                linears = [attrgetter(name)(block) for block in blocks]
-                bias = stack([m.bias for m in linears])
+            for name, parts in _LINEARS.items():
+                fused = [_weight_and_bias([attrgetter(p)(b) for p in parts]) for b in blocks]
+                bias = stack([b for _, b in fused])
                 layer[name] = (
-                    matmul_operand(stack([m.weight for m in linears])),  # [G, Din, Dout]
+                    matmul_operand(stack([w for w, _ in fused])),  # [G, Din, Dout]
                     None if bias is None else bias.unsqueeze(1),  # [G, 1, Dout]
                 )
             kv = [block.cross.text_kv(text_states) for block in blocks]
@@ -281,10 +296,8 @@ class StackedTemporal:
             y = F.scaled_dot_product_attention(q, k, v)
             x = x + apply_operand(self._merge(y), *layer["attn.out"])
             h = _rms_norm(x, layer["mlp_norm"], self.eps)
-            gated = F.silu(apply_operand(h, *layer["mlp.gate"])) * apply_operand(
-                h, *layer["mlp.up"]
-            )
-            x = x + apply_operand(gated, *layer["mlp.down"])
+            gate, up = apply_operand(h, *layer["mlp.gate_up"]).chunk(2, dim=-1)
+            x = x + apply_operand(F.silu(gate) * up, *layer["mlp.down"])
         return _rms_norm(x, self.final_norm, self.eps)
 
 
@@ -303,8 +316,9 @@ class LastTokenDecoder:
         c = expert.config
         self.heads_count, self.eps = c.num_heads, c.norm_eps
 
-        def linear(m):
-            return matmul_operand(m.weight), None if m.bias is None else m.bias.detach()
+        def linear(*parts):
+            weight, bias = _weight_and_bias(list(parts))
+            return matmul_operand(weight), bias
 
         self.blocks = [
             (
@@ -312,8 +326,7 @@ class LastTokenDecoder:
                 linear(block.attn.qkv),
                 linear(block.attn.out),
                 block.mlp_norm.weight.detach(),
-                linear(block.mlp.gate),
-                linear(block.mlp.up),
+                linear(block.mlp.gate, block.mlp.up),
                 linear(block.mlp.down),
             )
             for block in expert.decoder
@@ -328,7 +341,7 @@ class LastTokenDecoder:
         pos = self.positions[:n]
         x = tokens
         last_block = len(self.blocks) - 1
-        for i, (norm1, qkv, out, norm2, gate, up, down) in enumerate(self.blocks):
+        for i, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.blocks):
             x = x + pos
             h = F.rms_norm(x, (d,), norm1, self.eps)
             q, k, v = apply_operand(h, *qkv).view(n_rows, n, 3, self.heads_count, -1).unbind(2)
@@ -340,7 +353,8 @@ class LastTokenDecoder:
                 y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True)
             x = x + apply_operand(y.transpose(1, 2).reshape(n_rows, -1, d), *out)
             h = F.rms_norm(x, (d,), norm2, self.eps)
-            x = x + apply_operand(F.silu(apply_operand(h, *gate)) * apply_operand(h, *up), *down)
+            gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
+            x = x + apply_operand(F.silu(gate) * up, *down)
         h = F.rms_norm(x[:, 0], (d,), self.final_norm, self.eps)
         return apply_operand(h, *self.heads[n - 2])
 
