@@ -152,3 +152,28 @@ def test_checkpoint_carries_the_codec(tmp_path):
     t.save_checkpoint(tmp_path / "codec.ckpt")
     loaded = load_codec(tmp_path / "codec.ckpt")
     assert loaded.sha256() == module.codec.sha256()
+
+
+def test_decoder_only_fine_tuning_keeps_every_code():
+    torch.manual_seed(0)
+    codec = SpectralRVQCodec(SpectralCodecConfig.tiny())
+    module = CodecModule(codec, optimizer=adam(3e-3), trainable=["decoder"])
+    batch = tone_batch()
+    codes = codec.encode(batch["audio"])
+    frozen = {k: v.clone() for k, v in codec.state_dict().items() if not k.startswith("decoder.")}
+    decoder = codec.decoder[0].weight.clone()
+    trainer(5).fit(module, loader(batch, 5))
+    assert not torch.equal(decoder, codec.decoder[0].weight)
+    for name, value in codec.state_dict().items():
+        if name in frozen:
+            assert torch.equal(value, frozen[name]), name
+    assert torch.equal(codec.encode(batch["audio"]), codes)
+
+
+@pytest.mark.parametrize("trainable", [[], ["decoder", "nonexistent"]])
+def test_trainable_must_name_codec_submodules(trainable):
+    codec = SpectralRVQCodec(SpectralCodecConfig.tiny())
+    with pytest.raises(ValueError, match="trainable must name"):
+        CodecModule(codec, trainable=trainable)
+    with pytest.raises(ValueError, match="kmeans_init needs the quantizer"):
+        CodecModule(codec, trainable=["decoder"], kmeans_init=True)

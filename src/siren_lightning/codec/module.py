@@ -69,7 +69,7 @@ class CodecModule(pl.LightningModule):
         kmeans_init: initialise the codebooks by k-means on encoder latents (residual by residual)
             at step `warmup_steps`, from up to `kmeans_frames` latent frames of recent batches.
         grad_clip: gradient-norm clip (None: off).
-        trainable: names of the codec's submodules to train (e.g. [decoder, refiner]); the rest
+        trainable: names of the codec's submodules to train (e.g. [decoder]); the rest
             is frozen. Freezing the encoder and quantizer keeps every code (and every code cache's
             content) as it was while the decoder improves. None trains everything.
         n_log_examples: validation clips written to TensorBoard as audio and spectrograms.

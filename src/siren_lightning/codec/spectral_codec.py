@@ -11,7 +11,7 @@ Letters: B batch, r codebooks, K codebook size, T frames, F frequency bins, N sa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torchaudio
@@ -37,15 +37,10 @@ class SpectralCodecConfig:
     quantizer_dropout: float = 0.5
     griffin_lim_iters: int = 32
     log_floor: float = 1e-5
-    refiner_layers: int = 0
-    refiner_dim: int = 256
-    refiner_kernel_size: int = 5
 
     def __post_init__(self) -> None:
         assert self.kernel_size % 2 == 1, "kernel_size must be odd (same-length convolutions)"
         assert self.n_fft >= self.hop_length, "n_fft must be at least hop_length"
-        assert self.refiner_layers == 0 or self.refiner_layers >= 2, "refiner_layers: 0 or >= 2"
-        assert self.refiner_kernel_size % 2 == 1, "refiner_kernel_size must be odd"
 
     @classmethod
     def tiny(cls, **overrides) -> SpectralCodecConfig:
@@ -67,17 +62,12 @@ class SpectralRVQCodec(RVQCodec):
     """STFT log-magnitude autoencoder with DAC's RVQ in the middle and Griffin-Lim phase."""
 
     def __init__(
-        self,
-        config: SpectralCodecConfig | None = None,
-        checkpoint: str | None = None,
-        add_refiner: int = 0,
+        self, config: SpectralCodecConfig | None = None, checkpoint: str | None = None
     ) -> None:
         """Args:
         config: sizes (random init).
         checkpoint: a codec folder written by `save_codec` (e.g. assets/codec_tiny); its
             codec.json overrides `config` and its weights are loaded.
-        add_refiner: with a checkpoint that has no refiner, add a fresh one of this many layers
-            (zero output at first: the loaded codec's output is unchanged until it trains).
         """
         super().__init__()
         if checkpoint is not None:
@@ -89,12 +79,6 @@ class SpectralRVQCodec(RVQCodec):
                     f"{checkpoint} holds a {type(loaded).__name__}, not a spectral codec"
                 )
             config = loaded.config
-            if add_refiner:
-                if config.refiner_layers:
-                    raise ValueError(f"{checkpoint} already has a refiner; add_refiner must be 0")
-                config = replace(config, refiner_layers=add_refiner)
-        elif add_refiner:
-            raise ValueError("add_refiner needs a checkpoint (set config.refiner_layers instead)")
         self.config = config = config or SpectralCodecConfig()
         self.sample_rate = config.sample_rate
         self.hop_length = config.hop_length
@@ -114,20 +98,8 @@ class SpectralRVQCodec(RVQCodec):
             quantizer_dropout=config.quantizer_dropout,
         )
         self.decoder = _conv_stack([d, h, h, f], k)
-        # Optional residual refiner (a post-net conditioned on the latent): more capacity and a
-        # wider receptive field for the level contour, which the decoder alone flattened on fades.
-        # Its last layer starts at zero, so adding it to a trained codec changes nothing at first.
-        self.refiner = None
-        if config.refiner_layers:
-            p = config.refiner_dim
-            sizes = [d + f] + [p] * (config.refiner_layers - 1) + [f]
-            self.refiner = _conv_stack(sizes, config.refiner_kernel_size)
-            nn.init.zeros_(self.refiner[-1].weight)
-            nn.init.zeros_(self.refiner[-1].bias)
         if checkpoint is not None:
-            missing, unexpected = self.load_state_dict(loaded.state_dict(), strict=False)
-            if unexpected or any(not k.startswith("refiner.") for k in missing):
-                raise RuntimeError(f"{checkpoint}: weights do not fit {missing + unexpected}")
+            self.load_state_dict(loaded.state_dict())
 
     def spec(self) -> dict:
         return {"class_path": f"{__name__}.SpectralRVQCodec", "config": asdict(self.config)}
@@ -160,10 +132,7 @@ class SpectralRVQCodec(RVQCodec):
 
     def decode_log_magnitude(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q [B, D, T] -> predicted normalised log-magnitude [B, F, T]."""
-        log_mag = self.decoder(z_q)
-        if self.refiner is not None:
-            log_mag = log_mag + self.refiner(torch.cat([z_q, log_mag], dim=1))
-        return log_mag
+        return self.decoder(z_q)
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """z_q [B, D, T] -> audio [B, 1, T*hop] by Griffin-Lim (deterministic zero-phase start)."""
