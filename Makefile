@@ -95,6 +95,7 @@ evaluate:
 
 bench: data
 	PYTHONPATH=src $(PY) benchmarks/generation.py
+	PYTHONPATH=src $(PY) benchmarks/generation.py --batch 32 --seconds 2 --uncached-max 0 --repeats 1
 	PYTHONPATH=src $(PY) benchmarks/training.py
 	PYTHONPATH=src $(PY) benchmarks/tokenization.py
 	PYTHONPATH=src $(PY) benchmarks/rvq_analysis.py --codec $(CODEC) --data data/synthcaps --out runs/rvq_analysis
