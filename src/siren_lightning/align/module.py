@@ -234,6 +234,7 @@ class AlignModule(L.LightningModule):
             )
         self.eval_sampling = {**EVAL_SAMPLING, **(eval_sampling or {})}
         self._generator: torch.Generator | None = None
+        self._resumed_rng: torch.Tensor | None = None  # from a checkpoint, until fit starts
         self._evaluator: Any = None
         self._rollout_batches = 0
         self._last_eval_step: int | None = None
@@ -317,12 +318,15 @@ class AlignModule(L.LightningModule):
                 "strategy": self.hparams.strategy,
                 "reward": getattr(self._reward[0], "name", None),
                 "rollout_batches": self._rollout_batches,
+                # The sampler's position, so a resumed run draws the rollouts it would have.
+                "rollout_rng": None if self._generator is None else self._generator.get_state(),
             },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         align = checkpoint.get("siren", {}).get("align", {})
         self._rollout_batches = int(align.get("rollout_batches", 0))
+        self._resumed_rng = align.get("rollout_rng")
 
     # Setup.
 
@@ -341,6 +345,9 @@ class AlignModule(L.LightningModule):
         self.codec.to(self.device)
         self.reward.to(self.device)
         self._generator = torch.Generator(device=self.device).manual_seed(self.hparams.rollout_seed)
+        if self._resumed_rng is not None:
+            self._generator.set_state(self._resumed_rng)
+            self._resumed_rng = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
