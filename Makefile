@@ -47,12 +47,16 @@ format: install
 data: install
 	$(VENV)/bin/siren prepare synthcaps --out data/synthcaps
 
-# Two runs: from scratch, then fine-tuning with the frame-energy loss (assets/codec_tiny/README.md).
+# Three runs: from scratch, fine-tuning with the frame-energy loss, and its continuation at half
+# the learning rate (assets/codec_tiny/README.md).
 codec: data
 	$(SIREN) fit --config experiments/codec_tiny.yaml
 	$(SIREN) export-codec runs/codec_tiny/checkpoints/last.ckpt runs/codec_tiny/base --half
 	$(SIREN) fit --config experiments/codec_tiny_finetune.yaml
-	$(SIREN) export-codec runs/codec_tiny_finetune/checkpoints/last.ckpt $(CODEC) --half
+	$(SIREN) export-codec runs/codec_tiny_finetune/checkpoints/last.ckpt \
+	  runs/codec_tiny_finetune/export --half
+	$(SIREN) fit --config experiments/codec_tiny_finetune2.yaml
+	$(SIREN) export-codec runs/codec_tiny_finetune2/checkpoints/last.ckpt $(CODEC) --half
 
 tokenize: data
 	test -f $(CODEC)/codec.json || $(MAKE) codec
