@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         L.seed_everything(args.seed, verbose=False)
         module = build_module(name, codec, encoder, args.steps)
+        if args.codec not in ("random-spectral", "kmeans-spectral"):
+            module.codec_spec = args.codec  # recorded in the export: `siren generate` finds it
         datamodule = SirenDataModule(
             mode="codes",
             train_cache=str(caches["train"]),
