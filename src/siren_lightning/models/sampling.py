@@ -435,9 +435,7 @@ def generate_frames(
     n = text_states.shape[0]
 
     experts = list(model.experts)
-    text_kv = [e.text_kv(text_states) for e in experts]
     summaries = [e.text_summary(text_states, text_mask) for e in experts]  # [N, D] each
-    caches = [[KVCache(num_frames) for _ in e.temporal] if use_cache else None for e in experts]
     stacked = (
         StackedTemporal(
             [e.temporal for e in experts],
@@ -449,6 +447,11 @@ def generate_frames(
         if use_cache and batch_experts
         else None
     )
+    # The experts' own text keys/values and caches: only when they step one at a time
+    # (`StackedTemporal` holds its own).
+    looped = experts if stacked is None else []
+    text_kv = [e.text_kv(text_states) for e in looped]
+    caches = [[KVCache(num_frames) for _ in e.temporal] if use_cache else None for e in looped]
     history: list[list[Tensor]] = [[] for _ in experts]  # uncached path: inputs so far
 
     # e_j(code) of every expert, looked up instead of projected each frame: [G, r, K, D].
@@ -470,7 +473,7 @@ def generate_frames(
             inputs = tables[:, books, previous].sum(2)  # [G, B, r, D] -> [G, B, D]
             inputs = torch.cat([inputs, inputs], 1) if guided else inputs  # [G, N, D]
         hidden = [] if stacked is None else list(stacked.step(inputs, t))
-        for k, expert in enumerate(experts if stacked is None else []):
+        for k, expert in enumerate(looped):
             x = inputs[k][:, None]  # [N, 1, D]
             if use_cache:
                 h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
@@ -512,14 +515,13 @@ def _delay_frames(
     table = model.projected_table()  # [r, K + 1, D]
     text_kv = None if use_cache else model.text_kv(text_states)
     summary = model.text_summary(text_states, text_mask)  # [N, D]
-    stacked = (
-        StackedTemporal([model.blocks], [model.norm], text_states, text_mask, steps)
-        if use_cache
-        else None
-    )
-    # The r heads as one matmul: [D, r*K] (and [r*K] bias).
-    heads = matmul_operand(torch.cat([head.weight for head in model.heads]))
-    heads_bias = None if model.heads[0].bias is None else torch.cat([h.bias for h in model.heads])
+    stacked, heads, heads_bias = None, None, None
+    if use_cache:
+        stacked = StackedTemporal([model.blocks], [model.norm], text_states, text_mask, steps)
+        # The r heads as one matmul: [D, r*K] (and [r*K] bias).
+        heads = matmul_operand(torch.cat([head.weight for head in model.heads]))
+        if model.heads[0].bias is not None:
+            heads_bias = torch.cat([head.bias for head in model.heads])
     history: list[Tensor] = []  # uncached path: inputs so far
     valid = model.pattern.valid_mask(steps, text_states.device)  # [r, S]
     tokens = None  # [B, r] codes of step s - 1
