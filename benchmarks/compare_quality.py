@@ -16,9 +16,9 @@ Then, for each:
 
 Code caches are written once into `<out>/codes/{train,val,test}` (resumable). Prints a table and
 writes `<out>/compare.json`; each trained LM is exported to `<out>/<model>/export` (`siren export`
-format: `rvq_analysis.py --model` reads the baseline's for paper Fig. 2b). While no trained codec exists, `--codec kmeans-spectral` (see
-`bench_codecs.py`) gives codes with real data structure for the LM comparison; its decoder is
-untrained, so its audio metrics are not quality figures.
+format: `rvq_analysis.py --model` reads the baseline's for paper Fig. 2b). While no trained codec
+exists, `--codec kmeans-spectral` (see `bench_codecs.py`) gives codes with real data structure
+for the LM comparison; its decoder is untrained, so its audio metrics are not quality figures.
 """
 
 from __future__ import annotations
@@ -255,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
+        train_s = time.perf_counter() - start
         checkpoint = out / name / "last.ckpt"
         trainer.save_checkpoint(checkpoint, weights_only=True)
         export_checkpoint(checkpoint, out / name / "export")
         checkpoint.unlink()
         row: dict[str, Any] = {
             "params": count_parameters(module.network),
-            "train_s": time.perf_counter() - start,
+            "train_s": train_s,
             "train/loss_last": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         }
         datamodule.setup("test")
