@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from siren_lightning.models.blocks import (
     CrossAttention,
+    DecoderBlock,
     KVCache,
     SelfAttention,
     sinusoidal_positions,
@@ -34,6 +36,18 @@ def test_self_attention_cache_in_chunks_equals_full_causal_pass():
     y = x.clone()
     y[:, -1] += 1
     torch.testing.assert_close(attn(y)[:, :-1], full[:, :-1])
+
+
+def test_outputs_from_a_position_equal_the_full_pass_from_there():
+    torch.manual_seed(0)
+    block = DecoderBlock(16, 4, 32, dropout=0.0).double()
+    x = torch.randn(3, 4, 16, dtype=torch.float64)
+    full = block(x)
+    for start in range(4):  # 3: one query, no mask; 1, 2: several, causal with an offset
+        torch.testing.assert_close(block(x, start), full[:, start:])
+        torch.testing.assert_close(block.attn(x, queries_from=start), block.attn(x)[:, start:])
+    with pytest.raises(ValueError, match="queries_from needs cache=None"):
+        block.attn(x, KVCache(4), queries_from=1)
 
 
 def test_cross_attention_ignores_masked_tokens_and_handles_empty_rows():

@@ -93,23 +93,29 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=bias)
         self.out = nn.Linear(width, width, bias=bias)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, queries_from: int = 0) -> Tensor:
         """Attend causally over the sequence (and over the cache's earlier positions).
 
         Args:
             x: [B, T, D] new positions.
             cache: entries of the S earlier positions; the T new ones are appended to it.
+            queries_from: without a cache, attend from positions queries_from.. only (the
+                earlier ones still serve as keys and values): their outputs are not needed.
 
         Returns:
-            [B, T, D].
+            [B, T - queries_from, D].
         """
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, T, H, D/H] -> [B, H, T, D/H]
         past = 0
         if cache is not None:
+            if queries_from:
+                raise ValueError("SelfAttention: queries_from needs cache=None")
             past = cache.length
             k, v = cache.append(k, v)
+        elif queries_from:  # the first queries_from positions act as a cache of earlier ones
+            past, t, q = queries_from, t - queries_from, q[:, :, queries_from:]
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         elif t == 1:
@@ -238,9 +244,14 @@ class DecoderBlock(nn.Module):
         self.mlp = SwiGLU(width, mlp_hidden, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """[B, T, D] -> [B, T, D]."""
-        x = x + self.dropout(self.attn(self.self_norm(x)))
+    def forward(self, x: Tensor, outputs_from: int = 0) -> Tensor:
+        """[B, T, D] -> [B, T - outputs_from, D]: the outputs of positions outputs_from.. only.
+
+        Dropping outputs nobody reads (Siren's last decoder block at token 0) skips their
+        attention output, MLP and norms; the kept ones are unchanged.
+        """
+        attended = self.attn(self.self_norm(x), queries_from=outputs_from)
+        x = x[:, outputs_from:] + self.dropout(attended)
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 

@@ -271,16 +271,18 @@ class ResidualGroupTransformer(nn.Module):
         """
         n = tokens.shape[1]
         pos = self.decoder_positions[:n]  # [n, D]
+        first = n - 2 if last_only else 0  # the first head applied
         x = tokens
-        for block in self.decoder:
+        for i, block in enumerate(self.decoder):
             x = x + pos.to(x.dtype)
+            # The heads read tokens first + 1 .. n - 1: the last block computes those alone.
+            keep = first + 1 if i == len(self.decoder) - 1 else 0
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, keep, use_reentrant=False)
             else:
-                x = block(x)
-        x = self.decoder_norm(x)
-        first = n - 2 if last_only else 0
-        return torch.stack([self.heads[i](x[:, i + 1]) for i in range(first, n - 1)], dim=1)
+                x = block(x, keep)
+        x = self.decoder_norm(x)  # [N, n - first - 1, D]: token first + 1 + j in row j
+        return torch.stack([self.heads[first + j](x[:, j]) for j in range(n - first - 1)], dim=1)
 
     def forward(self, vectors: Tensor, text_states: Tensor, text_mask: Tensor) -> Tensor:
         """Teacher-forced logits of this expert's codebooks.
