@@ -167,6 +167,14 @@ def main(argv: list[str] | None = None) -> None:
         batched = base / cached["siren (experts batched)", seconds]
         looped = base / cached["siren (experts one at a time)", seconds]
         print(f"  {seconds:g} s: experts batched {batched:.2f}, one at a time {looped:.2f}")
+    # The totals include each generation's set-up (weights stacked and laid out once per call):
+    # negligible at the tiny size, a few seconds at 1.6b. Median frames leave it out.
+    steady = {name: statistics.median(per_frame[name]) for name in runs}
+    print(
+        f"steady state, median frame of the {longest:g} s run: "
+        + ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in steady.items())
+        + f"; siren batched / baseline frames/s {steady['baseline (delay pattern)'] / steady['siren (experts batched)']:.2f}"
+    )
     share = temporal_share(siren, states, mask, round(short * args.frame_rate))
     print(f"siren, experts one at a time: temporal steps are {100 * share:.0f}% of the time")
 

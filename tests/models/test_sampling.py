@@ -6,7 +6,7 @@ from siren_testing import make_model, make_text
 
 from siren_lightning.models.blocks import KVCache
 from siren_lightning.models.sampling import (
-    LastTokenDecoder,
+    CachedDecoders,
     StackedTemporal,
     apply_operand,
     expert_code_tables,
@@ -149,16 +149,21 @@ def test_stacked_temporal_step_equals_each_expert(bias):
 
 
 @pytest.mark.parametrize("decoder_layers,bias", [(1, True), (2, False), (3, True)])
-def test_last_token_decoder_equals_the_experts_decode(decoder_layers, bias):
+def test_cached_decoders_equal_the_experts_decode(decoder_layers, bias):
     model = make_model(decoder_layers=decoder_layers, bias=bias)
-    g = model.config.group
+    experts, g, d = list(model.experts), model.config.group, model.config.width
+    decoders = CachedDecoders(experts, 3, torch.float32)
     with torch.no_grad():
-        for expert in model.experts:
-            fast = LastTokenDecoder(expert, torch.float32)
-            for n in range(2, g + 2):
-                tokens = torch.randn(3, n, model.config.width)
-                expected = expert.decode(tokens, last_only=True)[:, 0]  # [N, K]
-                torch.testing.assert_close(fast.logits(tokens), expected, atol=1e-5, rtol=1e-5)
+        for _ in range(2):  # the second frame overwrites the first one's keys and values
+            hidden = torch.randn(len(experts), 3, d)  # [G, N, D]
+            decoders.start(hidden)
+            for k, expert in enumerate(experts):
+                tokens = [hidden[k]]
+                for i in range(1, g + 1):
+                    tokens.append(torch.randn(3, d))
+                    expected = expert.decode(torch.stack(tokens, 1), last_only=True)[:, 0]
+                    got = decoders.step(k, tokens[-1], i)  # [N, K]
+                    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -12,6 +12,8 @@ L text tokens.
    cross-attentions are computed once per prompt;
 2. the small per-frame decoders run in expert order 0 .. r/g-1; expert k samples codes
    gk .. gk+g-1 one at a time and sees the codes that earlier experts sampled for this frame.
+   Their first token, h_t, needs no code of the frame, so it runs for all experts at once and
+   each later token only adds itself to the decoder's KV cache (`CachedDecoders`).
 
 For `DelayPatternLM`, per delay step s: one cached step of the single transformer on step s-1's
 codes, then every codebook q that holds a code at step s (frame s - q) is sampled from its head;
@@ -301,62 +303,121 @@ class StackedTemporal:
         return _rms_norm(x, self.final_norm, self.eps)
 
 
-class LastTokenDecoder:
-    """One expert's per-frame decoder on the sampling path: the logits of the last token only.
+class CachedDecoders:
+    """Every expert's per-frame decoder on the sampling path, one token at a time.
 
-    The same math as `ResidualGroupTransformer.decode(tokens, last_only=True)` in eval mode, but
-    functional over the expert's own weights (no module calls, positions cast once, each
-    weight laid out by `matmul_operand`) and with the last block's attention, MLP and norm run
-    for the last token alone: the sampler calls this r times per frame, where reading weights
-    and per-operator overhead, not FLOPs, set the cost.
-    `tests/models/test_sampling.py` checks it against `decode`.
+    The same math as `ResidualGroupTransformer.decode` in eval mode, computed incrementally:
+    each decoder block keeps the keys/values of the frame's earlier tokens, so a new token runs
+    through the blocks once (one row per matmul) instead of its whole prefix again. Token 0
+    (`h_t`, the temporal output) is known for every expert before any code of the frame is
+    drawn, so `start` runs it through all experts' blocks at once (weights stacked on an axis G,
+    as in `StackedTemporal`); attending to itself alone, its attention output is its value.
+    Only tokens 1 .. g, which need the codes drawn so far, run expert by expert in `step`. At
+    batch 1 on a CPU the sampler's cost is the count of small operators, and this halves the
+    count per code. `tests/models/test_sampling.py` checks it against `decode`.
+
+    Args:
+        experts: the G `ResidualGroupTransformer`s.
+        rows: N, the rows sampled together (2B with classifier-free guidance).
+        dtype: of the activations.
     """
 
-    def __init__(self, expert, dtype: torch.dtype) -> None:
-        c = expert.config
-        self.heads_count, self.eps = c.num_heads, c.norm_eps
+    def __init__(self, experts: list, rows: int, dtype: torch.dtype) -> None:
+        c = experts[0].config
+        self.heads_count, self.eps, self.width = c.num_heads, c.norm_eps, c.width
+        self.g, self.rows = len(experts), rows
 
-        def linear(*parts):
+        def linear(*parts: nn.Linear) -> tuple[Tensor, Tensor | None]:
             weight, bias = _weight_and_bias(list(parts))
             return matmul_operand(weight), bias
 
-        self.blocks = [
-            (
-                block.self_norm.weight.detach(),
-                linear(block.attn.qkv),
-                linear(block.attn.out),
-                block.mlp_norm.weight.detach(),
-                linear(block.mlp.gate, block.mlp.up),
-                linear(block.mlp.down),
-            )
-            for block in expert.decoder
-        ]
-        self.final_norm = expert.decoder_norm.weight.detach()
-        self.heads = [linear(head) for head in expert.heads]
-        self.positions = expert.decoder_positions.to(dtype)  # [g + 1, D]
+        def stacked(linears: list[nn.Linear], lo: int = 0) -> tuple[Tensor, Tensor | None]:
+            # rows lo.. of each weight, stacked: ([G, Din, Dout], [G, 1, Dout] or None)
+            weight = matmul_operand(torch.stack([m.weight.detach()[lo:] for m in linears]))
+            if linears[0].bias is None:
+                return weight, None
+            return weight, torch.stack([m.bias.detach()[lo:] for m in linears]).unsqueeze(1)
 
-    def logits(self, tokens: Tensor) -> Tensor:
-        """tokens [N, n, D] (2 <= n <= g + 1) -> [N, K] logits of head n - 2 at the last token."""
-        n_rows, n, d = tokens.shape
-        pos = self.positions[:n]
-        x = tokens
-        last_block = len(self.blocks) - 1
-        for i, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.blocks):
-            x = x + pos
+        # Per expert, per block: (norm1, qkv, out, norm2, gate_up, down) for `step`.
+        self.blocks = [
+            [
+                (
+                    block.self_norm.weight.detach(),
+                    linear(block.attn.qkv),
+                    linear(block.attn.out),
+                    block.mlp_norm.weight.detach(),
+                    linear(block.mlp.gate, block.mlp.up),
+                    linear(block.mlp.down),
+                )
+                for block in expert.decoder
+            ]
+            for expert in experts
+        ]
+        # Per block, stacked over the experts, for token 0 in `start`: its query is never used.
+        self.stacked = []
+        for blocks in zip(*(expert.decoder for expert in experts)):
+            gate_up = [_weight_and_bias([b.mlp.gate, b.mlp.up]) for b in blocks]
+            self.stacked.append(
+                (
+                    torch.stack([b.self_norm.weight.detach() for b in blocks]).unsqueeze(1),
+                    stacked([b.attn.qkv for b in blocks], lo=c.width),  # keys and values
+                    stacked([b.attn.out for b in blocks]),
+                    torch.stack([b.mlp_norm.weight.detach() for b in blocks]).unsqueeze(1),
+                    (
+                        matmul_operand(torch.stack([w for w, _ in gate_up])),
+                        None
+                        if gate_up[0][1] is None
+                        else torch.stack([b for _, b in gate_up])[:, None],
+                    ),
+                    stacked([b.mlp.down for b in blocks]),
+                )
+            )
+        self.final_norms = [expert.decoder_norm.weight.detach() for expert in experts]
+        self.heads = [[linear(head) for head in expert.heads] for expert in experts]
+        self.positions = experts[0].decoder_positions.to(dtype)  # [g + 1, D], same in every expert
+        # Keys and values of the frame's tokens: per block [G, N, H, g + 1, D/H].
+        shape = (self.g, rows, c.num_heads, c.group + 1, c.width // c.num_heads)
+        self.keys = [self.positions.new_zeros(shape) for _ in self.stacked]
+        self.values = [self.positions.new_zeros(shape) for _ in self.stacked]
+
+    def start(self, hidden: Tensor) -> None:
+        """Token 0 of every expert: hidden [G, N, D] temporal outputs of the frame."""
+        x, last = hidden, len(self.stacked) - 1
+        for i, (norm1, kv, out, norm2, gate_up, down) in enumerate(self.stacked):
+            x = x + self.positions[0]
+            h = F.rms_norm(x, (self.width,), eps=self.eps) * norm1
+            k, v = apply_operand(h, *kv).view(self.g, self.rows, 2, self.heads_count, -1).unbind(2)
+            self.keys[i][:, :, :, 0] = k
+            self.values[i][:, :, :, 0] = v
+            if i == last:  # the last block's output at token 0 is never read
+                break
+            x = x + apply_operand(v.reshape(x.shape), *out)  # attention over itself alone: v
+            h = F.rms_norm(x, (self.width,), eps=self.eps) * norm2
+            gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
+            x = x + apply_operand(F.silu(gate) * up, *down)
+
+    def step(self, k: int, token: Tensor, i: int) -> Tensor:
+        """token [N, D], token i (1 .. g) of expert k -> [N, K] logits of its head i - 1.
+
+        Tokens 0 .. i - 1 of the frame must have run (`start`, then `step` in order).
+        """
+        x, n, d = token, self.rows, self.width
+        for b, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.blocks[k]):
+            x = x + self.positions[i]
             h = F.rms_norm(x, (d,), norm1, self.eps)
-            q, k, v = apply_operand(h, *qkv).view(n_rows, n, 3, self.heads_count, -1).unbind(2)
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [N, H, n, D/H]
-            if i == last_block:  # only the last token's output is read: it sees every token
-                x, q = x[:, -1:], q[:, -1:].transpose(1, 2)
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:
-                y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True)
-            x = x + apply_operand(y.transpose(1, 2).reshape(n_rows, -1, d), *out)
+            q, key, value = apply_operand(h, *qkv).view(n, 3, self.heads_count, -1).unbind(1)
+            keys, values = self.keys[b][k], self.values[b][k]  # [N, H, g + 1, D/H]
+            keys[:, :, i] = key
+            values[:, :, i] = value
+            y = F.scaled_dot_product_attention(
+                q[:, :, None], keys[:, :, : i + 1], values[:, :, : i + 1]
+            )  # [N, H, 1, D/H]: token i sees tokens 0 .. i
+            x = x + apply_operand(y.view(n, d), *out)
             h = F.rms_norm(x, (d,), norm2, self.eps)
             gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
             x = x + apply_operand(F.silu(gate) * up, *down)
-        h = F.rms_norm(x[:, 0], (d,), self.final_norm, self.eps)
-        return apply_operand(h, *self.heads[n - 2])
+        h = F.rms_norm(x, (d,), self.final_norms[k], self.eps)
+        return apply_operand(h, *self.heads[k][i - 1])
 
 
 def expert_code_tables(experts: list, codebook_table: Tensor, dtype: torch.dtype) -> Tensor:
@@ -456,12 +517,18 @@ def generate_frames(
 
     # e_j(code) of every expert, looked up instead of projected each frame: [G, r, K, D].
     tables = expert_code_tables(experts, model.codebook_table, dtype)
-    decoders = [LastTokenDecoder(expert, dtype) for expert in experts]
-    books = torch.arange(c.num_codebooks, device=text_states.device)
+    r, size = c.num_codebooks, c.codebook_size
+    flat_tables = tables.view(-1, tables.shape[-1])  # row (k * r + j) * K + code
+    offsets = torch.arange(len(experts) * r, device=text_states.device).view(-1, r) * size
+    decoders = CachedDecoders(experts, n, dtype)
+    books = torch.arange(r, device=text_states.device)
 
     def embed(k: int, codes: Tensor, first: int) -> Tensor:
-        # [B, n] codes of codebooks first .. first+n-1 -> [N, D] sum of expert k's vectors.
-        e = tables[k, books[first : first + codes.shape[1]], codes].sum(1)  # [B, n, D] -> [B, D]
+        # [B, m] codes of codebooks first .. first+m-1 -> [N, D] sum of expert k's vectors.
+        m = codes.shape[1]
+        rows = (codes + offsets[k, first : first + m]).view(-1)
+        e = flat_tables.index_select(0, rows)  # [B * m, D]
+        e = e if m == 1 else e.view(b, m, -1).sum(1)  # [B, D]
         return torch.cat([e, e]) if guided else e
 
     previous: Tensor | None = None  # [B, r] codes of frame t-1
@@ -472,31 +539,34 @@ def generate_frames(
         else:
             inputs = tables[:, books, previous].sum(2)  # [G, B, r, D] -> [G, B, D]
             inputs = torch.cat([inputs, inputs], 1) if guided else inputs  # [G, N, D]
-        hidden = [] if stacked is None else list(stacked.step(inputs, t))
-        for k, expert in enumerate(looped):
-            x = inputs[k][:, None]  # [N, 1, D]
-            if use_cache:
-                h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
-            else:
-                history[k].append(x)
-                h = expert.run_temporal(torch.cat(history[k], 1), text_kv[k], text_mask)[:, -1:]
-            hidden.append(h[:, 0])  # [N, D]
-        # 2. Decoders in order; each sees the codes sampled so far in this frame.
-        codes = torch.zeros(b, c.num_codebooks, dtype=torch.long, device=text_states.device)
+        if stacked is not None:
+            hidden = stacked.step(inputs, t)  # [G, N, D]
+        else:
+            steps = []
+            for k, expert in enumerate(looped):
+                x = inputs[k][:, None]  # [N, 1, D]
+                if use_cache:
+                    h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
+                else:
+                    history[k].append(x)
+                    h = expert.run_temporal(torch.cat(history[k], 1), text_kv[k], text_mask)
+                steps.append(h[:, -1])  # [N, D]
+            hidden = torch.stack(steps)
+        # 2. Decoders in order; each sees the codes sampled so far in this frame. Token 0 of
+        # every expert's decoder is h_t, known already: it runs for all experts at once.
+        decoders.start(hidden)
+        drawn: list[Tensor] = []  # [B] per codebook
         for k in range(len(experts)):
             first = k * c.group
-            before = summaries[k]
+            token = summaries[k]  # before = summary + this expert's vectors of codes < first
             if first > 0:
-                before = before + embed(k, codes[:, :first], 0)  # [N, D]
-            tokens = [hidden[k], before]
+                token = token + embed(k, torch.stack(drawn, 1), 0)  # [N, D]
             for i in range(c.group):
-                logits = decoders[k].logits(torch.stack(tokens, 1))  # [N, K]
-                codes[:, first + i] = choose(logits)
+                drawn.append(choose(decoders.step(k, token, i + 1)))
                 if i < c.group - 1:
-                    j = first + i
-                    tokens.append(tokens[-1] + embed(k, codes[:, j : j + 1], j))
-        previous = codes
-        yield codes
+                    token = token + embed(k, drawn[-1][:, None], first + i)
+        previous = torch.stack(drawn, 1)  # [B, r]
+        yield previous
 
 
 def _delay_frames(
