@@ -176,6 +176,25 @@ def _weight_and_bias(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
+def stack_linears(
+    groups: list[list[nn.Linear]], outputs_from: int = 0
+) -> tuple[Tensor, Tensor | None]:
+    """Per group, its linear layers fused as one (outputs concatenated); stacked over the groups.
+
+    Args:
+        groups: G lists of linear layers on the same input (one list per expert).
+        outputs_from: keep the fused outputs outputs_from.. only.
+
+    Returns:
+        `matmul_operand` of the weights [G, Din, Dout] and the bias [G, 1, Dout] or None.
+    """
+    fused = [_weight_and_bias(group) for group in groups]
+    weight = matmul_operand(torch.stack([w[outputs_from:] for w, _ in fused]))
+    if fused[0][1] is None:
+        return weight, None
+    return weight, torch.stack([b[outputs_from:] for _, b in fused]).unsqueeze(1)
+
+
 def matmul_operand(weight: Tensor) -> Tensor:
     """A linear layer's weight [..., Dout, Din] as the right operand M [..., Din, Dout] of x @ M.
 
@@ -246,12 +265,7 @@ class StackedTemporal:
             for name in _NORMS:
                 layer[name] = stack_norms([attrgetter(name)(block) for block in blocks])
             for name, parts in _LINEARS.items():
-                fused = [_weight_and_bias([attrgetter(p)(b) for p in parts]) for b in blocks]
-                bias = stack([b for _, b in fused])
-                layer[name] = (
-                    matmul_operand(stack([w for w, _ in fused])),  # [G, Din, Dout]
-                    None if bias is None else bias.unsqueeze(1),  # [G, 1, Dout]
-                )
+                layer[name] = stack_linears([[attrgetter(p)(b) for p in parts] for b in blocks])
             kv = [block.cross.text_kv(text_states) for block in blocks]
             layer["text_k"] = torch.cat([k for k, _ in kv])  # [G*N, H, L, D/H]
             layer["text_v"] = torch.cat([v for _, v in kv])
@@ -331,13 +345,6 @@ class CachedDecoders:
             weight, bias = _weight_and_bias(list(parts))
             return matmul_operand(weight), bias
 
-        def stacked(linears: list[nn.Linear], lo: int = 0) -> tuple[Tensor, Tensor | None]:
-            # rows lo.. of each weight, stacked: ([G, Din, Dout], [G, 1, Dout] or None)
-            weight = matmul_operand(torch.stack([m.weight.detach()[lo:] for m in linears]))
-            if linears[0].bias is None:
-                return weight, None
-            return weight, torch.stack([m.bias.detach()[lo:] for m in linears]).unsqueeze(1)
-
         # Per expert, per block: (norm1, qkv, out, norm2, gate_up, down) for `step`.
         self.blocks = [
             [
@@ -356,20 +363,15 @@ class CachedDecoders:
         # Per block, stacked over the experts, for token 0 in `start`: its query is never used.
         self.stacked = []
         for blocks in zip(*(expert.decoder for expert in experts)):
-            gate_up = [_weight_and_bias([b.mlp.gate, b.mlp.up]) for b in blocks]
             self.stacked.append(
                 (
                     torch.stack([b.self_norm.weight.detach() for b in blocks]).unsqueeze(1),
-                    stacked([b.attn.qkv for b in blocks], lo=c.width),  # keys and values
-                    stacked([b.attn.out for b in blocks]),
+                    # keys and values only: outputs D.. of the qkv projection
+                    stack_linears([[b.attn.qkv] for b in blocks], outputs_from=c.width),
+                    stack_linears([[b.attn.out] for b in blocks]),
                     torch.stack([b.mlp_norm.weight.detach() for b in blocks]).unsqueeze(1),
-                    (
-                        matmul_operand(torch.stack([w for w, _ in gate_up])),
-                        None
-                        if gate_up[0][1] is None
-                        else torch.stack([b for _, b in gate_up])[:, None],
-                    ),
-                    stacked([b.mlp.down for b in blocks]),
+                    stack_linears([[b.mlp.gate, b.mlp.up] for b in blocks]),
+                    stack_linears([[b.mlp.down] for b in blocks]),
                 )
             )
         self.final_norms = [expert.decoder_norm.weight.detach() for expert in experts]
