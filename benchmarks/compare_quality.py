@@ -14,6 +14,11 @@ Then, for each:
     PYTHONPATH=src python benchmarks/compare_quality.py --codec assets/codec_tiny \\
         --data data/synthcaps --out runs/compare_tiny --steps 1500
 
+Generation runs at every (guidance scale, temperature) pair given, with `--gen-seeds` sampling
+seeds each (metrics averaged, spreads recorded), and prints each model at its own best setting:
+the two models' best settings differ (RESULTS.md, session 4), so one shared setting favours one
+of them. E.g. `--cfg-scales 1 2 3 5 --temperatures 0.85 1 --gen-seeds 3`.
+
 Code caches are written once into `<out>/codes/{train,val,test}` (resumable). Prints a table and
 writes `<out>/compare.json`; each trained LM is exported to `<out>/<model>/export` (`siren export`
 format: `rvq_analysis.py --model` reads the baseline's for paper Fig. 2b). While no trained codec
@@ -185,6 +190,40 @@ def audio_metrics(clips: list, folder: Path, tiny_clap: str | None) -> dict[str,
     return {f"tiny/{k}": float(v) for k, v in results["metrics"].items() if v is not None}
 
 
+def mean_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the sampling seeds (and its spread, max - min, when several)."""
+    out = {}
+    for key in per_seed[0]:
+        values = [m[key] for m in per_seed if key in m]
+        out[key] = sum(values) / len(values)
+        if len(values) > 1:
+            out[f"{key}_spread"] = max(values) - min(values)
+    return out
+
+
+def print_sweep(rows: dict[str, dict[str, Any]], models: list[str], seeds: int) -> None:
+    """Every model's generation metrics at every setting, then each model at its best."""
+    keys = ("tiny/clap_score", "tiny/fd", "tiny/kl", "tiny/is_mean", "adherence/mean")
+    print(f"\ngeneration per setting (means over {seeds} sampling seed(s)):")
+    print("| model | setting | CLAP | FD | KL | IS | adherence |")
+    print("|---|---|---|---|---|---|---|")
+    for name in models:
+        for setting, metrics in rows[name]["generation"].items():
+            cells = " | ".join("-" if metrics.get(k) is None else f"{metrics[k]:.3f}" for k in keys)
+            print(f"| {name} | {setting} | {cells} |")
+    print("\neach model at its best setting (higher CLAP / IS / adherence, lower FD / KL):")
+    for name in models:
+        generation = rows[name]["generation"]
+        best = []
+        labels = ("CLAP", "FD", "KL", "IS", "adherence")
+        for key, label, sign in zip(keys, labels, (1, -1, -1, 1, 1), strict=True):
+            scored = [(sign * m[key], s) for s, m in generation.items() if m.get(key) is not None]
+            if scored:
+                value, setting = max(scored)
+                best.append(f"{label} {sign * value:.3f} ({setting})")
+        print(f"  {name}: " + ", ".join(best))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -200,9 +239,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-seconds", type=float, default=6.0)
     parser.add_argument("--eval-clips", type=int, default=64, help="held-out captions generated")
     parser.add_argument("--gen-seconds", type=float, default=4.0)
-    parser.add_argument("--cfg-scale", type=float, default=3.0)
+    parser.add_argument(
+        "--cfg-scale",
+        "--cfg-scales",
+        dest="cfg_scales",
+        type=float,
+        nargs="+",
+        default=[3.0],
+        help="guidance scales to generate with (a sweep when several)",
+    )
     parser.add_argument("--top-k", type=int, default=250)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--temperature",
+        "--temperatures",
+        dest="temperatures",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="sampling temperatures to generate with (a sweep when several)",
+    )
+    parser.add_argument(
+        "--gen-seeds", type=int, default=1, help="sampling seeds per setting (metrics averaged)"
+    )
     parser.add_argument("--tiny-clap", help="tiny-clap-eval checkpoint (metrics stage default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -220,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     caches = code_caches(codec, encoder, data, out, args.clips)
     tokenize_s = time.perf_counter() - started
     test_clips = read_manifest(data / "test.jsonl")[: args.eval_clips]
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "cfg_scale": args.cfg_scale}
+    # Every (guidance scale, temperature) pair: the models' best settings differ, so a fair
+    # comparison sweeps both and compares each model at its own best (RESULTS.md, session 4).
+    settings = {
+        f"cfg{c:g}_t{t:g}": {"temperature": t, "top_k": args.top_k, "cfg_scale": c}
+        for c in args.cfg_scales
+        for t in args.temperatures
+    }
     rows: dict[str, dict[str, Any]] = {}
 
     if not args.skip_generation:
@@ -274,14 +338,28 @@ def main(argv: list[str] | None = None) -> int:
         row |= teacher_forced(module, datamodule, "val")
         row |= teacher_forced(module, datamodule, "test")
         if not args.skip_generation:
-            folder = out / name / "samples"
-            row["generate_s"] = write_generations(
-                module, codec, test_clips, folder, args.gen_seconds, args.seed, sampling
-            )
-            row |= adherence(test_clips, folder)
-            row |= audio_metrics(test_clips, folder, args.tiny_clap)
+            row["generation"] = {}
+            for setting, sampling in settings.items():
+                per_seed = []
+                for k in range(args.gen_seeds):
+                    seed = args.seed + 1000 * k
+                    folder = out / name / "samples" / f"{setting}_s{seed}"
+                    seconds = write_generations(
+                        module, codec, test_clips, folder, args.gen_seconds, seed, sampling
+                    )
+                    per_seed.append(
+                        {
+                            "generate_s": seconds,
+                            **adherence(test_clips, folder),
+                            **audio_metrics(test_clips, folder, args.tiny_clap),
+                        }
+                    )
+                row["generation"][setting] = mean_over_seeds(per_seed)
+            # The first setting's metrics also at the top level (the summary table's columns).
+            row |= next(iter(row["generation"].values()))
         rows[name] = row
-        print(f"{name}: {json.dumps({k: round(v, 4) for k, v in row.items()})}", flush=True)
+        scalars = {k: round(v, 4) for k, v in row.items() if isinstance(v, float | int)}
+        print(f"{name}: {json.dumps(scalars)}", flush=True)
 
     r = codec.n_codebooks
     summary = {
@@ -295,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         * round(args.crop_seconds * codec.sample_rate / codec.hop_length),
         "eval_clips": len(test_clips),
         "gen_seconds": args.gen_seconds,
-        "sampling": {**sampling, "seed": args.seed},
+        "sampling": {"settings": settings, "seed": args.seed, "gen_seeds": args.gen_seeds},
         "tokenize_s": tokenize_s,
         "rows": rows,
     }
@@ -326,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         accs = [rows[name].get(f"test/acc_cb{q:02d}", float("nan")) for q in range(r)]
         print(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
+    if not args.skip_generation and len(settings) * args.gen_seeds > 1:
+        print_sweep(rows, args.models, args.gen_seeds)
     print(f"wrote {out / 'compare.json'}")
     return 0
 
