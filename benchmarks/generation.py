@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     # The totals include each generation's set-up (weights stacked and laid out once per call):
     # negligible at the tiny size, a few seconds at 1.6b. Median frames leave it out.
     steady = {name: statistics.median(per_frame[name]) for name in runs}
+    ratio = steady["baseline (delay pattern)"] / steady["siren (experts batched)"]
     print(
         f"steady state, median frame of the {longest:g} s run: "
         + ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in steady.items())
-        + f"; siren batched / baseline frames/s {steady['baseline (delay pattern)'] / steady['siren (experts batched)']:.2f}"
+        + f"; siren batched / baseline frames/s {ratio:.2f}"
     )
     share = temporal_share(siren, states, mask, round(short * args.frame_rate))
     print(f"siren, experts one at a time: temporal steps are {100 * share:.0f}% of the time")

@@ -176,6 +176,12 @@ def _weight_and_bias(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
+def fused_operand(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """Linear layers on the same input as one matmul: (`matmul_operand` [Din, sum Dout], bias)."""
+    weight, bias = _weight_and_bias(linears)
+    return matmul_operand(weight), bias
+
+
 def stack_linears(
     groups: list[list[nn.Linear]], outputs_from: int = 0
 ) -> tuple[Tensor, Tensor | None]:
@@ -341,20 +347,16 @@ class CachedDecoders:
         self.heads_count, self.eps, self.width = c.num_heads, c.norm_eps, c.width
         self.g, self.rows = len(experts), rows
 
-        def linear(*parts: nn.Linear) -> tuple[Tensor, Tensor | None]:
-            weight, bias = _weight_and_bias(list(parts))
-            return matmul_operand(weight), bias
-
         # Per expert, per block: (norm1, qkv, out, norm2, gate_up, down) for `step`.
         self.blocks = [
             [
                 (
                     block.self_norm.weight.detach(),
-                    linear(block.attn.qkv),
-                    linear(block.attn.out),
+                    fused_operand([block.attn.qkv]),
+                    fused_operand([block.attn.out]),
                     block.mlp_norm.weight.detach(),
-                    linear(block.mlp.gate, block.mlp.up),
-                    linear(block.mlp.down),
+                    fused_operand([block.mlp.gate, block.mlp.up]),
+                    fused_operand([block.mlp.down]),
                 )
                 for block in expert.decoder
             ]
@@ -375,7 +377,7 @@ class CachedDecoders:
                 )
             )
         self.final_norms = [expert.decoder_norm.weight.detach() for expert in experts]
-        self.heads = [[linear(head) for head in expert.heads] for expert in experts]
+        self.heads = [[fused_operand([head]) for head in expert.heads] for expert in experts]
         self.positions = experts[0].decoder_positions.to(dtype)  # [g + 1, D], same in every expert
         # Keys and values of the frame's tokens: per block [G, N, H, g + 1, D/H].
         shape = (self.g, rows, c.num_heads, c.group + 1, c.width // c.num_heads)
@@ -387,14 +389,14 @@ class CachedDecoders:
         x, last = hidden, len(self.stacked) - 1
         for i, (norm1, kv, out, norm2, gate_up, down) in enumerate(self.stacked):
             x = x + self.positions[0]
-            h = F.rms_norm(x, (self.width,), eps=self.eps) * norm1
+            h = _rms_norm(x, norm1, self.eps)
             k, v = apply_operand(h, *kv).view(self.g, self.rows, 2, self.heads_count, -1).unbind(2)
             self.keys[i][:, :, :, 0] = k
             self.values[i][:, :, :, 0] = v
             if i == last:  # the last block's output at token 0 is never read
                 break
             x = x + apply_operand(v.reshape(x.shape), *out)  # attention over itself alone: v
-            h = F.rms_norm(x, (self.width,), eps=self.eps) * norm2
+            h = _rms_norm(x, norm2, self.eps)
             gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
             x = x + apply_operand(F.silu(gate) * up, *down)
 
@@ -590,10 +592,7 @@ def _delay_frames(
     stacked, heads, heads_bias = None, None, None
     if use_cache:
         stacked = StackedTemporal([model.blocks], [model.norm], text_states, text_mask, steps)
-        # The r heads as one matmul: [D, r*K] (and [r*K] bias).
-        heads = matmul_operand(torch.cat([head.weight for head in model.heads]))
-        if model.heads[0].bias is not None:
-            heads_bias = torch.cat([head.bias for head in model.heads])
+        heads, heads_bias = fused_operand(list(model.heads))  # the r heads as one matmul
     history: list[Tensor] = []  # uncached path: inputs so far
     valid = model.pattern.valid_mask(steps, text_states.device)  # [r, S]
     tokens = None  # [B, r] codes of step s - 1
