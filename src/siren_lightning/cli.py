@@ -22,6 +22,7 @@ TOOLS: dict[str, str] = {
     "export-codec": "siren_lightning.codec.checkpoint:main",
     "codec-eval": "siren_lightning.codec.evaluate:main",
     "align-report": "siren_lightning.align.report:main",
+    "adherence": "siren_lightning.text_following:main",
     "download-weights": "siren_lightning.metrics.weights:main",
 }
 

@@ -23,6 +23,14 @@ from siren_lightning.models.sampling import generate_for_captions
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
+# What `siren generate` draws with unless told otherwise.
+DEFAULT_SAMPLING: dict[str, float] = {
+    "temperature": 1.0,
+    "top_k": 250,
+    "top_p": 1.0,
+    "cfg_scale": 3.0,
+}
+
 
 def _load_codec(spec: str) -> Any:
     from siren_lightning.codec.checkpoint import load_codec
@@ -79,13 +87,7 @@ def generate_audio(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sampling = {
-        "temperature": 1.0,
-        "top_k": 250,
-        "top_p": 1.0,
-        "cfg_scale": 3.0,
-        **(sampling or {}),
-    }
+    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
     lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else list(seconds)
     if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
         raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
@@ -95,9 +97,16 @@ def generate_audio(
     records = []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
-        frames = math.ceil(max(samples[start : start + batch_size]) / codec.hop_length)
+        clip_frames = [math.ceil(n / codec.hop_length) for n in samples[start : start + batch_size]]
+        frames = max(clip_frames)
         codes = generate_for_captions(
-            model, text_encoder, batch, frames, generator=generator, **sampling
+            model,
+            text_encoder,
+            batch,
+            frames,
+            generator=generator,
+            total_frames=torch.tensor(clip_frames, device=device),
+            **sampling,
         )  # [B, r, T]
         with torch.no_grad():
             audio = codec.decode(codes).float().cpu()  # [B, 1, N]
@@ -129,9 +138,46 @@ def generate_audio(
     return records
 
 
+def load_generation_stack(
+    model_dir: str | Path,
+    device: str = "cpu",
+    codec: str | None = None,
+    text_encoder: str | None = None,
+) -> tuple[SirenLM | DelayPatternLM, Any, TextEncoder]:
+    """An exported LM (eval mode) with the codec and text encoder its sidecar names.
+
+    Args:
+        codec: codec spec overriding the sidecar's; text_encoder: local text-encoder folder.
+
+    Raises:
+        ExportError: the folder is not an export; ValueError: no codec, or another codec than
+            the one the model was trained with.
+    """
+    from siren_lightning.export import load_exported
+
+    model, sidecar = load_exported(model_dir, device=device)
+    codec_spec = codec or sidecar.get("codec")
+    if not codec_spec:
+        raise ValueError(f"{model_dir}/siren.json names no codec; pass --codec")
+    codec_model = _load_codec(codec_spec).to(device).eval()
+    expected = sidecar.get("codec_sha256")
+    if expected and hasattr(codec_model, "sha256") and codec_model.sha256() != expected:
+        raise ValueError(
+            f"codec {codec_spec} has SHA-256 {codec_model.sha256()} but the model was trained "
+            f"with {expected}"
+        )
+    text_info = sidecar.get("text_encoder") or {}
+    encoder = TextEncoder(
+        text_info.get("backend", "minilm"),
+        text_encoder or text_info.get("name_or_path"),
+        max_length=text_info.get("max_length") or 64,
+    ).to(device)
+    return model, codec_model, encoder
+
+
 def main(argv: list[str]) -> int:
     """Generate audio from captions with a model folder written by `siren export`."""
-    from siren_lightning.export import ExportError, load_exported
+    from siren_lightning.export import ExportError
 
     p = argparse.ArgumentParser(prog="siren generate", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -185,28 +231,12 @@ def main(argv: list[str]) -> int:
         print("siren generate: no captions given")
         return 2
     try:
-        model, sidecar = load_exported(args.model, device=args.device)
-    except ExportError as err:
-        print(err)
-        return 1
-    codec_spec = args.codec or sidecar.get("codec")
-    if not codec_spec:
-        print(f"siren generate: {args.model}/siren.json names no codec; pass --codec")
-        return 1
-    codec = _load_codec(codec_spec).to(args.device).eval()
-    expected = sidecar.get("codec_sha256")
-    if expected and hasattr(codec, "sha256") and codec.sha256() != expected:
-        print(
-            f"siren generate: codec {codec_spec} has SHA-256 {codec.sha256()} but the model was "
-            f"trained with {expected}"
+        model, codec, text_encoder = load_generation_stack(
+            args.model, args.device, codec=args.codec, text_encoder=args.text_encoder
         )
+    except (ExportError, ValueError) as err:
+        print(f"siren generate: {err}")
         return 1
-    text_info = sidecar.get("text_encoder") or {}
-    text_encoder = TextEncoder(
-        text_info.get("backend", "minilm"),
-        args.text_encoder or text_info.get("name_or_path"),
-        max_length=text_info.get("max_length") or 64,
-    ).to(args.device)
     sampling = {
         "temperature": args.temperature,
         "top_k": args.top_k,

@@ -365,7 +365,15 @@ class PretrainModule(L.LightningModule):
     def _stats(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor, Tensor]:
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
-        out = self.network(codes, states, text_mask, mask, groups=self.train_groups)
+        out = self.network(
+            codes,
+            states,
+            text_mask,
+            mask,
+            groups=self.train_groups,
+            total_frames=batch.get("total_frames"),
+            frame_offset=batch.get("frame_offset"),
+        )
         return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

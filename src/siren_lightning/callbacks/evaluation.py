@@ -39,6 +39,31 @@ from siren_lightning.callbacks.samples import generate_waveforms
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
 
 
+def reference_clips(
+    trainer: L.Trainer, split: str, path: str | None = None, owner: str = "evaluation"
+) -> dict[str, Any]:
+    """clip id -> `Clip` of a split's reference manifest: `path`, else the DataModule's
+    `<split>_manifest`, else the manifest recorded in the split's code cache index."""
+    from siren_lightning.data.manifest import read_manifest
+
+    datamodule = getattr(trainer, "datamodule", None)
+    hparams = getattr(datamodule, "hparams", {}) or {}
+    if path is None:
+        path = hparams.get(f"{split}_manifest")
+    if path is None and hparams.get(f"{split}_cache"):
+        index = Path(hparams[f"{split}_cache"]) / "index.json"
+        if index.is_file():
+            recorded = json.loads(index.read_text()).get("manifest")
+            if recorded and Path(recorded).is_file():
+                path = recorded
+    if path is None:
+        raise ValueError(
+            f"{owner}: no {split} reference audio; set `{split}_manifest` on the callback or the "
+            "DataModule"
+        )
+    return {clip.id: clip for clip in read_manifest(path) if clip.captions}
+
+
 class EvaluationCallback(L.Callback):
     """FD, CLAP score (and FAD, KL, IS as the preset gives them) of generated audio.
 
@@ -130,25 +155,7 @@ class EvaluationCallback(L.Callback):
 
     def _clips(self, trainer: L.Trainer, split: str) -> dict[str, Any]:
         """clip id -> `Clip` of the split's reference manifest."""
-        from siren_lightning.data.manifest import read_manifest
-
-        path = self.manifests[split]
-        datamodule = getattr(trainer, "datamodule", None)
-        hparams = getattr(datamodule, "hparams", {}) or {}
-        if path is None:
-            path = hparams.get(f"{split}_manifest")
-        if path is None and hparams.get(f"{split}_cache"):
-            index = Path(hparams[f"{split}_cache"]) / "index.json"
-            if index.is_file():
-                recorded = json.loads(index.read_text()).get("manifest")
-                if recorded and Path(recorded).is_file():
-                    path = recorded
-        if path is None:
-            raise ValueError(
-                f"EvaluationCallback: no {split} reference audio; set `{split}_manifest` on the "
-                f"callback or the DataModule"
-            )
-        return {clip.id: clip for clip in read_manifest(path) if clip.captions}
+        return reference_clips(trainer, split, self.manifests[split], type(self).__name__)
 
     def _samples(self, pl_module: L.LightningModule, path: Path) -> int:
         """The length a generated clip gets, in samples at the codec rate."""
@@ -163,8 +170,13 @@ class EvaluationCallback(L.Callback):
     ) -> list[Tensor]:
         """One waveform [N_i] per caption, N_i = lengths[i] samples at the codec rate."""
         hop = pl_module.codec.hop_length
-        frames = max(1, math.ceil(max(lengths) / hop))
-        audio = generate_waveforms(pl_module, captions, frames, seed, self.sampling)  # [B, N]
+        clip_frames = [max(1, math.ceil(n / hop)) for n in lengths]
+        # Generated to the longest clip and cut; each clip is told its own length.
+        sampling = {
+            **self.sampling,
+            "total_frames": torch.tensor(clip_frames, device=pl_module.device),
+        }
+        audio = generate_waveforms(pl_module, captions, max(clip_frames), seed, sampling)  # [B, N]
         return [audio[i, :n] for i, n in enumerate(lengths)]
 
     def _ceiling_features(

@@ -86,6 +86,8 @@ class SirenDataModule(L.LightningDataModule):
         check_files: read every audio header at setup (finds missing files before training).
         seed: seeds the training order and each clip's crop and caption draw; default: the
             seed of `seed_everything` (PL_GLOBAL_SEED), else 0.
+        bucket_by_length: codes mode: draw each training batch from clips of similar length
+            (`data.resumable.bucket_by_length`), so little of a step is spent on padding.
 
     The training loader is a `ResumableDataLoader` (`data.resumable`): sharded over the
     processes under DDP, and restored mid-epoch from a checkpoint.
@@ -113,6 +115,7 @@ class SirenDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.01,
         check_files: bool = True,
         seed: int | None = None,
+        bucket_by_length: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -229,8 +232,20 @@ class SirenDataModule(L.LightningDataModule):
             return DataLoader(ds, batch_size=hp.eval_batch_size or hp.batch_size, **common)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        lengths = None
+        if hp.bucket_by_length:
+            if not hasattr(ds, "window_lengths"):
+                raise ValueError(
+                    f"bucket_by_length needs code batches (mode: codes), not {hp.mode}"
+                )
+            lengths = ds.window_lengths()
         sampler = ResumableSampler(
-            ds, world, rank, seed=global_seed() if hp.seed is None else hp.seed
+            ds,
+            world,
+            rank,
+            seed=global_seed() if hp.seed is None else hp.seed,
+            lengths=lengths,
+            batch_size=hp.batch_size,
         )
         return ResumableDataLoader(
             ds,

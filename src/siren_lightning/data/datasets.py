@@ -108,6 +108,10 @@ class CodeClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def window_lengths(self) -> list[int]:
+        """Frames of each item's window (its clip's, at most `crop_frames`), for bucketing."""
+        return [min(int(item["codes"].shape[-1]), self.crop_frames) for item in self.items]
+
     def __getitem__(self, key: Any) -> dict[str, Any]:
         i, gen = item_generator(key)
         item = self.items[i]
@@ -120,6 +124,8 @@ class CodeClipDataset(Dataset):
             "id": item["id"],
             "codes": codes[:, start : start + self.crop_frames],
             "caption": captions[which],
+            "frame_offset": start,  # where the window sits in its clip (timing conditioning)
+            "total_frames": codes.shape[-1],
         }
         if item.get("text_states") is not None:  # one [L, Dt] tensor per caption
             out["text_states"] = torch.as_tensor(item["text_states"][which]).float()
@@ -142,6 +148,9 @@ def collate_codes(items: list[dict[str, Any]]) -> dict[str, Any]:
         "ids": [it["id"] for it in items],
         "captions": [it["caption"] for it in items],
     }
+    if all("total_frames" in it for it in items):  # [B] each: the window's place in its clip
+        batch["frame_offset"] = torch.tensor([it["frame_offset"] for it in items])
+        batch["total_frames"] = torch.tensor([it["total_frames"] for it in items])
     if all("text_states" in it for it in items):
         l_max = max(it["text_states"].shape[0] for it in items)
         dim = items[0]["text_states"].shape[-1]

@@ -46,6 +46,57 @@ def sinusoidal_positions(positions: Tensor, dim: int, max_period: float = 10000.
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def clip_timing(total_frames: Tensor, num_frames: int, offset: Tensor | int = 0) -> Tensor:
+    """Where each frame of a window sits in its clip, for `DurationEmbedding`.
+
+    Args:
+        total_frames: [B] frames of each whole clip (the length generation is asked for).
+        num_frames: T frames in the window.
+        offset: [B] or int, the window's first frame within the clip (a training crop's start).
+
+    Returns:
+        [B, T, 2] float32: (frame index within the clip, clip length in frames).
+    """
+    total = total_frames.to(torch.float32)[:, None].clamp_min(1.0)  # [B, 1]
+    t = torch.arange(num_frames, device=total.device, dtype=torch.float32)[None]  # [1, T]
+    if isinstance(offset, Tensor):
+        offset = offset.to(total)[:, None]
+    index = (t + offset).expand(total.shape[0], -1)  # [B, T]
+    return torch.stack([index, total.expand_as(index)], dim=-1)
+
+
+class DurationEmbedding(nn.Module):
+    """Timing conditioning (a deviation from the paper; `duration_conditioning` in the configs).
+
+    Every frame is told how far through the requested clip it is and how many frames are left.
+    SynthCaps places its events in equal slots of the clip's whole duration, and a user asks
+    for a duration: without this a frame-by-frame LM cannot know where "three times" must fall,
+    and at frame 0 nothing else tells it the length. It plays the role of Stable Audio's
+    `seconds_total`, given per frame. Half the features are sinusoids of the progress
+    (index / length, 1000 steps across the clip), half sinusoids of the frames left; a learned
+    linear puts them in their own subspace beside the absolute positions they are added to.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        if width % 4:
+            raise ValueError(f"DurationEmbedding: width must be a multiple of 4, got {width}")
+        self.width = width
+        self.proj = nn.Linear(width, width, bias=False)
+
+    @staticmethod
+    def features(timing: Tensor, width: int) -> Tensor:
+        """[..., 2] `clip_timing` -> [..., width] fixed sinusoidal features."""
+        index, total = timing.reshape(-1, 2).unbind(-1)
+        progress = sinusoidal_positions(index / total * 1000.0, width // 2)  # [N, D/2]
+        left = sinusoidal_positions(total - index, width // 2)  # [N, D/2]
+        return torch.cat([progress, left], dim=-1).view(*timing.shape[:-1], width)
+
+    def forward(self, timing: Tensor) -> Tensor:
+        """[..., 2] `clip_timing` -> [..., D] embedding."""
+        return self.proj(self.features(timing, self.width).to(self.proj.weight.dtype))
+
+
 class KVCache:
     """Keys and values of one self-attention layer, preallocated to `max_len` positions.
 

@@ -32,8 +32,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from siren_lightning.models.blocks import (
+    DurationEmbedding,
     TemporalBlock,
     check_config_ranges,
+    clip_timing,
     sinusoidal_positions,
     swiglu_hidden,
 )
@@ -69,6 +71,8 @@ class DelayLMConfig:
         norm_eps: RMSNorm epsilon.
         bias: biases in the linear layers.
         max_frames: longest clip (in frames) a sampler's KV cache holds.
+        duration_conditioning: tell every block how far through the requested clip each step
+            is (`DurationEmbedding`, as in `SirenConfig`; off by default).
     """
 
     num_codebooks: int = 12
@@ -83,6 +87,7 @@ class DelayLMConfig:
     norm_eps: float = 1e-5
     bias: bool = True
     max_frames: int = 3000
+    duration_conditioning: bool = False
     group: int = field(init=False)
     num_groups: int = field(init=False)
 
@@ -160,6 +165,7 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             for _ in range(c.num_layers)
         )
         self.norm = nn.RMSNorm(c.width, eps=c.norm_eps)
+        self.duration = DurationEmbedding(c.width) if c.duration_conditioning else None
         self.heads = nn.ModuleList(
             nn.Linear(c.width, c.codebook_size, bias=c.bias) for _ in range(c.num_codebooks)
         )
@@ -225,6 +231,7 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         text_mask: Tensor,
         caches: list | None = None,
         offset: int = 0,
+        timing: Tensor | None = None,
     ) -> Tensor:
         """Blocks over steps offset .. offset + S - 1, then the r heads.
 
@@ -232,12 +239,18 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             x: [B, S, D] step inputs (embeddings + summary).
             text_kv: from `text_kv`; text_mask: [B, L] bool.
             caches: one `KVCache` per block (step-by-step sampling), or None.
+            timing: [B, S, 2] `clip_timing` of frame s at step s (codebook 0's frame); used
+                (and needed) only with `duration_conditioning`.
 
         Returns:
             [B, r, S, K] logits of the codes of each step.
         """
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         pos = sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)  # [S, D]
+        if self.duration is not None:
+            if timing is None:
+                raise ValueError("DelayPatternLM.run: duration-conditioned; pass timing")
+            pos = pos + self.duration(timing).to(x.dtype)  # [B, S, D]
         for i, block in enumerate(self.blocks):
             x = x + pos
             cache = None if caches is None else caches[i]
@@ -269,6 +282,8 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         text_mask: Tensor,
         mask: Tensor | None = None,
         groups: list[int] | None = None,
+        total_frames: Tensor | None = None,
+        frame_offset: Tensor | None = None,
     ) -> SirenOutput:
         """Teacher-forced logits of every codebook.
 
@@ -277,6 +292,8 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             text_states: [B, L, Dt]; text_mask: [B, L] bool.
             mask: [B, T] bool, True for real frames (all True if None).
             groups: None or [0] (the model is one group; the argument mirrors `SirenLM`).
+            total_frames, frame_offset: [B] clip lengths and window starts for
+                `duration_conditioning`, as in `SirenLM.forward`.
 
         Returns:
             `SirenOutput` with logits [B, r, T, K], mask [B, r, T] and codebooks 0 .. r-1.
@@ -305,6 +322,11 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         text_states = text_states.to(self.codebook_table.dtype)
         x = self.embed(self.step_inputs(codes, mask))  # [B, S, D]
         x = x + self.text_summary(text_states, text_mask)[:, None]
-        logits = self.run(x, self.text_kv(text_states), text_mask)  # [B, r, S, K]
+        timing = None
+        if c.duration_conditioning:
+            total = mask.sum(1) if total_frames is None else total_frames
+            offset = 0 if frame_offset is None else frame_offset
+            timing = clip_timing(total, x.shape[1], offset)  # [B, S, 2]
+        logits = self.run(x, self.text_kv(text_states), text_mask, timing=timing)
         logits = self.pattern.deinterleave(logits)  # [B, r, S, K] -> [B, r, T, K]
         return SirenOutput(logits, mask[:, None].expand(b, r, t), list(range(r)))

@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from siren_lightning.models.blocks import KVCache, sinusoidal_positions
+from siren_lightning.models.blocks import (
+    DurationEmbedding,
+    KVCache,
+    clip_timing,
+    sinusoidal_positions,
+)
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
 
@@ -242,6 +247,8 @@ class StackedTemporal:
         final_norms: the G `RMSNorm`s after them.
         text_states: [N, L, Dt]; text_mask: [N, L] bool.
         max_len: steps the KV cache holds.
+        durations: the G stacks' `DurationEmbedding`s (duration-conditioned models), or None.
+        total_frames: [N] requested clip lengths in frames (with `durations`).
     """
 
     def __init__(
@@ -251,6 +258,8 @@ class StackedTemporal:
         text_states: Tensor,
         text_mask: Tensor,
         max_len: int,
+        durations: list | None = None,
+        total_frames: Tensor | None = None,
     ):
         if any(block.training for blocks in stacks for block in blocks):
             raise ValueError("StackedTemporal: put the model in eval mode (no dropout)")
@@ -280,6 +289,9 @@ class StackedTemporal:
         self.final_norm = stack_norms(final_norms)
         positions = torch.arange(max_len, device=text_states.device)
         self.positions = sinusoidal_positions(positions, self.width).to(text_states.dtype)
+        self.duration_weight, self.total_frames = None, total_frames
+        if durations is not None:  # [G, D, D]: each stack's projection of the timing features
+            self.duration_weight = stack([d.proj.weight for d in durations])
         has_text = text_mask.any(dim=1).repeat(self.g)  # [G*N]
         self.text_allowed = (text_mask.repeat(self.g, 1) | ~has_text[:, None])[:, None, None, :]
         self.has_text = has_text[:, None, None, None]
@@ -300,6 +312,10 @@ class StackedTemporal:
             [G, N, D] normalised temporal outputs.
         """
         pos = self.positions[t]
+        if self.duration_weight is not None:
+            timing = clip_timing(self.total_frames, 1, t)[:, 0]  # [N, 2]
+            feats = DurationEmbedding.features(timing, self.width).to(pos.dtype)  # [N, D]
+            pos = pos + torch.einsum("nd,ged->gne", feats, self.duration_weight)  # [G, N, D]
         for layer in self.layers:
             x = x + pos
             h = _rms_norm(x, layer["cross_norm"], self.eps)
@@ -463,6 +479,7 @@ def generate_frames(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     batch_experts: bool = True,
+    total_frames: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming).
 
@@ -478,6 +495,9 @@ def generate_frames(
         use_cache: False recomputes every temporal step over the whole prefix (reference path).
         batch_experts: Siren only: with the cache, run all experts' temporal steps as one
             batched step (`StackedTemporal`); False runs them one after another.
+        total_frames: [B] length of each requested clip, which duration-conditioned models
+            are told (num_frames for every clip when None: a batch generated to its longest
+            clip and cut per clip passes each clip's own length here).
 
     Yields:
         [B, r] long codes of each frame.
@@ -494,10 +514,18 @@ def generate_frames(
     def choose(logits: Tensor) -> Tensor:  # [N, ..., K] -> [B, ...]
         return guide_and_sample(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
 
+    if total_frames is None:
+        total_frames = torch.full((b,), num_frames, device=text_states.device)
+    if total_frames.shape != (b,):
+        raise ValueError(f"generate: total_frames must be [B={b}], got {tuple(total_frames.shape)}")
+    totals = torch.cat([total_frames, total_frames]) if guided else total_frames  # [N]
     if isinstance(model, DelayPatternLM):
-        yield from _delay_frames(model, text_states, text_mask, num_frames, choose, use_cache)
+        yield from _delay_frames(
+            model, text_states, text_mask, num_frames, choose, use_cache, totals
+        )
         return
     n = text_states.shape[0]
+    conditioned = c.duration_conditioning
 
     experts = list(model.experts)
     summaries = [e.text_summary(text_states, text_mask) for e in experts]  # [N, D] each
@@ -508,6 +536,8 @@ def generate_frames(
             text_states,
             text_mask,
             num_frames,
+            [e.duration for e in experts] if conditioned else None,
+            totals,
         )
         if use_cache and batch_experts
         else None
@@ -550,10 +580,16 @@ def generate_frames(
             for k, expert in enumerate(looped):
                 x = inputs[k][:, None]  # [N, 1, D]
                 if use_cache:
-                    h = expert.run_temporal(x, text_kv[k], text_mask, caches[k], offset=t)
+                    timing = clip_timing(totals, 1, t) if conditioned else None
+                    h = expert.run_temporal(
+                        x, text_kv[k], text_mask, caches[k], offset=t, timing=timing
+                    )
                 else:
                     history[k].append(x)
-                    h = expert.run_temporal(torch.cat(history[k], 1), text_kv[k], text_mask)
+                    timing = clip_timing(totals, t + 1) if conditioned else None
+                    h = expert.run_temporal(
+                        torch.cat(history[k], 1), text_kv[k], text_mask, timing=timing
+                    )
                 steps.append(h[:, -1])  # [N, D]
             hidden = torch.stack(steps)
         # 2. Decoders in order; each sees the codes sampled so far in this frame. Token 0 of
@@ -580,6 +616,7 @@ def _delay_frames(
     num_frames: int,
     choose: Callable[[Tensor], Tensor],
     use_cache: bool,
+    totals: Tensor,
 ) -> Iterator[Tensor]:
     """`generate_frames` for the delay-pattern LM; prompts already prepared ([N, L, Dt])."""
     c = model.config
@@ -591,7 +628,10 @@ def _delay_frames(
     summary = model.text_summary(text_states, text_mask)  # [N, D]
     stacked, heads, heads_bias = None, None, None
     if use_cache:
-        stacked = StackedTemporal([model.blocks], [model.norm], text_states, text_mask, steps)
+        durations = None if model.duration is None else [model.duration]
+        stacked = StackedTemporal(
+            [model.blocks], [model.norm], text_states, text_mask, steps, durations, totals
+        )
         heads, heads_bias = fused_operand(list(model.heads))  # the r heads as one matmul
     history: list[Tensor] = []  # uncached path: inputs so far
     valid = model.pattern.valid_mask(steps, text_states.device)  # [r, S]
@@ -610,7 +650,9 @@ def _delay_frames(
             logits = apply_operand(h, heads, heads_bias).view(n, r, -1)  # [N, r, K]
         else:
             history.append(x)
-            logits = model.run(torch.cat(history, 1), text_kv, text_mask)[:, :, -1]
+            timing = clip_timing(totals, s + 1) if model.duration is not None else None
+            logits = model.run(torch.cat(history, 1), text_kv, text_mask, timing=timing)
+            logits = logits[:, :, -1]
         active = valid[:, s]  # [r]
         drawn = choose(logits[:, active])  # [B, n_active]
         tokens = drawn.new_full((drawn.shape[0], r), idle)

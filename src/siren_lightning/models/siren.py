@@ -28,8 +28,10 @@ from torch.utils.checkpoint import checkpoint
 
 from siren_lightning.models.blocks import (
     DecoderBlock,
+    DurationEmbedding,
     TemporalBlock,
     check_config_ranges,
+    clip_timing,
     sinusoidal_positions,
     swiglu_hidden,
 )
@@ -65,6 +67,8 @@ class SirenConfig:
         norm_eps: RMSNorm epsilon.
         bias: biases in the linear layers.
         max_frames: longest sequence a sampler's KV cache holds.
+        duration_conditioning: tell every temporal block how far through the requested clip
+            each frame is (`DurationEmbedding`; not in the paper, off by default).
     """
 
     num_codebooks: int = 12
@@ -81,6 +85,7 @@ class SirenConfig:
     norm_eps: float = 1e-5
     bias: bool = True
     max_frames: int = 3000
+    duration_conditioning: bool = False
     num_groups: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +175,7 @@ class ResidualGroupTransformer(nn.Module):
             for _ in range(c.temporal_layers)
         )
         self.temporal_norm = nn.RMSNorm(c.width, eps=c.norm_eps)
+        self.duration = DurationEmbedding(c.width) if c.duration_conditioning else None
         self.decoder = nn.ModuleList(
             DecoderBlock(c.width, c.num_heads, c.mlp_hidden, c.dropout, c.norm_eps, c.bias)
             for _ in range(c.decoder_layers)
@@ -237,19 +243,26 @@ class ResidualGroupTransformer(nn.Module):
         text_mask: Tensor,
         caches: list | None = None,
         offset: int = 0,
+        timing: Tensor | None = None,
     ) -> Tensor:
-        """Temporal blocks, positions re-added before each.
+        """Temporal blocks, positions (and the clip timing) re-added before each.
 
         Args:
             x: [B, T, D] inputs of frames offset .. offset + T - 1.
             text_kv: from `text_kv`; text_mask: [B, L] bool.
             caches: one `KVCache` per block (step-by-step sampling), or None.
+            timing: [B, T, 2] `clip_timing` of those frames; used (and needed) only with
+                `duration_conditioning`.
 
         Returns:
             h: [B, T, D], normalised temporal outputs.
         """
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         pos = sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)  # [T, D]
+        if self.duration is not None:
+            if timing is None:
+                raise ValueError("run_temporal: this expert is duration-conditioned; pass timing")
+            pos = pos + self.duration(timing).to(x.dtype)  # [B, T, D]
         for i, block in enumerate(self.temporal):
             x = x + pos
             cache = None if caches is None else caches[i]
@@ -284,12 +297,19 @@ class ResidualGroupTransformer(nn.Module):
         x = self.decoder_norm(x)  # [N, n - first - 1, D]: token first + 1 + j in row j
         return torch.stack([self.heads[first + j](x[:, j]) for j in range(n - first - 1)], dim=1)
 
-    def forward(self, vectors: Tensor, text_states: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        vectors: Tensor,
+        text_states: Tensor,
+        text_mask: Tensor,
+        timing: Tensor | None = None,
+    ) -> Tensor:
         """Teacher-forced logits of this expert's codebooks.
 
         Args:
             vectors: [B, r, T, D_lat] codec vectors of the ground-truth codes.
             text_states: [B, L, Dt]; text_mask: [B, L] bool.
+            timing: [B, T, 2] `clip_timing` (duration-conditioned experts only).
 
         Returns:
             [B, g, T, K] logits for codebooks gk .. gk + g - 1.
@@ -303,7 +323,7 @@ class ResidualGroupTransformer(nn.Module):
         total = lower + own.sum(1) + rest
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
-        h = self.run_temporal(x, self.text_kv(text_states), text_mask)  # [B, T, D]
+        h = self.run_temporal(x, self.text_kv(text_states), text_mask, timing=timing)
         before = self.text_summary(text_states, text_mask)[:, None] + lower
         tokens = [h, before]
         for i in range(g - 1):
@@ -380,6 +400,8 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
         text_mask: Tensor,
         mask: Tensor | None = None,
         groups: list[int] | None = None,
+        total_frames: Tensor | None = None,
+        frame_offset: Tensor | None = None,
     ) -> SirenOutput:
         """Teacher-forced logits of every codebook (or of the chosen groups' codebooks).
 
@@ -388,6 +410,9 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
             text_states: [B, L, Dt] frozen text encoder states; text_mask: [B, L] bool.
             mask: [B, T] bool, True for real frames (all True if None).
             groups: experts to run (all if None).
+            total_frames: [B] frames of each whole clip, for `duration_conditioning` (the
+                valid frames of `mask` when None: the window is the whole clip).
+            frame_offset: [B] first frame of the window within its clip (0 when None).
 
         Returns:
             `SirenOutput` with logits [B, n, T, K], mask [B, n, T] and the n codebook indices.
@@ -411,10 +436,14 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
         groups = list(range(c.num_groups)) if groups is None else list(groups)
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
+        timing = None
+        if c.duration_conditioning:
+            total = mask.sum(1) if total_frames is None else total_frames
+            timing = clip_timing(total, t, 0 if frame_offset is None else frame_offset)
         vectors = self.codebook_vectors(codes)  # [B, r, T, D_lat]
         text_states = text_states.to(vectors.dtype)
         logits = torch.cat(
-            [self.experts[k](vectors, text_states, text_mask) for k in groups], dim=1
+            [self.experts[k](vectors, text_states, text_mask, timing) for k in groups], dim=1
         )  # [B, n, T, K]
         codebooks = [k * c.group + i for k in groups for i in range(c.group)]
         return SirenOutput(logits, mask[:, None].expand(b, len(codebooks), t), codebooks)

@@ -1,0 +1,147 @@
+"""In-loop text following: `val/adherence_*` and `val/text_gap_*` (DESIGN.md section 4).
+
+A falling loss says nothing about whether a model reads its caption; these two curves do. At
+every N-th validation, for a fixed set of validation clips with SynthCaps attributes:
+- adherence: generate each clip's first caption at the clip's own length, score the audio with
+  `measure_attributes` (`val/adherence_pitch`, `_count`, `_envelope`, `_mean`, `_all`);
+- text gap: teacher-forced CE of the clips' true codes under a caption of another attribute
+  combination minus under their own (`val/text_gap_cb00` ... per codebook, `val/text_gap`
+  their mean).
+On data without attributes it logs nothing and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from siren_lightning.callbacks.evaluation import reference_clips
+from siren_lightning.callbacks.samples import generate_waveforms
+from siren_lightning.metrics.adherence import JUDGED, adherence, has_attributes, text_gap
+
+log = logging.getLogger(__name__)
+
+
+class TextFollowingCallback(L.Callback):
+    """Logs adherence and text gap of a `PretrainModule` on validation clips.
+
+    Args:
+        val_manifest: reference manifest with attributes (default: the DataModule's, else the
+            one recorded in the validation code cache).
+        num_clips: validation clips used (the first ones of the val code cache that the
+            manifest describes).
+        every_n_validations: evaluate at every N-th validation (sanity checks do not count).
+        seed: generation seed, the same each time so that curves are comparable.
+        sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default: `siren generate`'s).
+        batch_size: clips generated together.
+    """
+
+    def __init__(
+        self,
+        val_manifest: str | None = None,
+        num_clips: int = 32,
+        every_n_validations: int = 1,
+        seed: int = 0,
+        sampling: dict[str, Any] | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if num_clips < 1 or every_n_validations < 1 or batch_size < 1:
+            raise ValueError(
+                "TextFollowingCallback: num_clips, every_n_validations and batch_size must be >= 1"
+            )
+        self.val_manifest = val_manifest
+        self.num_clips = num_clips
+        self.every = every_n_validations
+        self.seed = seed
+        self.sampling = dict(sampling or {})
+        self.batch_size = batch_size
+        self.validations = 0
+        self._clips: list[dict[str, Any]] | None = None
+        self._disabled = False
+
+    def _select(self, trainer: L.Trainer) -> list[dict[str, Any]]:
+        """The first `num_clips` val items with codes and attributes: id, caption, codes."""
+        manifest = reference_clips(trainer, "val", self.val_manifest, type(self).__name__)
+        dataset = getattr(trainer.datamodule, "datasets", {}).get("val")
+        items = getattr(dataset, "items", None)
+        if items is None:
+            raise ValueError("TextFollowingCallback: needs a code-cache validation split")
+        chosen = []
+        for i in range(len(items)):
+            item = items[i]
+            clip = manifest.get(item["id"])
+            if clip is not None:
+                chosen.append(
+                    {
+                        "id": item["id"],
+                        "caption": item["captions"][0],
+                        "codes": torch.as_tensor(item["codes"]).long(),
+                        "attributes": clip.attributes,
+                    }
+                )
+            if len(chosen) == self.num_clips:
+                break
+        return chosen
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._disabled:
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every or pl_module.codec is None:
+            return
+        if self._clips is None:
+            self._clips = self._select(trainer)
+            if not has_attributes([c["attributes"] for c in self._clips]):
+                log.warning(
+                    "TextFollowingCallback: skipped: the validation clips have no SynthCaps "
+                    "attributes (pitch, count, envelope) to judge generations by"
+                )
+                self._disabled = True
+                return
+        clips = sorted(self._clips, key=lambda c: c["codes"].shape[-1])  # similar lengths
+        hop = pl_module.codec.hop_length
+        audios = []
+        for start in range(0, len(clips), self.batch_size):
+            batch = clips[start : start + self.batch_size]
+            frames = [c["codes"].shape[-1] for c in batch]
+            sampling = {
+                **self.sampling,
+                "total_frames": torch.tensor(frames, device=pl_module.device),
+            }
+            audio = generate_waveforms(
+                pl_module, [c["caption"] for c in batch], max(frames), self.seed + start, sampling
+            )  # [B, N]
+            audios += [audio[i, : n * hop].numpy() for i, n in enumerate(frames)]
+        attributes = [c["attributes"] for c in clips]
+        scores = adherence(audios, attributes, pl_module.codec.sample_rate)
+        metrics = {f"val/adherence_{k}": scores[k] for k in (*JUDGED, "mean", "all")}
+        was_training = pl_module.network.training
+        pl_module.network.eval()
+        gap = text_gap(
+            pl_module.network,
+            pl_module.text_encoder,
+            [c["codes"].to(pl_module.device) for c in clips],
+            [c["caption"] for c in clips],
+            attributes,
+            batch_size=self.batch_size,
+        )
+        pl_module.network.train(was_training)
+        for book, value in zip(gap["codebooks"], gap["gap"], strict=True):
+            metrics[f"val/text_gap_cb{book:02d}"] = value
+        metrics["val/text_gap"] = sum(gap["gap"]) / len(gap["gap"])
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        for key, value in metrics.items():
+            trainer.callback_metrics[key] = torch.tensor(value)
+        summary = ", ".join(f"{k}={scores[k]:.2f}" for k in (*JUDGED, "mean"))
+        log.info(
+            "step %d: adherence %s; text gap cb00 %.3f",
+            trainer.global_step,
+            summary,
+            gap["gap"][0] if not math.isnan(gap["gap"][0]) else float("nan"),
+        )

@@ -1,0 +1,163 @@
+"""Does a model follow its caption? Two measures on SynthCaps-style data (DESIGN.md section 4).
+
+- **Adherence**: generate from held-out captions at their clips' own durations, recover pitch
+  band, onset count and envelope direction from the audio by signal processing
+  (`measure_attributes`), and count how often each matches the caption's attributes. Chance is
+  about 1/3 (pitch), 1/4 (count) and 1/3 (envelope); the codec's resynthesis is the ceiling.
+- **Text gap**: teacher-forced cross-entropy of the true codes under a caption of a *different*
+  attribute combination minus under the clip's own caption, per codebook. Near 0 means the LM
+  ignores its text (it learned to continue audio, not to follow the caption).
+
+Letters: B clips, r codebooks, n predicted codebooks, T frames, L text tokens, Dt text width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from siren_lightning.data.synthcaps import ATTRIBUTES, attribute_agreement, measure_attributes
+
+JUDGED = ("pitch", "count", "envelope")
+# Chance of a uniform guess per judged attribute: 3 pitch bands, 4 counts, 3 envelopes.
+CHANCE = {"pitch": 1 / 3, "count": 1 / 4, "envelope": 1 / 3}
+
+
+def has_attributes(attributes: Sequence[dict[str, Any] | None]) -> bool:
+    """True when every clip states the judged attributes (SynthCaps manifests do)."""
+    return bool(attributes) and all(a and all(k in a for k in JUDGED) for a in attributes)
+
+
+def adherence(
+    audios: Sequence[np.ndarray | Tensor], attributes: Sequence[dict[str, Any]], sample_rate: int
+) -> dict[str, Any]:
+    """Fraction of clips whose measured attributes match their stated ones.
+
+    Args:
+        audios: one waveform [N_i] per clip.
+        attributes: one dict per clip with at least "pitch", "count", "envelope".
+
+    Returns:
+        {"pitch", "count", "envelope": fractions; "mean": their mean; "all": fraction of clips
+        with all three right; "n": clips; "per_clip": one {attribute: bool} dict per clip}.
+    """
+    if len(audios) != len(attributes) or not audios:
+        raise ValueError(f"adherence: {len(audios)} clips for {len(attributes)} attribute sets")
+    per_clip = []
+    for audio, stated in zip(audios, attributes, strict=True):
+        wave = audio.detach().cpu().float().numpy() if isinstance(audio, Tensor) else audio
+        per_clip.append(attribute_agreement(measure_attributes(wave, sample_rate), stated))
+    out: dict[str, Any] = {k: float(np.mean([c[k] for c in per_clip])) for k in JUDGED}
+    out["mean"] = float(np.mean([out[k] for k in JUDGED]))
+    out["all"] = float(np.mean([c["all"] for c in per_clip]))
+    out["n"] = len(per_clip)
+    out["per_clip"] = per_clip
+    return out
+
+
+def mismatched_partners(attributes: Sequence[dict[str, Any]]) -> list[int]:
+    """For clip i, the first clip after it (cyclically) with another attribute combination.
+
+    Deterministic, so the text gap of two models is measured on the same caption pairs.
+
+    Raises:
+        ValueError: when every clip has the same combination (no gap can be measured).
+    """
+    combos = [tuple(a.get(k) for k in ATTRIBUTES) for a in attributes]
+    n = len(combos)
+    partners = []
+    for i in range(n):
+        j = next((j % n for j in range(i + 1, i + n) if combos[j % n] != combos[i]), None)
+        if j is None:
+            raise ValueError("text gap: every clip has the same attribute combination")
+        partners.append(j)
+    return partners
+
+
+@torch.no_grad()
+def codebook_ce(
+    network: torch.nn.Module,
+    codes: Tensor,
+    mask: Tensor,
+    text_states: Tensor,
+    text_mask: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Teacher-forced cross-entropy of every clip and codebook.
+
+    Args:
+        codes: [B, r, T] long; mask: [B, T] bool; text_states: [B, L, Dt]; text_mask: [B, L].
+
+    Returns:
+        ce [B, n] (mean over each clip's valid frames) and the n codebook indices.
+    """
+    out = network(codes, text_states, text_mask, mask)
+    logits = out.logits.float()  # [B, n, T, K]
+    targets = codes[:, out.codebooks]  # [B, n, T]
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 2), targets.flatten(), reduction="none"
+    ).view(targets.shape)
+    weights = out.mask.to(ce.dtype)
+    return (ce * weights).sum(-1) / weights.sum(-1).clamp_min(1.0), torch.tensor(out.codebooks)
+
+
+@torch.no_grad()
+def text_gap(
+    network: torch.nn.Module,
+    text_encoder: Any,
+    codes: Sequence[Tensor],
+    captions: Sequence[str],
+    attributes: Sequence[dict[str, Any]],
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """CE under a mismatched caption minus CE under the clip's own caption, per codebook.
+
+    Args:
+        network: an LM (`SirenLM` or `DelayPatternLM`) returning `SirenOutput`.
+        text_encoder: `encode(list[str]) -> TextStates`.
+        codes: one [r, T_i] long tensor per clip (whole clips).
+        captions: one caption per clip; attributes: one dict per clip.
+
+    Returns:
+        {"gap": [n] mean over clips (nats), "own": [n], "other": [n], "codebooks": [n],
+        "n": clips}; lists of floats.
+    """
+    partners = mismatched_partners(attributes)
+    device = network.codebook_table.device
+    own_sum, other_sum, books = 0.0, 0.0, None
+    for start in range(0, len(codes), batch_size):
+        idx = list(range(start, min(start + batch_size, len(codes))))
+        t_max = max(codes[i].shape[-1] for i in idx)
+        batch = torch.zeros(len(idx), codes[idx[0]].shape[0], t_max, dtype=torch.long)
+        mask = torch.zeros(len(idx), t_max, dtype=torch.bool)
+        for b, i in enumerate(idx):
+            batch[b, :, : codes[i].shape[-1]] = codes[i]
+            mask[b, : codes[i].shape[-1]] = True
+        batch, mask = batch.to(device), mask.to(device)
+        ces = []
+        for text in ([captions[i] for i in idx], [captions[partners[i]] for i in idx]):
+            enc = text_encoder.encode(text)
+            ce, books = codebook_ce(network, batch, mask, enc.states.to(device), enc.mask)
+            ces.append(ce.sum(0))  # [n]
+        own_sum = own_sum + ces[0]
+        other_sum = other_sum + ces[1]
+    own, other = own_sum / len(codes), other_sum / len(codes)
+    return {
+        "gap": (other - own).tolist(),
+        "own": own.tolist(),
+        "other": other.tolist(),
+        "codebooks": books.tolist(),
+        "n": len(codes),
+    }
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    v = [float(x) for x in values]
+    mean = sum(v) / len(v)
+    spread = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return mean, spread
