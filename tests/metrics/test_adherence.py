@@ -85,11 +85,12 @@ def test_text_gap_by_hand():
     assert got["gap"] == pytest.approx([0.0], abs=1e-7)
     one_sided = text_gap(_ScoreLM(), _NumberText(), codes, ["s=3", "s=3"], attrs)
     assert one_sided["gap"] == pytest.approx([0.0], abs=1e-7)  # same caption: no gap
-    better = text_gap(_ScoreLM(), _NumberText(), codes[:1] * 2, ["s=5", "s=-5"], attrs)
-    expected = (math.log(1 + math.exp(5)) - math.log(1 + math.exp(-5))) / 2 + (
-        math.log(1 + math.exp(-5)) - math.log(1 + math.exp(5))
-    ) / 2
-    assert better["gap"] == pytest.approx([expected], abs=1e-6)
+    # Clip 0 is all code 1 with caption s=5, clip 1 all code 0 with s=-5: each caption makes its
+    # own clip likely, so each swap costs log(1 + e^5) - log(1 + e^-5) = 5 nats exactly.
+    codes = [torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)]
+    better = text_gap(_ScoreLM(), _NumberText(), codes, ["s=5", "s=-5"], attrs)
+    assert better["gap"] == pytest.approx([5.0], abs=1e-5)
+    assert better["own"] == pytest.approx([math.log(1 + math.exp(-5))])
 
 
 class _TableText:

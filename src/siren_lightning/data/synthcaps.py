@@ -255,8 +255,10 @@ def measure_attributes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dic
     env = _frame_rms(audio, sample_rate, hop_s=hop_s)
     segs = _segments(env, hop_s)
 
-    # Pitch: median over loud frames of the frame's strongest frequency (>= 50 Hz).
-    freqs, _, spec = sps.stft(audio, fs=sample_rate, nperseg=2048, noverlap=1536)
+    # Pitch: median over loud frames of the frame's strongest frequency (>= 50 Hz). A clip
+    # shorter than one STFT window is zero-padded to one.
+    padded = np.pad(audio, (0, max(0, 2048 - audio.size)))
+    freqs, _, spec = sps.stft(padded, fs=sample_rate, nperseg=2048, noverlap=1536)
     mag = np.abs(spec)
     energy = (mag**2).sum(axis=0)
     loud = energy >= 0.1 * energy.max() if energy.max() > 0 else np.zeros_like(energy, bool)

@@ -1,0 +1,115 @@
+"""`siren adherence` (score_model) and the in-loop `TextFollowingCallback` agree with the
+metrics computed directly on what they generated, and skip data without attributes."""
+
+import json
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from siren_testing import TableCodec, make_model
+
+from siren_lightning.callbacks.text_following import TextFollowingCallback
+from siren_lightning.data.manifest import Clip, write_manifest
+from siren_lightning.metrics.adherence import adherence, text_gap
+from siren_lightning.pretrain import PretrainModule
+from siren_lightning.text import TextEncoder
+from siren_lightning.text_following import format_report, main, score_model
+
+ATTRS = [
+    {"source": "tone", "pitch": "low", "count": "once", "envelope": "steady"},
+    {"source": "chord", "pitch": "high", "count": "twice", "envelope": "fade_in"},
+    {"source": "noise", "pitch": "medium", "count": "continuous", "envelope": "fade_out"},
+]
+
+
+def _stack():
+    torch.manual_seed(0)
+    model = make_model(text_dim=384, duration_conditioning=True).eval()
+    return model, TableCodec(model.codebook_table.clone()), TextEncoder("minilm")
+
+
+def _clips(tmp_path, attributes=True):
+    clips = [
+        Clip(
+            id=f"c{i}",
+            audio=tmp_path / f"c{i}.wav",
+            captions=[f"caption {i}"],
+            duration=0.05 + 0.02 * i,
+            attributes=ATTRS[i] if attributes else {},
+        )
+        for i in range(3)
+    ]
+    for c in clips:
+        sf.write(str(c.audio), np.zeros(int(c.duration * 1600), np.float32), 1600)
+    return clips
+
+
+def test_score_model_reports_what_its_generations_measure(tmp_path):
+    model, codec, text = _stack()
+    clips = _clips(tmp_path)
+    codes = {c.id: torch.randint(16, (6, 4 + i)) for i, c in enumerate(clips)}
+    report = score_model(model, text, codec, clips, tmp_path / "out", [0, 1], codes=codes)
+    for k, seed in enumerate((0, 1)):
+        rows = [json.loads(x) for x in open(tmp_path / "out" / f"seed{seed}" / "adherence.jsonl")]
+        assert [r["id"] for r in rows] == ["c0", "c1", "c2"]  # shortest first
+        records = [
+            json.loads(x) for x in open(tmp_path / "out" / f"seed{seed}" / "generations.jsonl")
+        ]
+        audios = [sf.read(r["path"], dtype="float32")[0] for r in records]
+        assert [len(a) for a in audios] == [round(c.duration * 1600) for c in clips]
+        direct = adherence(audios, ATTRS, codec.sample_rate)
+        for key in ("pitch", "count", "envelope", "mean", "all"):
+            assert report["adherence"][key]["per_seed"][k] == direct[key]
+    pitch = report["adherence"]["pitch"]["per_seed"]
+    assert report["adherence"]["pitch"]["spread"] == statistics.stdev(pitch)
+    gap = text_gap(model, text, [codes[c.id] for c in clips], [c.captions[0] for c in clips], ATTRS)
+    assert report["text_gap"] == gap and len(gap["gap"]) == 6
+    assert "text gap" in format_report(report) and "(chance 0.25)" in format_report(report)
+
+
+def test_tool_skips_data_without_attributes_and_refuses_bad_limits(tmp_path, capsys):
+    write_manifest(tmp_path / "m.jsonl", _clips(tmp_path, attributes=False))
+    argv = ["--model", str(tmp_path / "none"), "--manifest", str(tmp_path / "m.jsonl")]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
+
+
+def test_callback_logs_the_metrics_of_its_own_generations(tmp_path):
+    model, codec, text = _stack()
+    module = PretrainModule(model, text_encoder=text, codec=codec, caption_dropout=0.0)
+    clips = _clips(tmp_path)
+    write_manifest(tmp_path / "val.jsonl", clips)
+    codes = [torch.randint(16, (6, 5 + i)) for i in range(3)]
+    items = [{"id": c.id, "captions": c.captions, "codes": codes[i]} for i, c in enumerate(clips)]
+    logged = {}
+    logger = SimpleNamespace(log_metrics=lambda m, step: logged.update(m))
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        global_step=7,
+        loggers=[logger],
+        callback_metrics={},
+        datamodule=SimpleNamespace(
+            hparams={"val_manifest": str(tmp_path / "val.jsonl")},
+            datasets={"val": SimpleNamespace(items=items)},
+        ),
+    )
+    callback = TextFollowingCallback(num_clips=3, batch_size=2)
+    callback.on_validation_epoch_end(trainer, module)
+    gap = text_gap(model, text, codes, [c.captions[0] for c in clips], ATTRS)
+    assert logged["val/text_gap_cb00"] == pytest.approx(gap["gap"][0], abs=1e-6)
+    assert logged["val/text_gap"] == pytest.approx(sum(gap["gap"]) / 6, abs=1e-6)
+    assert set(logged) >= {f"val/adherence_{k}" for k in ("pitch", "count", "envelope", "all")}
+    assert 0.0 <= logged["val/adherence_mean"] <= 1.0
+    # Without attributes: nothing logged, and it stays off.
+    write_manifest(tmp_path / "val.jsonl", _clips(tmp_path, attributes=False))
+    logged.clear()
+    quiet = TextFollowingCallback(num_clips=3)
+    quiet.on_validation_epoch_end(trainer, module)
+    assert logged == {} and quiet._disabled
+    assert Path(tmp_path / "val.jsonl").is_file()
