@@ -54,11 +54,10 @@ def test_score_model_reports_what_its_generations_measure(tmp_path):
     codes = {c.id: torch.randint(16, (6, 4 + i)) for i, c in enumerate(clips)}
     report = score_model(model, text, codec, clips, tmp_path / "out", [0, 1], codes=codes)
     for k, seed in enumerate((0, 1)):
-        rows = [json.loads(x) for x in open(tmp_path / "out" / f"seed{seed}" / "adherence.jsonl")]
+        folder = tmp_path / "out" / f"seed{seed}"
+        rows = [json.loads(x) for x in (folder / "adherence.jsonl").read_text().splitlines()]
         assert [r["id"] for r in rows] == ["c0", "c1", "c2"]  # shortest first
-        records = [
-            json.loads(x) for x in open(tmp_path / "out" / f"seed{seed}" / "generations.jsonl")
-        ]
+        records = [json.loads(x) for x in (folder / "generations.jsonl").read_text().splitlines()]
         audios = [sf.read(r["path"], dtype="float32")[0] for r in records]
         assert [len(a) for a in audios] == [round(c.duration * 1600) for c in clips]
         direct = adherence(audios, ATTRS, codec.sample_rate)
