@@ -17,6 +17,12 @@ RUN := runs/siren_tiny
 # Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget;
 # experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).
 PRETRAIN_STEPS ?= 150
+# The model `make align`, `make evaluate` and the notebook start from: the committed reference
+# tiny Siren (assets/siren_tiny_reference/README.md). SIREN_MODEL=runs/siren_tiny/model picks the
+# model `make pretrain` trained instead.
+SIREN_MODEL ?= assets/siren_tiny_reference
+# Held-out test clips whose adherence `make pretrain` prints at its end.
+ADHERENCE_CLIPS ?= 48
 
 .PHONY: install test lint format data codec tokenize pretrain evaluate align bench clean
 
@@ -71,6 +77,8 @@ pretrain: tokenize
 	$(SIREN) export $(RUN)/checkpoints/last.ckpt --out $(RUN)/model
 	$(SIREN) generate --model $(RUN)/model --manifest data/synthcaps/test.jsonl --limit 6 \
 	  --seconds 4 --out $(RUN)/samples
+	$(SIREN) adherence --model $(RUN)/model --manifest data/synthcaps/test.jsonl \
+	  --codes $(CODES)/test --limit $(ADHERENCE_CLIPS) --out $(RUN)/adherence
 	@echo "model:       $(RUN)/model (siren generate --model $(RUN)/model --captions '...' --out DIR)"
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
@@ -80,10 +88,12 @@ pretrain: tokenize
 ALIGN := runs/align_tiny
 ALIGN_REPORT_CLIPS ?= 200
 align: install
-	test -f $(RUN)/checkpoints/last.ckpt -a -f $(RUN)/model/model.safetensors || $(MAKE) pretrain
-	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml
+	test -f $(SIREN_MODEL)/model.safetensors || $(MAKE) pretrain
+	$(MAKE) data
+	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml \
+	  --model.init_args.init_from $(SIREN_MODEL)
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
-	$(SIREN) align-report --before $(RUN)/model --after $(ALIGN)/model \
+	$(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	  --manifest data/synthcaps/val.jsonl --limit $(ALIGN_REPORT_CLIPS) --out $(ALIGN)/report \
 	  --cache runs/feature_cache --threads 1
 	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
@@ -91,8 +101,9 @@ align: install
 # Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling).
 EVAL_CLIPS ?= 32
 evaluate:
-	test -f $(RUN)/model/config.json || $(MAKE) pretrain
-	$(SIREN) generate --model $(RUN)/model --manifest data/synthcaps/test.jsonl --limit $(EVAL_CLIPS) \
+	test -f $(SIREN_MODEL)/config.json || $(MAKE) pretrain
+	$(MAKE) data
+	$(SIREN) generate --model $(SIREN_MODEL) --manifest data/synthcaps/test.jsonl --limit $(EVAL_CLIPS) \
 	  --match-durations --out $(RUN)/eval/generated
 	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference data/synthcaps/test.jsonl \
 	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json

@@ -61,6 +61,20 @@ def test_export_round_trips_without_lightning(exported):
     )
 
 
+def test_half_export_stores_float16_and_loads_the_rounded_weights(exported, tmp_path):
+    module, _, _, tmp = exported
+    folder = export.export_checkpoint(tmp / "last.ckpt", tmp_path / "half", half=True)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    model, sidecar = export.load_exported(folder)
+    assert sidecar["dtype"] == "float16"
+    for k, v in module.network.state_dict().items():  # fp32 model, fp16-rounded values
+        loaded = model.state_dict()[k]
+        assert loaded.dtype == v.dtype and torch.equal(loaded, v.half().to(v.dtype)), k
+
+
 def test_export_errors_name_the_file(tmp_path):
     with pytest.raises(export.ExportError, match="not found"):
         export.export_checkpoint(tmp_path / "missing.ckpt", tmp_path / "out")

@@ -44,12 +44,14 @@ def model_class(name: str | None) -> tuple[type, type]:
     return MODELS[name]
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = False) -> Path:
     """Write the LM's weights, config and the `siren.json` sidecar from a Lightning checkpoint.
 
     Args:
         checkpoint: a `.ckpt` saved while training a `PretrainModule`.
         out: destination folder (created).
+        half: store the weights in float16 (half the size; `from_pretrained` loads them into
+            the float32 model).
 
     Returns:
         the folder.
@@ -68,6 +70,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     prefix = "network."
     state = {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
+    if half:
+        model.half()
     model.save_pretrained(out)
     import transformers
 
@@ -79,6 +83,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         "siren_lightning_version": __version__,
         "source_checkpoint": str(checkpoint.resolve()),
         "global_step": blob.get("global_step"),
+        "dtype": "float16" if half else "float32",
         "model_class": type(model).__name__,
         "model_config": model.config.to_dict(),
         "codec": meta.get("codec"),
@@ -115,9 +120,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="siren export", description=main.__doc__)
     parser.add_argument("checkpoint", help="Lightning .ckpt of a PretrainModule run")
     parser.add_argument("--out", required=True, help="destination folder")
+    parser.add_argument("--half", action="store_true", help="store float16 weights")
     args = parser.parse_args(argv)
     try:
-        folder = export_checkpoint(args.checkpoint, args.out)
+        folder = export_checkpoint(args.checkpoint, args.out, half=args.half)
     except ExportError as err:
         print(err)
         return 1
