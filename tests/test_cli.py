@@ -33,11 +33,21 @@ def test_experiments_folder_is_not_empty():
     assert EXPERIMENTS, "experiments/*.yaml not found"
 
 
+def _layers(config: Path) -> list[str]:
+    """The YAML with the ones it is layered on first (its `# base: A.yaml B.yaml` line)."""
+    first = config.read_text().splitlines()[0]
+    bases = first.removeprefix("# base:").split() if first.startswith("# base:") else []
+    args = []
+    for name in [*bases, config.name]:
+        args += ["--config", str(config.parent / name)]
+    return args
+
+
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_experiment_yaml_parses_through_the_cli(config, capsys):
     # --print_config validates every init argument against the classes' signatures.
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["fit", "--config", str(config), "--print_config"])
+        cli.main(["fit", *_layers(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
 
