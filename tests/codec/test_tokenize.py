@@ -219,8 +219,7 @@ def read_back(cache):
     )
     dm.setup("validate")
     return [
-        (b["ids"][0], b["captions"][0], b["codes"][0][:, b["mask"][0]])
-        for b in dm.val_dataloader()
+        (b["ids"][0], b["captions"][0], b["codes"][0][:, b["mask"][0]]) for b in dm.val_dataloader()
     ]
 
 
@@ -338,7 +337,7 @@ def _rewrite(path, edit):
     from safetensors.torch import save_file
 
     with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     edit(tensors)
     save_file(tensors, str(path), metadata=meta)
 

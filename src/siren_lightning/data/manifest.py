@@ -145,7 +145,9 @@ def read_manifest(path: str | Path) -> list[Clip]:
             raise ManifestError(f"{where}: invalid JSON ({exc.msg})") from None
         clip = _parse_line(obj, root, where)
         if clip.id in seen:
-            raise ManifestError(f"{where}: duplicate id {clip.id!r} (first on line {seen[clip.id]})")
+            raise ManifestError(
+                f"{where}: duplicate id {clip.id!r} (first on line {seen[clip.id]})"
+            )
         seen[clip.id] = lineno
         clips.append(clip)
     if not clips:
@@ -221,7 +223,8 @@ def check_audio(
         try:
             frames, sr = audio_info(clip.audio)
             if full:
-                load_audio(clip.audio, sr, min_seconds=min_seconds)  # at its own rate: no resampling
+                # At the file's own rate: decoded, never resampled.
+                load_audio(clip.audio, sr, min_seconds=min_seconds)
         except AudioError as err:
             if err.reason == "missing file":
                 report.missing.append(clip.id)
