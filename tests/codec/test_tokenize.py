@@ -414,14 +414,23 @@ def test_too_short_clips_are_skipped_and_counted(tmp_path, caplog):
     assert len(lines) == 1 and "too short (0.01 s < 0.1 s)" in lines[0]
 
 
-def test_long_clips_are_encoded_whole_with_a_warning(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(tok, "LONG_CLIP_SECONDS", 0.2)  # 3200 samples at 16 kHz
-    manifest = make_manifest(tmp_path, LENGTHS[:4])
-    tok.tokenize_manifest(manifest, codec(), tmp_path / "cache", batch_size=3, progress=False)
+def test_long_clips_are_batched_with_fewer_clips_and_warned(tmp_path, caplog, monkeypatch):
+    """A batch holds at most batch_size x LONG_CLIP_SECONDS of padded audio; longer clips warn."""
+    monkeypatch.setattr(tok, "LONG_CLIP_SECONDS", 0.2)  # 3200 samples: budget 3 x 3200
+    manifest = make_manifest(tmp_path, [*LENGTHS[:4], 12000])
+    c = codec()
+    shapes = []
+    real_encode = c.encode
+    c.encode = lambda audio: (shapes.append(tuple(audio.shape)), real_encode(audio))[1]
+    tok.tokenize_manifest(manifest, c, tmp_path / "cache", batch_size=3, progress=False)
+    # 12000 alone (> 9600); 4000 + 3301 (2 x 4000 <= 9600 < 3 x 4000); then 1800 + 1600.
+    assert shapes == [(1, 1, 12000), (2, 1, 4000), (2, 1, 1800)]
     warned = [r.message for r in caplog.records if "encoded whole" in r.message]
-    assert [w.split()[1] for w in warned] == ["c1", "c3"]  # 3301 and 4000 samples
-    assert "up to 2 more clips" in warned[0] and "--max-seconds" in warned[0]
-    assert [len(code[0]) for _, _, code in read_back(tmp_path / "cache")][1] == 11  # whole
+    assert [w.split()[1] for w in warned] == ["c1", "c3", "c4"]  # the clips > 3200 samples
+    assert "(with up to 1 more clips padded to it)" in warned[0] and "--max-seconds" in warned[0]
+    assert "(alone)" in warned[2]
+    frames = [code.shape[1] for _, _, code in read_back(tmp_path / "cache")]
+    assert frames == [math.ceil(n / 320) for n in [*LENGTHS[:4], 12000]]  # all whole
 
 
 def test_shards_get_the_mode_the_umask_gives(tmp_path):

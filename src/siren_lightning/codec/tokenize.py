@@ -7,8 +7,10 @@ from the same manifest entries (their SHA-256), and it is whole; any other shard
 with a logged line, so an edited manifest never leaves stale clips in the cache. Bad clips
 (missing, unreadable, empty, silent, NaN, shorter than `min_seconds`) are skipped with one logged
 line and counted in the index (with their reasons); the run fails if more than
-`max_skip_fraction` of the clips are bad. Clips longer than `LONG_CLIP_SECONDS` are encoded whole
-with a warning (memory grows with their length; `--max-seconds` bounds it).
+`max_skip_fraction` of the clips are bad. A batch holds at most `batch_size x LONG_CLIP_SECONDS`
+of padded audio, so a long clip is batched with fewer clips, or alone; clips longer than
+`LONG_CLIP_SECONDS` are encoded whole with a warning (memory grows with their length;
+`--max-seconds` bounds it).
 
 Letters: B batch, r codebooks, T frames, N samples.
 """
@@ -42,19 +44,29 @@ from siren_lightning.data.code_cache import (
 
 log = logging.getLogger(__name__)
 
-# Longer clips are logged as a warning: a clip is encoded whole, and the codec's activations for
-# a 10-minute clip take gigabytes (measured 5.8 GB at batch 16).
+# Memory of encoding grows with the padded batch (clips x longest clip). Measured with
+# assets/codec_tiny on the CPU (peak RSS over the process's 0.87 GB): a 10-minute clip alone
+# +0.45 GB, with one more clip padded to its length +0.87 GB; issue 22 measured 5.8 GB for one
+# at the default batch of 16. So a batch holds at most `batch_size x LONG_CLIP_SECONDS` of padded
+# audio (fewer clips beside a long one, alone past that), and a clip longer than
+# LONG_CLIP_SECONDS, whose own memory still grows with it, is logged as a warning.
 LONG_CLIP_SECONDS = 60.0
 
 
 @torch.no_grad()
 def encode_clips(
-    codec: RVQCodec, audios: list[torch.Tensor], batch_size: int
+    codec: RVQCodec,
+    audios: list[torch.Tensor],
+    batch_size: int,
+    max_batch_samples: int | None = None,
 ) -> list[torch.Tensor]:
     """Encode clips of any lengths in length-sorted, zero-padded batches.
 
     Args:
         audios: n tensors [N_i].
+        batch_size: most clips a batch.
+        max_batch_samples: most padded samples a batch (clips x longest); a clip longer than
+            this is encoded alone. None: no bound.
 
     Returns:
         n code tensors long [r, ceil(N_i / hop)], in input order.
@@ -62,9 +74,14 @@ def encode_clips(
     device = next(codec.parameters()).device
     order = sorted(range(len(audios)), key=lambda i: -audios[i].numel())
     out: list[torch.Tensor | None] = [None] * len(audios)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        n_max = max(audios[i].numel() for i in idx)
+    b = 0
+    while b < len(order):
+        n_max = audios[order[b]].numel()  # the longest left: the order is by length
+        size = batch_size
+        if max_batch_samples is not None:
+            size = max(1, min(batch_size, max_batch_samples // max(n_max, 1)))
+        idx = order[b : b + size]
+        b += size
         batch = torch.zeros(len(idx), 1, n_max)
         for k, i in enumerate(idx):
             batch[k, 0, : audios[i].numel()] = audios[i]
@@ -108,6 +125,7 @@ def _settings(
         "max_seconds": max_seconds,
         "min_seconds": min_seconds,
         "text_encoder": text_encoder_name,
+        "long_clip_seconds": LONG_CLIP_SECONDS,
     }
 
 
@@ -251,6 +269,7 @@ def tokenize_manifest(
             bar.update(len(part))
             continue
         audios, good, bad = [], [], {}
+        budget = batch_size * int(LONG_CLIP_SECONDS * codec.sample_rate)  # padded samples a batch
         for clip in part:
             try:
                 audio = load_audio(clip.audio, codec.sample_rate, min_seconds=min_seconds)
@@ -261,17 +280,17 @@ def tokenize_manifest(
             if max_seconds is not None:
                 audio = audio[: int(max_seconds * codec.sample_rate)]
             if audio.numel() > LONG_CLIP_SECONDS * codec.sample_rate:
+                beside = min(batch_size, budget // audio.numel()) - 1  # clips padded to it
                 log.warning(
-                    "tokenize: %s is %.0f s long: it is encoded whole, with up to %d more clips "
-                    "padded to its length, so memory grows with it; --max-seconds keeps only the "
-                    "start of long clips, a smaller --batch-size pads fewer",
+                    "tokenize: %s is %.0f s long: it is encoded whole (%s), so memory grows "
+                    "with its length; --max-seconds keeps only the start of long clips",
                     clip.id,
                     audio.numel() / codec.sample_rate,
-                    batch_size - 1,
+                    f"with up to {beside} more clips padded to it" if beside > 0 else "alone",
                 )
             audios.append(audio)
             good.append(clip)
-        codes = encode_clips(codec, audios, batch_size)
+        codes = encode_clips(codec, audios, batch_size, max_batch_samples=budget)
         states = (
             _text_states(text_encoder, [c.captions for c in good])
             if good and text_encoder
