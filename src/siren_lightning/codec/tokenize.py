@@ -164,9 +164,13 @@ def _reusable(
     elif done_sha != sha:
         reason = "it was written by another codec (--overwrite)"
     elif meta.get("settings") != settings:
-        reason = (
-            f"it was written with {meta.get('settings', 'unrecorded settings')}, now {settings}"
-        )
+        try:
+            before = json.loads(meta.get("settings", "{}"))
+        except json.JSONDecodeError:
+            before = {}
+        now = json.loads(settings)
+        changed = [f"{k} {before.get(k, '?')} -> {v}" for k, v in now.items() if before.get(k) != v]
+        reason = f"its settings changed ({', '.join(changed)})"
     elif meta.get("manifest_sha256") != part_sha:
         reason = "its clips in the manifest changed since it was written"
     else:
@@ -319,7 +323,7 @@ def tokenize_manifest(
     if len(skipped) > max_skip_fraction * len(clips):
         first = ", ".join(f"{k} ({v})" for k, v in list(skipped.items())[:5])
         raise CodeCacheError(
-            f"tokenize: {len(skipped)} of {len(clips)} clips of {manifest} are bad (more than "
+            f"{len(skipped)} of {len(clips)} clips of {manifest} are bad (more than "
             f"max_skip_fraction={max_skip_fraction:g}); first: {first}. `siren prepare jsonl "
             f"--min-seconds {min_seconds:g}` writes a manifest without them, or raise "
             f"--max-skip-fraction"
