@@ -337,7 +337,7 @@ def tokenize_manifest(
         "n_codebooks": codec.n_codebooks,
         "codebook_size": codec.codebook_size,
         "manifest": str(Path(manifest)),
-        "text_encoder": settings["text_encoder"],
+        "text_encoder": text_encoder_name,
         "shard_size": shard_size,
         "settings": settings,
         "num_clips": sum(sh["num_clips"] for sh in shards),
