@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.sampling import generate_for_captions
 from siren_lightning.models.siren import SirenLM
@@ -79,12 +80,7 @@ def generate_audio(
     ids = [f"{i:05d}" for i in range(len(captions))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(captions):
         raise ValueError(f"generate_audio: {len(ids)} ids for {len(captions)} captions")
-    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
-    if bad or len(set(ids)) != len(ids):
-        raise ValueError(
-            f"generate_audio: clip ids must be unique file names (no '/', not starting with '.'); "
-            f"bad: {bad[:3] or sorted({i for i in ids if ids.count(i) > 1})[:3]}"
-        )
+    check_file_ids(ids, "generate_audio")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {**DEFAULT_SAMPLING, **(sampling or {})}

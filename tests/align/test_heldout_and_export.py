@@ -139,3 +139,14 @@ def test_the_reward_model_never_grades(tiny_parts):
     )
     with pytest.raises(ValueError, match="would grade with the reward model"):
         m.evaluator()
+
+
+def test_heldout_ids_that_are_not_file_names_are_refused_before_any_work(tiny_parts, tmp_path):
+    """A manifest id like `../../x` would write its WAV outside the output folder."""
+    network, codec, text = tiny_parts
+    out = tmp_path / "run" / "heldout"
+    clips = [report.HeldoutClip("fine", "a beep", tmp_path / "x.wav")]
+    clips.append(report.HeldoutClip("../../escaped", "a hum", tmp_path / "x.wav"))
+    with pytest.raises(ValueError, match=r"held-out evaluation: clip ids must be unique file"):
+        evaluate_policy(network, text, codec, clips, out, seconds=0.1)
+    assert not out.exists() and not (tmp_path / "escaped.wav").exists()

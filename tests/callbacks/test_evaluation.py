@@ -89,6 +89,28 @@ def test_bad_arguments_are_refused():
         EvaluationCallback(preset="nope")
 
 
+def test_siren_test_refuses_ids_that_are_not_file_names_before_any_work(tmp_path):
+    """A test manifest id like `../../x` would write its WAV outside the run folder."""
+    from types import SimpleNamespace
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    manifest = tmp_path / "test.jsonl"
+    lines = [{"id": i, "audio": "a.wav", "caption": "a beep"} for i in ("fine", "../../escaped")]
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "run" / "test"
+    callback = EvaluationCallback(test_manifest=str(manifest), out_dir=str(out))
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path / "run"), datamodule=None)
+    module = SimpleNamespace(codec=object(), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"EvaluationCallback \(test\): clip ids must be unique"):
+        callback.on_test_start(trainer, module)
+    assert callback.evaluator is None and not out.exists()
+    # Without WAVs to write, the ids name nothing on disk and are fine.
+    quiet = EvaluationCallback(test_manifest=str(manifest), out_dir=str(out), save_audio=False)
+    quiet._evaluator = lambda device: None  # the backbones are not needed to check the ids
+    quiet.on_test_start(trainer, module)
+    assert "../../escaped" in quiet._test["clips"]
+
+
 @pytest.fixture(scope="module")
 def test_cache(synthcaps_small, tmp_path_factory):
     from siren_lightning.codec.tokenize import tokenize_manifest

@@ -31,7 +31,8 @@ def _cache(root):
     write_shard(root / shard_name(0), clips[:4], "h")
     write_shard(root / shard_name(1), clips[4:], "h")
     shards = [{"file": shard_name(0), "num_clips": 4}, {"file": shard_name(1), "num_clips": 2}]
-    write_index(root, {"format": FORMAT, "codec_sha256": "h", "shards": shards})
+    index = {"format": FORMAT, "codec_sha256": "h", "n_codebooks": 4, "codebook_size": 16}
+    write_index(root, {**index, "shards": shards})
     return clips
 
 

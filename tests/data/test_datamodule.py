@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import lightning as L
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from siren_lightning.data import prepare
 from siren_lightning.data.audio import write_audio
 from siren_lightning.data.datamodule import SirenDataModule, TooManyBadClipsError
 from siren_lightning.data.datasets import CodeClipDataset, collate_codes
@@ -160,8 +162,24 @@ def test_too_many_bad_clips_stop_the_run_with_a_clear_message(synthcaps_small, t
     trainer = L.Trainer(
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    with pytest.raises(TooManyBadClipsError, match=rf"3 of {total} train clips are unusable"):
+    with pytest.raises(
+        TooManyBadClipsError, match=rf"3 of {total} train clips are unusable"
+    ) as info:
         trainer.fit(_MeanAudio(), datamodule=dm)
+    # The advice is true: the command it gives writes a manifest the run takes without a skip.
+    advice = re.search(r"`siren (prepare jsonl [^`]*)`", str(info.value)).group(1)
+    clean = tmp_path / "clean.jsonl"
+    argv = advice.replace("IN", str(manifest)).replace("OUT", str(clean)).split()[1:]
+    assert prepare.main(argv) == 0
+    assert len(read_manifest(clean)) == total - 3
+    dm = SirenDataModule(
+        train_manifest=str(clean), crop_seconds=1.0, batch_size=4, max_skip_fraction=0.0
+    )
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(_MeanAudio(), datamodule=dm)
+    assert not any(dm.skips.skipped.values())
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,56 @@ def test_prepare_jsonl_reports_a_malformed_manifest(tmp_path, capsys):
         == 2
     )
     assert "m.jsonl:1: missing required key 'audio'" in capsys.readouterr().err
+
+
+def test_a_manifest_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    good = '{"id": "a", "audio": "a.wav", "caption": "fine"}\n'
+    path.write_bytes(
+        good.encode() + '{"id": "b", "audio": "b.wav", "caption": "caf\u00e9"}\n'.encode("latin-1")
+    )
+    with pytest.raises(ManifestError, match=rf"{path}:2: not UTF-8 \(byte 0xe9\)"):
+        read_manifest(path)
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_bytes(AUDIOCAPS_TEST_CSV.replace("barks", "b\u00e4rks").encode("latin-1"))
+    with pytest.raises(ManifestError, match=rf"{csv_path}:2: not UTF-8"):
+        import_audiocaps(csv_path, tmp_path)
+    # A byte-order mark (as some editors write) is not an error.
+    path.write_bytes(b"\xef\xbb\xbf" + good.encode())
+    assert [c.id for c in read_manifest(path)] == ["a"]
+
+
+def test_an_empty_manifest_is_an_error(tmp_path):
+    (tmp_path / "m.jsonl").write_text("\n\n")
+    with pytest.raises(ManifestError, match="m.jsonl: the manifest holds no clips"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_prepare_jsonl_leaves_out_silent_nan_and_too_short_clips(tmp_path, capsys):
+    import soundfile as sf
+
+    _tone(tmp_path / "good.wav")
+    write_audio(tmp_path / "silent.wav", np.zeros(8000), 16_000)
+    nan = 0.3 * np.sin(np.arange(8000) / 5.0).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16_000, subtype="FLOAT")
+    _tone(tmp_path / "short.wav", seconds=0.01)
+    ids = ["good", "silent", "nan", "short"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": i, "audio": f"{i}.wav", "caption": i}) + "\n" for i in ids)
+    )
+    out = tmp_path / "clean.jsonl"
+    assert prepare.main(["jsonl", "--manifest", str(manifest), "--out", str(out)]) == 0
+    assert [c.id for c in read_manifest(out)] == ["good"]
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
+    assert report["unusable_ids"] == {
+        "silent": "silent",
+        "nan": "contains NaN or inf samples",
+        "short": "too short (0.01 s < 0.1 s)",
+    }
+    assert "1 clips found, 0 missing, 0 unreadable, 3 unusable" in capsys.readouterr().out
+    # --min-seconds moves the bar: at 0.005 s the 10 ms clip is kept.
+    argv = ["jsonl", "--manifest", str(manifest), "--out", str(out), "--min-seconds", "0.005"]
+    assert prepare.main(argv) == 0
+    assert [c.id for c in read_manifest(out)] == ["good", "short"]

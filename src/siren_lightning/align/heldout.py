@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from siren_lightning.align.objectives import kl_exact
+from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.sampling import generate
 
 # `siren generate`'s defaults: held-out clips are sampled the way users sample.
@@ -131,6 +132,7 @@ def evaluate_policy(
     """
     import soundfile as sf
 
+    check_file_ids([c.id for c in clips], "held-out evaluation")  # ids name the WAVs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = {**EVAL_SAMPLING, **(sampling or {})}

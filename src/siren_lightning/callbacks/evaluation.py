@@ -34,6 +34,7 @@ from torch import Tensor
 
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 from siren_lightning.callbacks.samples import generate_waveforms
+from siren_lightning.data.manifest import check_file_ids
 
 # The same defaults as `siren generate`.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
@@ -261,10 +262,13 @@ class EvaluationCallback(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.codec is None:
             raise ValueError("EvaluationCallback: the module has no codec to decode audio with")
+        clips = self._clips(trainer, "test")
+        if self.save_audio:  # ids become file names under out_dir: refuse `../x` before any work
+            check_file_ids(list(clips), "EvaluationCallback (test)")
         self._evaluator(pl_module.device)
         out = Path(self.out_dir or Path(trainer.default_root_dir) / "test")
         self._test = {
-            "clips": self._clips(trainer, "test"),
+            "clips": clips,
             "out": out,
             "generated": {},
             "reference": {},

@@ -14,6 +14,9 @@ import torchaudio.functional as AF
 
 # A clip whose peak stays below this is silence for our purposes (about -100 dBFS).
 SILENCE_PEAK = 1e-5
+# Clips shorter than this are skipped as too short by default: 0.1 s is 5 frames of a 50 Hz codec,
+# too little for a prompt to be heard in, and usually a cut or conversion gone wrong.
+MIN_SECONDS = 0.1
 
 
 class AudioError(ValueError):

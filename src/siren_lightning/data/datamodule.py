@@ -16,7 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from siren_lightning.data.audio import AudioError, audio_info
+from siren_lightning.data.audio import MIN_SECONDS, AudioError, audio_info
 from siren_lightning.data.datasets import (
     AudioClipDataset,
     CaptionDataset,
@@ -41,8 +41,9 @@ class TooManyBadClipsError(RuntimeError):
 class SkipReport:
     """Unusable clips per split: {split: {clip id: reason}} against each split's size."""
 
-    def __init__(self, max_fraction: float):
+    def __init__(self, max_fraction: float, min_seconds: float = MIN_SECONDS):
         self.max_fraction = max_fraction
+        self.min_seconds = min_seconds
         self.total: dict[str, int] = {}
         self.skipped: dict[str, dict[str, str]] = defaultdict(dict)
 
@@ -55,7 +56,9 @@ class SkipReport:
             raise TooManyBadClipsError(
                 f"{bad} of {total} {split} clips are unusable, more than max_skip_fraction="
                 f"{self.max_fraction:g} allows; first ones: {examples}. Fix or remove them "
-                "(`siren prepare jsonl` writes a cleaned manifest), or raise max_skip_fraction."
+                f"(`siren prepare jsonl --manifest IN --out OUT --min-seconds {self.min_seconds:g}` "
+                "writes a manifest without the missing, unreadable, empty, silent, NaN and "
+                "too-short clips), or raise max_skip_fraction."
             )
 
     def summary(self) -> str:
@@ -111,7 +114,7 @@ class SirenDataModule(L.LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        min_seconds: float = 0.1,
+        min_seconds: float = MIN_SECONDS,
         max_skip_fraction: float = 0.01,
         check_files: bool = True,
         seed: int | None = None,
@@ -136,7 +139,7 @@ class SirenDataModule(L.LightningDataModule):
         self.eval_crop_frames = self._frames(
             crop_seconds if eval_crop_seconds is None else eval_crop_seconds, "eval_crop_seconds"
         )
-        self.skips = SkipReport(max_skip_fraction)
+        self.skips = SkipReport(max_skip_fraction, min_seconds)
         self.datasets: dict[str, Dataset] = {}
 
     def _frames(self, seconds: float, name: str) -> int:
@@ -170,9 +173,11 @@ class SirenDataModule(L.LightningDataModule):
         return good
 
     def _codes(self, split: str, cache_path: str) -> Any:
-        from siren_lightning.data.code_cache import CodeCache
+        from siren_lightning.data.code_cache import CodeCache, CodeCacheError
 
         cache = CodeCache(cache_path, expected_codec_sha256=self.hparams.codec_sha256)
+        if len(cache) == 0:  # a run on nothing would end "successfully" without a checkpoint
+            raise CodeCacheError(f"code cache {cache_path} ({split}_cache) holds no clips")
         self.skips.total[split] = len(cache)
         return cache
 

@@ -7,18 +7,50 @@ One clip a line: {"id", "audio" (path relative to the manifest), "caption" | "ca
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from siren_lightning.data.audio import AudioError, audio_info
+from siren_lightning.data.audio import MIN_SECONDS, AudioError, audio_info, load_audio
 
 
 class ManifestError(ValueError):
     """A malformed manifest or source file; the message names the file and line."""
+
+
+def check_file_ids(ids: Sequence[str], who: str) -> None:
+    """Refuses clip ids that cannot be used as file names (`<out>/<id>.wav`) inside a folder.
+
+    An id containing a path separator or starting with "." (`../../x`, `.hidden`) would write
+    outside the output folder or hide the file; two equal ids would overwrite each other. Every
+    writer of per-clip files (`siren generate`, `siren test`, the held-out alignment
+    evaluation) calls this before any work.
+
+    Raises:
+        ManifestError: naming `who` and the first bad ids.
+    """
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
+    if bad or len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise ManifestError(
+            f"{who}: clip ids must be unique file names (no '/' or '\\', not starting with '.'); "
+            f"bad: {bad[:3] or repeated[:3]}"
+        )
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 text of a source file; a byte that is not UTF-8 is named with its line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 @dataclass
@@ -88,10 +120,11 @@ def _parse_line(obj: Any, root: Path, where: str) -> Clip:
 
 
 def read_manifest(path: str | Path) -> list[Clip]:
-    """Reads a JSONL manifest; blank lines are allowed.
+    """Reads a JSONL manifest (UTF-8); blank lines are allowed.
 
     Raises:
-        ManifestError: naming the file and line of the first malformed or duplicate entry.
+        ManifestError: naming the file and line of the first malformed, duplicate or non-UTF-8
+            entry, or naming the file when it holds no clip at all.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,22 +132,28 @@ def read_manifest(path: str | Path) -> list[Clip]:
     root = path.resolve().parent
     clips: list[Clip] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: invalid JSON ({exc.msg})") from None
-            clip = _parse_line(obj, root, where)
-            if clip.id in seen:
-                raise ManifestError(
-                    f"{where}: duplicate id {clip.id!r} (first on line {seen[clip.id]})"
-                )
-            seen[clip.id] = lineno
-            clips.append(clip)
+    text = _decode(path, path.read_bytes())
+    # Split on "\n" only: str.splitlines would also split inside captions holding U+2028 & co.,
+    # which `write_manifest` (ensure_ascii=False) writes as they are.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: invalid JSON ({exc.msg})") from None
+        clip = _parse_line(obj, root, where)
+        if clip.id in seen:
+            raise ManifestError(
+                f"{where}: duplicate id {clip.id!r} (first on line {seen[clip.id]})"
+            )
+        seen[clip.id] = lineno
+        clips.append(clip)
+    if not clips:
+        # An empty manifest is always a mistake upstream (an importer that found nothing, a
+        # wrong path); reading it as zero clips would only fail later, and less clearly.
+        raise ManifestError(f"{path}: the manifest holds no clips")
     return clips
 
 
@@ -135,12 +174,17 @@ def write_manifest(path: str | Path, clips: Iterable[Clip]) -> int:
 
 @dataclass
 class ImportReport:
-    """What an importer found: kept clips and the ones it left out, with reasons."""
+    """What an importer found: kept clips and the ones it left out, with reasons.
+
+    `unusable` (id -> reason) holds clips whose audio decodes but that every reader skips:
+    empty, silent, NaN/inf samples or too short (filled by a full check only).
+    """
 
     source: str
     found: int = 0
     missing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    unusable: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,26 +192,46 @@ class ImportReport:
             "found": self.found,
             "missing": len(self.missing),
             "unreadable": len(self.unreadable),
+            "unusable": len(self.unusable),
             "missing_ids": self.missing,
             "unreadable_ids": self.unreadable,
+            "unusable_ids": self.unusable,
         }
 
     def summary(self) -> str:
+        unusable = f", {len(self.unusable)} unusable" if self.unusable else ""
         return (
             f"{self.source}: {self.found} clips found, {len(self.missing)} missing, "
-            f"{len(self.unreadable)} unreadable"
+            f"{len(self.unreadable)} unreadable{unusable}"
         )
 
 
-def check_audio(clips: Iterable[Clip], report: ImportReport) -> list[Clip]:
-    """Keeps the clips whose file exists and has a readable header; fills in durations."""
+def check_audio(
+    clips: Iterable[Clip],
+    report: ImportReport,
+    *,
+    full: bool = False,
+    min_seconds: float = MIN_SECONDS,
+) -> list[Clip]:
+    """Keeps the clips whose file exists and has a readable header; fills in durations.
+
+    With `full`, each file is also decoded and the clips every reader would skip (empty,
+    silent, NaN/inf samples, shorter than `min_seconds`) are left out too, as `unusable`.
+    """
     kept = []
     for clip in clips:
         try:
             frames, sr = audio_info(clip.audio)
+            if full:
+                # At the file's own rate: decoded, never resampled.
+                load_audio(clip.audio, sr, min_seconds=min_seconds)
         except AudioError as err:
-            bucket = report.missing if err.reason == "missing file" else report.unreadable
-            bucket.append(clip.id)
+            if err.reason == "missing file":
+                report.missing.append(clip.id)
+            elif err.reason.startswith("unreadable"):
+                report.unreadable.append(clip.id)
+            else:
+                report.unusable[clip.id] = err.reason
             continue
         if clip.duration is None:
             clip.duration = frames / sr
@@ -198,7 +262,7 @@ def import_audiocaps(
     if id_field not in AUDIOCAPS_COLUMNS[:3]:
         raise ValueError(f"id_field must be one of {AUDIOCAPS_COLUMNS[:3]}, got {id_field!r}")
     by_file: dict[str, Clip] = {}
-    with csv_path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(_decode(csv_path, csv_path.read_bytes()), newline="") as f:
         reader = csv.DictReader(f)
         absent = [c for c in AUDIOCAPS_COLUMNS if c not in (reader.fieldnames or [])]
         if absent:
@@ -240,7 +304,7 @@ def import_wavcaps(
     json_path = Path(json_path)
     audio_dir = Path(audio_dir).resolve()
     try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
+        doc = json.loads(_decode(json_path, json_path.read_bytes()))
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{json_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):

@@ -2,6 +2,9 @@
 
 Each importer keeps the clips whose audio exists and has a readable header, writes the manifest
 and `<manifest>.report.json` (clips found, missing, unreadable, with their ids) and prints a line.
+`jsonl` also decodes every file and leaves out the clips that training would skip (empty, silent,
+NaN/inf samples, too short: "unusable" in the report), so its output is a cleaned manifest. No
+usable clip at all is an error (exit 2), and no manifest is written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from siren_lightning.data.audio import MIN_SECONDS
 from siren_lightning.data.manifest import (
     Clip,
     ImportReport,
@@ -24,12 +28,21 @@ from siren_lightning.data.manifest import (
 )
 
 
-def _write(clips: list[Clip], out: Path, source: str) -> ImportReport:
+def _write(
+    clips: list[Clip], out: Path, source: str, *, full: bool = False, min_seconds: float = 0.0
+) -> ImportReport:
     report = ImportReport(source=source)
-    kept = check_audio(clips, report)
-    write_manifest(out, kept)
+    kept = check_audio(clips, report, full=full, min_seconds=min_seconds)
     report_path = out.with_name(out.name + ".report.json")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    if not kept:
+        # An empty manifest would only fail later (tokenize, fit), further from the cause.
+        raise ManifestError(
+            f"{report.summary()}: no usable clip, so no manifest written to {out} "
+            f"(report: {report_path})"
+        )
+    write_manifest(out, kept)
     print(f"{report.summary()} -> {out} (report: {report_path})")
     return report
 
@@ -59,9 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     wc.add_argument("--audio-pattern", default="{basename}", help="from {id} and {basename}")
     wc.add_argument("--split", default=None)
 
-    js = sub.add_parser("jsonl", help="validate a JSONL manifest; write the usable clips")
+    js = sub.add_parser(
+        "jsonl",
+        help="validate a JSONL manifest; write the usable clips (decodes every file: leaves out "
+        "missing, unreadable, empty, silent, NaN and too-short clips)",
+    )
     js.add_argument("--manifest", required=True, type=Path)
     js.add_argument("--out", required=True, type=Path)
+    js.add_argument(
+        "--min-seconds",
+        type=float,
+        default=MIN_SECONDS,
+        help="shorter clips are left out (default: %(default)s, as `siren tokenize` and the "
+        "DataModule skip them)",
+    )
 
     sc = sub.add_parser("synthcaps", help="generate the embedded SynthCaps set")
     sc.add_argument("--out", required=True, type=Path)
@@ -103,7 +127,13 @@ def main(argv: list[str]) -> int:
                 )
             _write(clips, args.out, "wavcaps:" + ",".join(map(str, args.json)))
         elif args.source == "jsonl":
-            _write(read_manifest(args.manifest), args.out, f"jsonl:{args.manifest}")
+            _write(
+                read_manifest(args.manifest),
+                args.out,
+                f"jsonl:{args.manifest}",
+                full=True,
+                min_seconds=args.min_seconds,
+            )
         else:
             return _synthcaps(args)
     except ManifestError as err:
