@@ -23,6 +23,7 @@ from siren_lightning.metrics.cache import FeatureCache
 from siren_lightning.metrics.clap_score import CLAPScore
 from siren_lightning.metrics.frechet import FrechetDistance
 from siren_lightning.metrics.inception import IS_SHUFFLE_SEED, IS_SPLITS, InceptionScore
+from siren_lightning.metrics.kad import KAD_SCALE, KernelAudioDistance
 from siren_lightning.metrics.kl import MIN_PAIRED_FRACTION, KLDivergence, pair_by_id
 from siren_lightning.metrics.preprocess import (
     PANNS_INPUT_RULE,
@@ -63,6 +64,10 @@ class Protocol:
     is_splits: int = IS_SPLITS
     is_seed: int = IS_SHUFFLE_SEED
     clap_score_rule: str = "mean cosine x 100 between the audio and its first caption"
+    kad_rule: str = (
+        f"{KAD_SCALE:g} x unbiased MMD^2 of the fd backbone's clip embeddings, Gaussian kernel "
+        "exp(-d^2 / (2 sigma^2)), sigma = median distance over the reference set's distinct pairs"
+    )
 
 
 PRESETS: dict[str, Protocol] = {
@@ -248,6 +253,12 @@ class Evaluator:
         fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
         metrics["fd"] = float(fd.compute())
 
+        kad = KernelAudioDistance(self.fd_backbone.embedding_dim)
+        kad.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
+        kad.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+        metrics["kad"] = float(kad.compute())
+        kad_bandwidth = kad.bandwidth_used
+
         if self.fad_backbone is not None:
             fad = FrechetDistance(self.fad_backbone.embedding_dim)
             fad.update(torch.cat([f["frames"] for f in gen.values()]), real=False)
@@ -271,6 +282,7 @@ class Evaluator:
             metrics["kl"] = metrics[f"kl_{self.protocol.kl_variant}"]
         metrics |= self._unpaired(gen, captions, counts, unavailable)
         results = results_dict(self.protocol, self, metrics, counts)
+        results["kad_bandwidth"] = kad_bandwidth
         if unavailable:
             results["unavailable"] = unavailable
         return results
@@ -396,7 +408,7 @@ def build_evaluator(
 
 def results_table(results: Mapping[str, Any]) -> str:
     """The model row beside the codec-ceiling and ground-truth rows, as aligned text."""
-    columns = ("fd", "fad", "kl", "is_mean", "clap_score")
+    columns = ("fd", "kad", "fad", "kl", "is_mean", "clap_score")
     rows = [("model", results["metrics"])]
     if "codec_ceiling" in results:
         rows.append(("codec ceiling", results["codec_ceiling"]["metrics"]))
