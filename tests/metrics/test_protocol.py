@@ -79,7 +79,12 @@ def test_evaluate_folders_writes_full_results(backbone, tmp_path):
         "clap_score",
     }
     assert m["fad"] is None and "VGGish" in results["unavailable"]["fad"]
-    assert m["fd"] > 0 and math.isfinite(m["kad"]) and m["kl"] == m["kl_softmax"] and m["is_mean"] >= 1.0
+    assert (
+        m["fd"] > 0
+        and math.isfinite(m["kad"])
+        and m["kl"] == m["kl_softmax"]
+        and m["is_mean"] >= 1.0
+    )
     assert results["counts"] == {"generated": 12, "reference": 12, "paired": 12, "clap_scored": 12}
     assert results["backbones"]["fd"]["weights_sha256"] == "0" * 64
     assert results["protocol"]["kl_variant"] == "softmax" and results["preset"] == "tiny"
