@@ -14,7 +14,13 @@ import torch
 from siren_lightning.metrics.cache import FeatureCache, feature_key
 from siren_lightning.metrics.kl import PairingError
 from siren_lightning.metrics.preprocess import audioldm_panns_input
-from siren_lightning.metrics.protocol import PRESETS, Evaluator, audio_files, write_results
+from siren_lightning.metrics.protocol import (
+    PRESETS,
+    Evaluator,
+    audio_files,
+    results_table,
+    write_results,
+)
 from siren_lightning.metrics.tiny_clap import CaptionEmbeddingCache, TinyCLAP, TinyCLAPBackbone
 
 SR = 16000
@@ -160,3 +166,28 @@ def test_audioldm_eval_preset_names_every_missing_weights_file(tmp_path, monkeyp
     message = str(err.value)
     assert "Cnn14_16k_mAP=0.438.pth" in message and "vggish-10086976.pth" in message
     assert "laion/clap-htsat-unfused" in message and "--preset tiny" in message
+
+
+def test_several_seeds_give_the_mean_the_spread_and_intervals(backbone, tmp_path):
+    captions = _folder(tmp_path / "ref", 2)
+    _folder(tmp_path / "seed0", 1)
+    _folder(tmp_path / "seed1", 3)
+    evaluator = Evaluator(PRESETS["tiny"], backbone, None, backbone, resamples=50)
+    ref = evaluator.features(audio_files(tmp_path / "ref"))
+    seeds = [evaluator.features(audio_files(tmp_path / f"seed{i}")) for i in (0, 1)]
+    alone = [evaluator.score(s, ref, captions, resamples=0)["metrics"] for s in seeds]
+    results = evaluator.score_seeds(seeds, ref, captions, labels=["a", "b"])
+    for name in ("fd", "kad", "kl", "is_mean", "clap_score"):
+        values = [m[name] for m in alone]
+        assert results["metrics"][name] == pytest.approx(np.mean(values), rel=1e-12), name
+        assert results["seed_spread"][name]["std"] == pytest.approx(np.std(values, ddof=1)), name
+        low, high = results["intervals"][name]
+        assert low <= high, name
+    assert [s["label"] for s in results["seeds"]] == ["a", "b"]
+    assert results["seeds"][1]["metrics"] == alone[1]
+    assert results["bootstrap"]["resamples"] == 50 and results["bootstrap"]["confidence"] == 0.95
+    assert "fad" not in results["intervals"]  # no value, no interval
+    table = results_table(results)
+    fd_low, fd_high = results["intervals"]["fd"]
+    assert f"{results['metrics']['fd']:.4f} ± {(fd_high - fd_low) / 2:.4f}" in table
+    assert "seed sd (2)" in table

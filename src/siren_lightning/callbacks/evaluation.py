@@ -211,6 +211,7 @@ class EvaluationCallback(L.Callback):
                     self._ceiling_features(pl_module, files),
                     self._val["reference"],
                     self._val["captions"],
+                    resamples=0,  # in the loop: the values only
                 )
                 self._log(trainer, self._pick("val_ceiling", ceiling["metrics"]), step)
         val = self._val
@@ -227,7 +228,7 @@ class EvaluationCallback(L.Callback):
             generated.update(zip(batch, audio, strict=True))
         sr = pl_module.codec.sample_rate
         feats = evaluator.audio_features(generated, sr)
-        results = evaluator.score(feats, val["reference"], val["captions"])
+        results = evaluator.score(feats, val["reference"], val["captions"], resamples=0)
         metrics = self._pick("val", results["metrics"])
         self._log(trainer, metrics, step)
         self.history.append({"step": step, "metrics": results["metrics"]})
@@ -310,6 +311,7 @@ class EvaluationCallback(L.Callback):
             results["codec_ceiling"] = {
                 **self._describe_codec(pl_module),
                 "metrics": ceiling["metrics"],
+                "intervals": ceiling.get("intervals", {}),
                 "counts": ceiling["counts"],
                 "unavailable": ceiling.get("unavailable", {}),
             }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,14 @@ from siren_lightning.metrics.cache import FeatureCache
 from siren_lightning.metrics.clap_score import CLAPScore
 from siren_lightning.metrics.frechet import FrechetDistance
 from siren_lightning.metrics.inception import IS_SHUFFLE_SEED, IS_SPLITS, InceptionScore
+from siren_lightning.metrics.intervals import (
+    BOOTSTRAP_CONFIDENCE,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    INTERVAL_METRICS,
+    bootstrap_intervals,
+    seed_spread,
+)
 from siren_lightning.metrics.kad import KAD_SCALE, KernelAudioDistance
 from siren_lightning.metrics.kl import MIN_PAIRED_FRACTION, KLDivergence, pair_by_id
 from siren_lightning.metrics.preprocess import (
@@ -35,6 +43,12 @@ from siren_lightning.metrics.preprocess import (
 )
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+BOOTSTRAP_RULE = (
+    "percentile bootstrap over clips: ids drawn with replacement (one draw picks a clip's "
+    "generation and reference when both sets hold the same ids, else the sets are drawn "
+    "independently); KAD keeps the full reference bandwidth; with several seeds, each draw "
+    "averages the seeds"
+)
 FAD_UNAVAILABLE = (
     "no FAD: FAD is the Frechet distance of VGGish frame embeddings, and this preset has no "
     "VGGish weights (offline); a distance over another network's embeddings would not be FAD"
@@ -130,6 +144,8 @@ class Evaluator:
         fad_backbone: frame embeddings for FAD (VGGish) or None.
         clap_backbone: audio and text embeddings (``embed_text``) for CLAP score, or None.
         cache: per-file feature cache.
+        resamples, confidence, bootstrap_seed: the bootstrap of the intervals (resamples=0:
+            none).
     """
 
     protocol: Protocol
@@ -137,6 +153,9 @@ class Evaluator:
     fad_backbone: AudioBackbone | None = None
     clap_backbone: AudioBackbone | None = None
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(None))
+    resamples: int = BOOTSTRAP_RESAMPLES
+    confidence: float = BOOTSTRAP_CONFIDENCE
+    bootstrap_seed: int = BOOTSTRAP_SEED
 
     def _run(self, backbone: AudioBackbone, audio: Tensor, rule: str) -> dict[str, Tensor]:
         """Features of one prepared clip [N] at the backbone's rate."""
@@ -235,13 +254,80 @@ class Evaluator:
         gen: Mapping[str, dict[str, Tensor]],
         ref: Mapping[str, dict[str, Tensor]],
         captions: Mapping[str, str] | None = None,
+        resamples: int | None = None,
     ) -> dict[str, Any]:
         """All metrics of the protocol from per-clip features (`features` / `audio_features`).
 
+        Args:
+            gen, ref: clip id -> features of the generated and reference clips.
+            captions: clip id -> caption (CLAP score).
+            resamples: bootstrap resamples of the intervals; None: ``self.resamples``; 0: none.
+
         Returns:
             the results dict: ``metrics`` (``fad`` is None when the preset has no FAD backbone,
-            with the reason under ``unavailable``), ``counts``, the protocol and backbones.
+            with the reason under ``unavailable``), ``intervals`` (metric -> [low, high]) and
+            ``bootstrap`` (how they were made), ``counts``, the protocol and backbones.
         """
+        return self.score_seeds([gen], ref, captions, resamples)
+
+    def score_seeds(
+        self,
+        seeds: Sequence[Mapping[str, dict[str, Tensor]]],
+        ref: Mapping[str, dict[str, Tensor]],
+        captions: Mapping[str, str] | None = None,
+        resamples: int | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """As `score`, for the same clips generated with several seeds.
+
+        With more than one seed, ``metrics`` is the mean over seeds, ``seeds`` holds each seed's
+        metrics (under its label), ``seed_spread`` the standard deviation, min and max across
+        seeds, and the intervals are those of the seed mean (`intervals.bootstrap_intervals`).
+        """
+        if not seeds:
+            raise ValueError("score_seeds needs at least one set of generated features")
+        text: dict[str, Tensor] = {}
+        per_seed = [self._score_one(gen, ref, captions, text) for gen in seeds]
+        results = per_seed[0]
+        if len(seeds) > 1:
+            labels = list(labels or [f"seed {i}" for i in range(len(seeds))])
+            each = [r["metrics"] for r in per_seed]
+            results["seeds"] = [
+                {"label": label, "metrics": m} for label, m in zip(labels, each, strict=True)
+            ]
+            results["metrics"] = _mean_metrics(each)
+            results["seed_spread"] = seed_spread(each)
+        resamples = self.resamples if resamples is None else resamples
+        if resamples > 0:
+            results["intervals"] = bootstrap_intervals(
+                seeds,
+                ref,
+                results["metrics"],
+                kl_variant=self.protocol.kl_variant,
+                is_splits=self.protocol.is_splits,
+                is_seed=self.protocol.is_seed,
+                kad_bandwidth=results["kad_bandwidth"],
+                text=text,
+                resamples=resamples,
+                confidence=self.confidence,
+                seed=self.bootstrap_seed,
+            )
+            results["bootstrap"] = {
+                "resamples": resamples,
+                "confidence": self.confidence,
+                "seed": self.bootstrap_seed,
+                "rule": BOOTSTRAP_RULE,
+            }
+        return results
+
+    def _score_one(
+        self,
+        gen: Mapping[str, dict[str, Tensor]],
+        ref: Mapping[str, dict[str, Tensor]],
+        captions: Mapping[str, str] | None,
+        text: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        """The metrics of one generated set (``text`` collects the caption embeddings)."""
         if not gen or not ref:
             raise ValueError(f"nothing to score: {len(gen)} generated, {len(ref)} reference clips")
         metrics: dict[str, float | None] = {}
@@ -280,7 +366,7 @@ class Evaluator:
                 kl.update(g, r)
                 metrics[f"kl_{variant}"] = float(kl.compute())
             metrics["kl"] = metrics[f"kl_{self.protocol.kl_variant}"]
-        metrics |= self._unpaired(gen, captions, counts, unavailable)
+        metrics |= self._unpaired(gen, captions, counts, unavailable, text)
         results = results_dict(self.protocol, self, metrics, counts)
         results["kad_bandwidth"] = kad_bandwidth
         if unavailable:
@@ -293,8 +379,11 @@ class Evaluator:
         captions: Mapping[str, str] | None,
         counts: dict[str, int],
         unavailable: dict[str, str],
+        text: dict[str, Tensor] | None = None,
     ) -> dict[str, float | None]:
-        """IS and CLAP score: the metrics of one set alone."""
+        """IS and CLAP score: the metrics of one set alone (``text`` gets the caption
+        embeddings, by clip id)."""
+        text = {} if text is None else text
         metrics = {}
         if "logits" in next(iter(feats.values())) and len(feats) < self.protocol.is_splits:
             metrics["is_mean"] = metrics["is_std"] = None
@@ -312,7 +401,11 @@ class Evaluator:
             if ids:
                 score = CLAPScore()
                 audio = torch.stack([feats[k]["clap"] for k in ids])
-                score.update(audio, self.clap_backbone.embed_text([captions[k] for k in ids]))
+                todo = [k for k in ids if k not in text]
+                if todo:  # caption embeddings are shared by the seeds of one clip
+                    embedded = self.clap_backbone.embed_text([captions[k] for k in todo])
+                    text.update(zip(todo, embedded.cpu(), strict=True))
+                score.update(audio.cpu(), torch.stack([text[k] for k in ids]))
                 metrics["clap_score"] = float(score.compute())
         return metrics
 
@@ -324,6 +417,15 @@ class Evaluator:
         counts, unavailable = {"reference": len(ref)}, {}
         metrics = self._unpaired(ref, captions, counts, unavailable)
         return {"metrics": metrics, "counts": counts, "unavailable": unavailable}
+
+
+def _mean_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the mean over seeds (None when a seed has none)."""
+    out: dict[str, float | None] = {}
+    for name in per_seed[0]:
+        values = [m.get(name) for m in per_seed]
+        out[name] = None if any(v is None for v in values) else float(np.mean(values))
+    return out
 
 
 def results_dict(
@@ -407,20 +509,42 @@ def build_evaluator(
 
 
 def results_table(results: Mapping[str, Any]) -> str:
-    """The model row beside the codec-ceiling and ground-truth rows, as aligned text."""
-    columns = ("fd", "kad", "fad", "kl", "is_mean", "clap_score")
-    rows = [("model", results["metrics"])]
+    """The model row beside the codec-ceiling and ground-truth rows, as aligned text.
+
+    A value with a bootstrap interval prints as ``value ± half-width`` (half the interval's
+    width; percentile intervals need not be symmetric: the JSON has both bounds). With several
+    generation seeds a ``seed sd`` row gives the standard deviation across seeds.
+    """
+    columns = INTERVAL_METRICS
+    rows = [("model", results["metrics"], results.get("intervals", {}))]
+    if "seed_spread" in results:
+        spread = results["seed_spread"]
+        n = max((v["seeds"] for v in spread.values()), default=0)
+        rows.append((f"seed sd ({n})", {k: v["std"] for k, v in spread.items()}, {}))
     if "codec_ceiling" in results:
-        rows.append(("codec ceiling", results["codec_ceiling"]["metrics"]))
+        ceiling = results["codec_ceiling"]
+        rows.append(("codec ceiling", ceiling["metrics"], ceiling.get("intervals", {})))
     if "ground_truth" in results:
-        rows.append(("ground truth", results["ground_truth"]["metrics"]))
+        rows.append(("ground truth", results["ground_truth"]["metrics"], {}))
 
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    def cell(value: Any, interval: Sequence[float] | None) -> str:
+        if value is None:
+            return "-"
+        if interval is None:
+            return f"{value:.4f}"
+        return f"{value:.4f} ± {(interval[1] - interval[0]) / 2:.4f}"
 
-    lines = [f"{'':>14}" + "".join(f"{c:>12}" for c in columns)]
-    for name, metrics in rows:
-        lines.append(f"{name:>14}" + "".join(f"{cell(metrics.get(c)):>12}" for c in columns))
+    width = 20 if any(r[2] for r in rows) else 12
+    lines = [f"{'':>14}" + "".join(f"{c:>{width}}" for c in columns)]
+    for name, metrics, intervals in rows:
+        cells = [cell(metrics.get(c), intervals.get(c)) for c in columns]
+        lines.append(f"{name:>14}" + "".join(f"{c:>{width}}" for c in cells))
+    if results.get("bootstrap"):
+        b = results["bootstrap"]
+        lines.append(
+            f"± half the {b['confidence']:.0%} bootstrap interval ({b['resamples']} resamples "
+            "of the clips)"
+        )
     return "\n".join(lines)
 
 
@@ -440,11 +564,18 @@ def main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="siren evaluate", description=main.__doc__)
-    parser.add_argument("--generated", required=True, help="folder of audio files, named <id>.wav")
-    parser.add_argument("--reference", required=True, help="folder of audio or a JSONL manifest")
+    parser.add_argument(
+        "--generated",
+        nargs="+",
+        help="folder of audio files named <id>.wav; several folders: the same clips generated "
+        "with other seeds (metrics averaged, seed spread reported)",
+    )
+    parser.add_argument("--reference", help="folder of audio or a JSONL manifest")
     parser.add_argument("--captions", help="JSONL manifest giving captions by id (CLAP score)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--out", default=None, help="results JSON (default: <generated>.json)")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default: <first generated folder>.json)"
+    )
     parser.add_argument("--cache", default=None, help="feature cache folder")
     parser.add_argument("--tiny-clap", default=None, help="tiny CLAP checkpoint (preset tiny)")
     parser.add_argument("--panns-weights", default=None)
@@ -462,9 +593,26 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="score against every reference clip, not only those whose ids match generated ones",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples of the {BOOTSTRAP_CONFIDENCE:.0%} intervals (0: none)",
+    )
     args = parser.parse_args(argv)
+    if not args.generated or not args.reference:
+        parser.error("--generated and --reference are required")
 
-    generated = audio_files(args.generated)
+    seeds = [audio_files(folder) for folder in args.generated]
+    generated = seeds[0]
+    for folder, files in zip(args.generated[1:], seeds[1:], strict=True):
+        if set(files) != set(generated):
+            odd = sorted(set(files) ^ set(generated))[:3]
+            parser.error(
+                f"generation seed folder {folder} does not hold the clips of "
+                f"{args.generated[0]} (e.g. {odd}); each folder must hold the same clip ids"
+            )
     reference, captions = _reference(args.reference)
     if args.captions:
         captions = _reference(args.captions)[1]
@@ -486,8 +634,11 @@ def main(argv: list[str]) -> int:
         args.clap_checkpoint,
         args.cache,
     )
+    evaluator.resamples = args.bootstrap
     ref_feats = evaluator.features(reference, progress=True)
-    results = evaluator.score(evaluator.features(generated, progress=True), ref_feats, captions)
+    gen_feats = [evaluator.features(files, progress=True) for files in seeds]
+    results = evaluator.score_seeds(gen_feats, ref_feats, captions, labels=args.generated)
+    results["generated"] = [str(Path(folder)) for folder in args.generated]
     results["ground_truth"] = evaluator.ground_truth(ref_feats, captions)
     if args.codec_ceiling:
         from siren_lightning.codec.checkpoint import load_codec
@@ -497,7 +648,7 @@ def main(argv: list[str]) -> int:
         results["codec_ceiling"] = codec_ceiling(
             evaluator, codec, reference, captions, ref_feats, args.codec_ceiling, progress=True
         )
-    out = write_results(results, args.out or Path(args.generated).with_suffix(".json"))
+    out = write_results(results, args.out or Path(args.generated[0]).with_suffix(".json"))
     print(results_table(results))
     for reason in results.get("unavailable", {}).values():
         print(f"note: {reason}")
