@@ -191,3 +191,19 @@ def test_several_seeds_give_the_mean_the_spread_and_intervals(backbone, tmp_path
     fd_low, fd_high = results["intervals"]["fd"]
     assert f"{results['metrics']['fd']:.4f} ± {(fd_high - fd_low) / 2:.4f}" in table
     assert "seed sd (2)" in table
+
+
+def test_per_clip_rows_average_to_the_set_metrics(backbone, tmp_path):
+    from siren_lightning.metrics.per_clip import per_clip_scores
+
+    captions = _folder(tmp_path / "gen", 1)
+    _folder(tmp_path / "ref", 2)
+    evaluator = Evaluator(PRESETS["tiny"], backbone, None, backbone, resamples=0)
+    gen = evaluator.features(audio_files(tmp_path / "gen"))
+    ref = evaluator.features(audio_files(tmp_path / "ref"))
+    metrics = evaluator.score(gen, ref, captions)["metrics"]
+    rows = per_clip_scores(evaluator, gen, ref, captions)
+    assert len(rows) == 12
+    assert 100 * np.mean([r["clap_cosine"] for r in rows]) == pytest.approx(metrics["clap_score"])
+    for key in ("kl", "kl_softmax", "kl_sigmoid"):
+        assert np.mean([r[key] for r in rows]) == pytest.approx(metrics[key], rel=1e-9), key

@@ -8,8 +8,9 @@ reference audio of the same clips:
   `val/clap_score` (and any other metric named in `log_metrics`), a few clips and their
   spectrograms; the codec ceiling of those clips is logged once as `val_ceiling/*`;
 - during `test` (`siren test --config ...`), for every clip of the test loader: writes
-  `<out_dir>/results.json` (model metrics, the codec-ceiling and ground-truth rows and the full
-  protocol record), the generated WAVs (`<out_dir>/generated/<id>.wav`) and their
+  `<out_dir>/results.json` (model metrics with bootstrap intervals, the codec-ceiling and
+  ground-truth rows and the full protocol record), `<out_dir>/per_clip.jsonl` (one row of scores
+  per clip), the generated WAVs (`<out_dir>/generated/<id>.wav`) and their
   `generations.jsonl`, and logs `test/fd`, `test/clap_score`, ...
 
 Each generated clip is as long as its reference (frames = ceil(reference samples / hop), cropped
@@ -60,6 +61,8 @@ class EvaluationCallback(L.Callback):
         out_dir: where `siren test` writes results.json and the generated audio
             (default `<trainer.default_root_dir>/test`).
         save_audio: write the generated test clips as WAVs.
+        per_clip: write `<out_dir>/per_clip.jsonl`, one row of scores per test clip
+            (`metrics.per_clip`; attribute adherence needs `save_audio`).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class EvaluationCallback(L.Callback):
         codec_ceiling: bool = True,
         out_dir: str | None = None,
         save_audio: bool = True,
+        per_clip: bool = True,
     ) -> None:
         from siren_lightning.metrics.protocol import get_preset
 
@@ -105,6 +109,7 @@ class EvaluationCallback(L.Callback):
         self.codec_ceiling = codec_ceiling
         self.out_dir = out_dir
         self.save_audio = save_audio
+        self.per_clip = per_clip
         self.evaluator: Any = None  # built on first use (tests may set their own)
         self.validations = 0
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} of each in-loop evaluation
@@ -299,6 +304,22 @@ class EvaluationCallback(L.Callback):
                 record["path"] = str(path.resolve())
             state["records"].append({**record, "sample_rate": sr, **self.sampling})
 
+    def _write_per_clip(self, state: dict[str, Any], path: Path) -> None:
+        """One row per test clip (`metrics.per_clip`); adherence from the saved WAVs."""
+        from siren_lightning.metrics.per_clip import per_clip_scores, write_jsonl
+
+        clips = state["clips"]
+        audio = {r["id"]: Path(r["path"]) for r in state["records"] if "path" in r}
+        rows = per_clip_scores(
+            self.evaluator,
+            state["generated"],
+            state["reference"],
+            state["captions"],
+            {k: clips[k].attributes for k in state["generated"] if k in clips},
+            audio,
+        )
+        write_jsonl(rows, path)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from siren_lightning.metrics.protocol import write_results
 
@@ -333,6 +354,8 @@ class EvaluationCallback(L.Callback):
         if trainer.is_global_zero:
             out = state["out"]
             write_results(results, out / "results.json")
+            if self.per_clip:
+                self._write_per_clip(state, out / "per_clip.jsonl")
             if self.save_audio:
                 with open(out / "generated" / "generations.jsonl", "w") as f:
                     for record in sorted(state["records"], key=lambda r: r["id"]):

@@ -548,15 +548,19 @@ def results_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str]]:
-    """Reference clips (id -> path) and captions from a folder or a JSONL manifest."""
+def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str], dict[str, dict]]:
+    """Reference clips (id -> path), captions and attributes from a folder or a JSONL manifest."""
     path = Path(spec)
     if path.is_dir():
-        return audio_files(path), {}
+        return audio_files(path), {}, {}
     from siren_lightning.data.manifest import read_manifest
 
     clips = read_manifest(path)
-    return {c.id: Path(c.audio) for c in clips}, {c.id: c.captions[0] for c in clips if c.captions}
+    return (
+        {c.id: Path(c.audio) for c in clips},
+        {c.id: c.captions[0] for c in clips if c.captions},
+        {c.id: c.attributes for c in clips if c.attributes},
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -594,6 +598,13 @@ def main(argv: list[str]) -> int:
         help="score against every reference clip, not only those whose ids match generated ones",
     )
     parser.add_argument(
+        "--per-clip",
+        metavar="JSONL",
+        default=None,
+        help="also write one row per generated clip (CLAP cosine, KL, embedding distance to "
+        "the reference mean, attribute adherence)",
+    )
+    parser.add_argument(
         "--bootstrap",
         type=int,
         default=BOOTSTRAP_RESAMPLES,
@@ -613,9 +624,9 @@ def main(argv: list[str]) -> int:
                 f"generation seed folder {folder} does not hold the clips of "
                 f"{args.generated[0]} (e.g. {odd}); each folder must hold the same clip ids"
             )
-    reference, captions = _reference(args.reference)
+    reference, captions, attributes = _reference(args.reference)
     if args.captions:
-        captions = _reference(args.captions)[1]
+        _, captions, attributes = _reference(args.captions)
     missing = sorted(set(generated) - set(reference))
     if missing:
         print(
@@ -648,9 +659,26 @@ def main(argv: list[str]) -> int:
         results["codec_ceiling"] = codec_ceiling(
             evaluator, codec, reference, captions, ref_feats, args.codec_ceiling, progress=True
         )
+    if args.per_clip:
+        from siren_lightning.metrics.per_clip import per_clip_scores, write_jsonl
+
+        rows = []
+        for label, files, feats in zip(args.generated, seeds, gen_feats, strict=True):
+            rows += per_clip_scores(
+                evaluator,
+                feats,
+                ref_feats,
+                captions,
+                attributes,
+                files,
+                seed=label if len(seeds) > 1 else None,
+            )
+        results["per_clip"] = str(write_jsonl(rows, args.per_clip))
     out = write_results(results, args.out or Path(args.generated[0]).with_suffix(".json"))
     print(results_table(results))
     for reason in results.get("unavailable", {}).values():
         print(f"note: {reason}")
+    if args.per_clip:
+        print(f"per-clip scores: {results['per_clip']}")
     print(f"results: {out}")
     return 0
