@@ -564,7 +564,8 @@ def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str], dict[str, di
 
 
 def main(argv: list[str]) -> int:
-    """`siren evaluate`: score a folder of generated audio against references."""
+    """`siren evaluate`: score a folder of generated audio against references, or compare
+    results JSONs (`--compare`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="siren evaluate", description=main.__doc__)
@@ -611,9 +612,25 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help=f"bootstrap resamples of the {BOOTSTRAP_CONFIDENCE:.0%} intervals (0: none)",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS",
+        help="print results JSONs side by side instead of scoring (refused when their "
+        "protocols differ)",
+    )
+    parser.add_argument(
+        "--allow-protocol-mismatch",
+        action="store_true",
+        help="with --compare: print the table anyway, the differing runs marked",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        from siren_lightning.metrics.compare import main_compare
+
+        return main_compare(args.compare, args.allow_protocol_mismatch)
     if not args.generated or not args.reference:
-        parser.error("--generated and --reference are required")
+        parser.error("--generated and --reference are required (or --compare RESULTS ...)")
 
     seeds = [audio_files(folder) for folder in args.generated]
     generated = seeds[0]
