@@ -40,7 +40,7 @@ CHANGES = [
     (
         "crop/pad",
         lambda r: r["protocol"].update(input_rule="first 10 s"),
-        "crop/pad rule (fd, KL, IS)",
+        "crop/pad rule (fd)",
     ),
     ("pairing", lambda r: r["protocol"].update(pairing_rule="by order"), "pairing rule"),
     ("kl variant", lambda r: r["protocol"].update(kl_variant="sigmoid"), "KL variant"),

@@ -2,7 +2,8 @@
 
 Two numbers are comparable only when they were made the same way. Before printing, every run's
 protocol record is checked against the first run's, field by field, in this order: the backbone
-of each role (FD, FAD, CLAP), its weights' SHA-256, its sample rate, the crop/pad (input) rules,
+of each role (FD, classifier, FAD, CLAP), its weights' SHA-256, its sample rate, the FD rule
+(clip embeddings or pooled frames), the crop/pad (input) rules,
 the pairing rule, the KL variant, the other metric rules (IS splits and seed, KAD, CLAP score),
 and the clip counts. The first difference is named in one message; with
 ``allow_mismatch=True`` the table is printed with each differing run marked and its differences
@@ -18,7 +19,7 @@ from typing import Any
 
 from siren_lightning.metrics.intervals import INTERVAL_METRICS
 
-ROLES = ("fd", "fad", "clap")
+ROLES = ("fd", "classifier", "fad", "clap")
 
 
 class ProtocolMismatchError(ValueError):
@@ -40,7 +41,9 @@ def protocol_fields(results: Mapping[str, Any]) -> list[tuple[str, Any]]:
         fields += [(f"{role} {label}", backbone(role, key)) for role in ROLES]
     fields += [(f"{role} sample rate", backbone(role, "sample_rate")) for role in ROLES]
     fields += [
-        ("crop/pad rule (fd, KL, IS)", protocol.get("input_rule")),
+        ("FD rule", protocol.get("fd_rule")),
+        ("crop/pad rule (fd)", protocol.get("input_rule")),
+        ("crop/pad rule (classifier: KL, IS)", protocol.get("classifier_input_rule")),
         ("crop/pad rule (fad)", protocol.get("fad_input_rule")),
         ("crop/pad rule (clap)", protocol.get("clap_input_rule")),
         ("pairing rule", protocol.get("pairing_rule")),

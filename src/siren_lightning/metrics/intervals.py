@@ -110,6 +110,7 @@ def bootstrap_intervals(
     is_splits: int = 10,
     is_seed: int | None = 2020,
     kad_bandwidth: float | None = None,
+    fd_over_frames: bool = False,
     text: Mapping[str, Tensor] | None = None,
     resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = BOOTSTRAP_CONFIDENCE,
@@ -125,6 +126,8 @@ def bootstrap_intervals(
             `INTERVAL_METRICS` whose value is not None.
         kl_variant, is_splits, is_seed: the protocol's.
         kad_bandwidth: the full reference set's bandwidth (kept fixed across resamples).
+        fd_over_frames: FD over the ``fd_frames`` of the drawn clips (OpenL3), not their
+            clip embeddings.
         text: clip id -> caption text embedding [D], for CLAP score.
         resamples, confidence, seed: the bootstrap's.
 
@@ -144,7 +147,17 @@ def bootstrap_intervals(
     if paired:
         ref_ids = gen_ids  # one draw of ids picks a clip's generation and its reference
     stats = _statistics(
-        seeds, ref, gen_ids, ref_ids, wanted, kl_variant, kad_bandwidth, text, is_splits, is_seed
+        seeds,
+        ref,
+        gen_ids,
+        ref_ids,
+        wanted,
+        kl_variant,
+        kad_bandwidth,
+        text,
+        is_splits,
+        is_seed,
+        fd_over_frames,
     )
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {k: [] for k in wanted}
@@ -167,6 +180,7 @@ def _statistics(
     text: Mapping[str, Tensor] | None,
     is_splits: int,
     is_seed: int | None,
+    fd_over_frames: bool,
 ) -> dict[str, list[Callable[[np.ndarray, np.ndarray], float]]]:
     """Per metric, one function (generated indices, reference indices) -> value per seed."""
     out: dict[str, list[Callable]] = {k: [] for k in wanted}
@@ -175,17 +189,13 @@ def _statistics(
         raise ValueError("bootstrap of KAD needs the full reference set's bandwidth")
     for feats in seeds:
         g_emb = torch.stack([feats[k]["embedding"] for k in gen_ids]).to(torch.float64)
-        if "fd" in wanted:
+        if "fd" in wanted and fd_over_frames:
+            out["fd"].append(_pooled_frames(feats, ref, gen_ids, ref_ids, "fd_frames"))
+        elif "fd" in wanted:
             a, b = g_emb.numpy(), r_emb.numpy()
             out["fd"].append(lambda gi, ri, a=a, b=b: _frechet_from_rows(a[gi], b[ri]))
         if "fad" in wanted:
-            gf = [feats[k]["frames"].to(torch.float64).numpy() for k in gen_ids]
-            rf = [ref[k]["frames"].to(torch.float64).numpy() for k in ref_ids]
-            out["fad"].append(
-                lambda gi, ri, gf=gf, rf=rf: _frechet_from_rows(
-                    np.concatenate([gf[i] for i in gi]), np.concatenate([rf[i] for i in ri])
-                )
-            )
+            out["fad"].append(_pooled_frames(feats, ref, gen_ids, ref_ids, "frames"))
         if "kad" in wanted:
             k_rr, k_gg, k_rg = _kernel_matrices(r_emb, g_emb, kad_bandwidth)
 
@@ -218,6 +228,21 @@ def _statistics(
             cos[scored] = torch.nn.functional.cosine_similarity(a, t, dim=1, eps=1e-12).numpy()
             out["clap_score"].append(lambda gi, ri, c=cos: 100.0 * float(np.nanmean(c[gi])))
     return {k: v for k, v in out.items() if v}
+
+
+def _pooled_frames(
+    feats: Mapping[str, Mapping[str, Tensor]],
+    ref: Mapping[str, Mapping[str, Tensor]],
+    gen_ids: list[str],
+    ref_ids: list[str],
+    key: str,
+) -> Callable[[np.ndarray, np.ndarray], float]:
+    """FD over all frames ([F_i, D] under ``key``) of the drawn clips of each set."""
+    gf = [feats[k][key].to(torch.float64).numpy() for k in gen_ids]
+    rf = [ref[k][key].to(torch.float64).numpy() for k in ref_ids]
+    return lambda gi, ri: _frechet_from_rows(
+        np.concatenate([gf[i] for i in gi]), np.concatenate([rf[i] for i in ri])
+    )
 
 
 def seed_spread(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -41,6 +42,14 @@ from siren_lightning.metrics.preprocess import (
     read_panns_input,
     read_vggish_input,
 )
+from siren_lightning.metrics.stable_audio import (
+    OPENL3_FD_RULE,
+    PASST_WINDOW_RULE,
+    STABLE_AUDIO_CLAP_CHECKPOINT,
+    STABLE_AUDIO_CLAP_RULE,
+    STABLE_AUDIO_INPUT_RULE,
+    stable_audio_input,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 BOOTSTRAP_RULE = (
@@ -51,7 +60,7 @@ BOOTSTRAP_RULE = (
 )
 FAD_UNAVAILABLE = (
     "no FAD: FAD is the Frechet distance of VGGish frame embeddings, and this preset has no "
-    "VGGish weights (offline); a distance over another network's embeddings would not be FAD"
+    "VGGish backbone; a distance over another network's embeddings would not be FAD"
 )
 
 
@@ -78,6 +87,9 @@ class Protocol:
     is_splits: int = IS_SPLITS
     is_seed: int = IS_SHUFFLE_SEED
     clap_score_rule: str = "mean cosine x 100 between the audio and its first caption"
+    classifier_input_rule: str = PANNS_INPUT_RULE
+    fd_rule: str = "one embedding per clip; Gaussian statistics over the clips"
+    fd_over_frames: bool = False
     kad_rule: str = (
         f"{KAD_SCALE:g} x unbiased MMD^2 of the fd backbone's clip embeddings, Gaussian kernel "
         "exp(-d^2 / (2 sigma^2)), sigma = median distance over the reference set's distinct pairs"
@@ -101,6 +113,21 @@ PRESETS: dict[str, Protocol] = {
         classifier_backbone="tiny-clap-eval",
         fad_backbone=None,
         clap_backbone="tiny-clap-eval",
+    ),
+    # TangoFlux / Stable Audio Open's protocol (stable-audio-metrics): OpenL3 FD over frames at
+    # 48 kHz, PaSST KL(p_gen || p_ref) at 32 kHz, LAION-CLAP 630k-audioset-fusion; no FAD.
+    "stable_audio_metrics": Protocol(
+        name="stable_audio_metrics",
+        fd_backbone="openl3-mel256-env-512",
+        classifier_backbone="passt-s-swa-p16-128-ap476",
+        fad_backbone=None,
+        clap_backbone=f"laion-clap:{STABLE_AUDIO_CLAP_CHECKPOINT}",
+        kl_variant="softmax_gen_ref",
+        input_rule=STABLE_AUDIO_INPUT_RULE,
+        classifier_input_rule=f"{STABLE_AUDIO_INPUT_RULE}; {PASST_WINDOW_RULE}",
+        clap_input_rule=STABLE_AUDIO_CLAP_RULE,
+        fd_rule=OPENL3_FD_RULE,
+        fd_over_frames=True,
     ),
 }
 
@@ -146,6 +173,8 @@ class Evaluator:
         cache: per-file feature cache.
         resamples, confidence, bootstrap_seed: the bootstrap of the intervals (resamples=0:
             none).
+        classifier_backbone: class logits for KL / IS when they come from another network than
+            the FD one (None: the FD backbone's logits).
     """
 
     protocol: Protocol
@@ -156,6 +185,7 @@ class Evaluator:
     resamples: int = BOOTSTRAP_RESAMPLES
     confidence: float = BOOTSTRAP_CONFIDENCE
     bootstrap_seed: int = BOOTSTRAP_SEED
+    classifier_backbone: AudioBackbone | None = None
 
     def _run(self, backbone: AudioBackbone, audio: Tensor, rule: str) -> dict[str, Tensor]:
         """Features of one prepared clip [N] at the backbone's rate."""
@@ -166,12 +196,17 @@ class Evaluator:
         feats = {"embedding": out.embedding[0].cpu()}
         if out.logits is not None:
             feats["logits"] = out.logits[0].cpu()
+        if out.frames is not None:  # frame embeddings of an FD backbone (OpenL3)
+            feats["fd_frames"] = out.frames[0].cpu()
         return feats
 
     def _clip(self, path: Path, backbone: AudioBackbone, rule: str) -> dict[str, Tensor]:
         def compute() -> dict[str, Tensor]:
             if rule == self.protocol.fad_input_rule:
                 audio = torch.from_numpy(read_vggish_input(path, backbone.sample_rate)).float()
+            elif _stable_audio_rule(rule):
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+                audio = _prepare(rule, torch.from_numpy(data.T.copy()), sr, backbone.sample_rate)
             else:
                 audio = read_panns_input(path, backbone.sample_rate)
             return self._run(backbone, audio, rule)
@@ -193,13 +228,16 @@ class Evaluator:
             pcm = np.clip(np.round(x * 32768.0), -32768, 32767) / 32768.0
             prepared = audioldm_vggish_input(pcm, sample_rate, backbone.sample_rate)
             return self._run(backbone, torch.from_numpy(prepared).float(), rule)
-        prepared = audioldm_panns_input(audio, sample_rate, backbone.sample_rate)
+        prepared = _prepare(rule, audio, sample_rate, backbone.sample_rate)
         return self._run(backbone, prepared, rule)
 
     def _per_clip(self, clips: Mapping[str, Any], clip_features, progress: bool, desc: str):
         out = {}
         for clip_id, clip in tqdm(clips.items(), disable=not progress, desc=desc):
             feats = dict(clip_features(clip, self.fd_backbone, self.protocol.input_rule))
+            if self.classifier_backbone is not None:
+                rule = self.protocol.classifier_input_rule
+                feats["logits"] = clip_features(clip, self.classifier_backbone, rule)["logits"]
             if self.fad_backbone is not None:
                 feats |= clip_features(clip, self.fad_backbone, self.protocol.fad_input_rule)
             if self.clap_backbone is not None:
@@ -307,6 +345,7 @@ class Evaluator:
                 is_splits=self.protocol.is_splits,
                 is_seed=self.protocol.is_seed,
                 kad_bandwidth=results["kad_bandwidth"],
+                fd_over_frames=self.protocol.fd_over_frames,
                 text=text,
                 resamples=resamples,
                 confidence=self.confidence,
@@ -335,8 +374,14 @@ class Evaluator:
         unavailable: dict[str, str] = {}
 
         fd = FrechetDistance(self.fd_backbone.embedding_dim)
-        fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
-        fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+        if self.protocol.fd_over_frames:  # all frames of all clips pooled (OpenL3 FD)
+            fd.update(torch.cat([f["fd_frames"] for f in gen.values()]), real=False)
+            fd.update(torch.cat([f["fd_frames"] for f in ref.values()]), real=True)
+            counts["fd_frames_generated"] = int(fd.fake_n)
+            counts["fd_frames_reference"] = int(fd.real_n)
+        else:
+            fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
+            fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
         metrics["fd"] = float(fd.compute())
 
         kad = KernelAudioDistance(self.fd_backbone.embedding_dim)
@@ -361,7 +406,8 @@ class Evaluator:
                 {k: f["logits"] for k, f in gen.items()}, {k: f["logits"] for k, f in ref.items()}
             )
             counts["paired"] = len(ids)
-            for variant in ("softmax", "sigmoid"):
+            variants = dict.fromkeys(("softmax", "sigmoid", self.protocol.kl_variant))
+            for variant in variants:
                 kl = KLDivergence(variant)
                 kl.update(g, r)
                 metrics[f"kl_{variant}"] = float(kl.compute())
@@ -419,6 +465,19 @@ class Evaluator:
         return {"metrics": metrics, "counts": counts, "unavailable": unavailable}
 
 
+def _stable_audio_rule(rule: str) -> bool:
+    return rule.startswith(STABLE_AUDIO_INPUT_RULE)
+
+
+def _prepare(rule: str, audio: Tensor, sample_rate: int, target_rate: int) -> Tensor:
+    """A waveform [N] or [C, N] prepared by the named input rule -> [N'] at ``target_rate``."""
+    if _stable_audio_rule(rule):
+        return stable_audio_input(
+            audio, sample_rate, target_rate, int16=rule == STABLE_AUDIO_CLAP_RULE
+        )
+    return audioldm_panns_input(audio, sample_rate, target_rate)
+
+
 def _mean_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
     """Per metric, the mean over seeds (None when a seed has none)."""
     out: dict[str, float | None] = {}
@@ -441,6 +500,9 @@ def results_dict(
             "fd": _describe(evaluator.fd_backbone),
             "fad": _describe(evaluator.fad_backbone),
             "clap": _describe(evaluator.clap_backbone),
+            "classifier": _describe(
+                getattr(evaluator, "classifier_backbone", None) or evaluator.fd_backbone
+            ),
         },
         "resampler": f"torchaudio {_version('torchaudio')} functional.resample; resampy for VGGish",
         "software": {
@@ -475,6 +537,8 @@ def build_evaluator(
     vggish_weights: str | Path | None = None,
     clap_checkpoint: str | None = None,
     cache_dir: str | Path | None = None,
+    openl3_weights: str | Path | None = None,
+    passt_weights: str | Path | None = None,
 ) -> Evaluator:
     """An `Evaluator` with the preset's pretrained backbones (local first, then download)."""
     protocol = get_preset(preset)
@@ -487,13 +551,23 @@ def build_evaluator(
     from siren_lightning.metrics.backbones import LaionClap, PannsCnn14, VGGish
     from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT, WeightsError
 
+    if preset == "stable_audio_metrics":
+        from siren_lightning.metrics.stable_audio import OpenL3, PaSST
+
+        makers = {
+            "fd": lambda: OpenL3(openl3_weights),
+            "classifier": lambda: PaSST(passt_weights),
+            "clap": lambda: LaionClap(clap_checkpoint or STABLE_AUDIO_CLAP_CHECKPOINT),
+        }
+    else:
+        makers = {
+            "fd": lambda: PannsCnn14(panns_weights),
+            "fad": lambda: VGGish(vggish_weights),
+            "clap": lambda: LaionClap(clap_checkpoint or DEFAULT_CLAP_CHECKPOINT),
+        }
     # Every backbone is tried so that one error names every missing file.
     built, missing = {}, []
-    for key, make in (
-        ("fd", lambda: PannsCnn14(panns_weights)),
-        ("fad", lambda: VGGish(vggish_weights)),
-        ("clap", lambda: LaionClap(clap_checkpoint or DEFAULT_CLAP_CHECKPOINT)),
-    ):
+    for key, make in makers.items():
         try:
             built[key] = make()
         except WeightsError as err:
@@ -505,7 +579,14 @@ def build_evaluator(
             + "\n(`siren download-weights` fetches them where there is network; or use "
             "--preset tiny, which runs offline and has no FAD)"
         )
-    return Evaluator(protocol, built["fd"], built["fad"], built["clap"], cache)
+    return Evaluator(
+        protocol,
+        built["fd"],
+        built.get("fad"),
+        built["clap"],
+        cache,
+        classifier_backbone=built.get("classifier"),
+    )
 
 
 def results_table(results: Mapping[str, Any]) -> str:
@@ -586,6 +667,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--panns-weights", default=None)
     parser.add_argument("--vggish-weights", default=None)
     parser.add_argument("--clap-checkpoint", default=None)
+    parser.add_argument("--openl3-weights", default=None, help="preset stable_audio_metrics")
+    parser.add_argument("--passt-weights", default=None, help="preset stable_audio_metrics")
     parser.add_argument(
         "--codec-ceiling",
         metavar="CODEC",
@@ -661,6 +744,8 @@ def main(argv: list[str]) -> int:
         args.vggish_weights,
         args.clap_checkpoint,
         args.cache,
+        args.openl3_weights,
+        args.passt_weights,
     )
     evaluator.resamples = args.bootstrap
     ref_feats = evaluator.features(reference, progress=True)
