@@ -44,10 +44,12 @@ class EvaluationCallback(L.Callback):
     """FD, CLAP score (and FAD, KL, IS as the preset gives them) of generated audio.
 
     Args:
-        preset: evaluation protocol preset, `tiny` (offline, `tiny-clap-eval`) or
-            `audioldm_eval` (PANNs, VGGish, LAION CLAP; their weights must be present).
+        preset: evaluation protocol preset, `tiny` (offline, `tiny-clap-eval`),
+            `audioldm_eval` (PANNs, VGGish, LAION CLAP) or `stable_audio_metrics` (OpenL3,
+            PaSST, LAION CLAP 630k-fusion); the last two need their weights present.
         backbones: keyword arguments of `metrics.protocol.build_evaluator` (`tiny_clap`,
-            `panns_weights`, `vggish_weights`, `clap_checkpoint`, `cache_dir`).
+            `panns_weights`, `vggish_weights`, `clap_checkpoint`, `cache_dir`,
+            `openl3_weights`, `passt_weights`).
         val_manifest / test_manifest: reference clips (JSONL); see the module docstring.
         num_clips: validation clips scored in the loop (the first ones of the manifest).
         every_n_validations: evaluate at every N-th validation (sanity checks do not count).
@@ -128,6 +130,7 @@ class EvaluationCallback(L.Callback):
             self.evaluator.fd_backbone,
             self.evaluator.fad_backbone,
             self.evaluator.clap_backbone,
+            getattr(self.evaluator, "classifier_backbone", None),
         ):
             if backbone is not None:
                 backbone.to(device)
