@@ -36,13 +36,14 @@ def test_notebook_runs_and_writes_the_three_rows(tmp_path, synthcaps_small, monk
         "NUM_CLIPS": 12,
         "OUT": out,
         "SHOW": 1,
+        "BOOTSTRAP": 50,
         "MODEL": tmp_path / "no-model",  # not needed: the generations exist
     }.items():
         monkeypatch.setenv(f"SIREN_EVAL_{key}", str(value))
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
     notebook = nbformat.read(ROOT / "notebooks" / "evaluate.ipynb", as_version=4)
     NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}
     ).execute()
 
     results = json.loads(out.read_text())

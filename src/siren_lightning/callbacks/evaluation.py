@@ -38,6 +38,9 @@ from siren_lightning.callbacks.samples import generate_waveforms
 
 # The same defaults as `siren generate`.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
+# Seed offset between the generations of one clip when `test_seeds` > 1 (a prime far above
+# any batch-index seed, so no two generations share a seed).
+SEED_STRIDE = 1_000_003
 
 
 class EvaluationCallback(L.Callback):
@@ -65,6 +68,9 @@ class EvaluationCallback(L.Callback):
         save_audio: write the generated test clips as WAVs.
         per_clip: write `<out_dir>/per_clip.jsonl`, one row of scores per test clip
             (`metrics.per_clip`; attribute adherence needs `save_audio`).
+        test_seeds: generate every test clip with this many seeds (the batch's seed plus
+            k x 1,000,003): the results give the seed mean, each seed's metrics and the seed
+            spread; WAVs and per-clip rows are those of the first seed.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class EvaluationCallback(L.Callback):
         out_dir: str | None = None,
         save_audio: bool = True,
         per_clip: bool = True,
+        test_seeds: int = 1,
     ) -> None:
         from siren_lightning.metrics.protocol import get_preset
 
@@ -92,6 +99,7 @@ class EvaluationCallback(L.Callback):
             ("num_clips", num_clips),
             ("every_n_validations", every_n_validations),
             ("batch_size", batch_size),
+            ("test_seeds", test_seeds),
         ):
             if value < 1:
                 raise ValueError(f"EvaluationCallback: {name} must be >= 1, got {value}")
@@ -112,6 +120,7 @@ class EvaluationCallback(L.Callback):
         self.out_dir = out_dir
         self.save_audio = save_audio
         self.per_clip = per_clip
+        self.test_seeds = test_seeds
         self.evaluator: Any = None  # built on first use (tests may set their own)
         self.validations = 0
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} of each in-loop evaluation
@@ -268,6 +277,7 @@ class EvaluationCallback(L.Callback):
             "ceiling": {},
             "captions": {},
             "records": [],
+            **{f"generated@{k}": {} for k in range(1, self.test_seeds)},
         }
         if self.save_audio:
             (out / "generated").mkdir(parents=True, exist_ok=True)
@@ -295,6 +305,11 @@ class EvaluationCallback(L.Callback):
         audio = self._generate(pl_module, captions, lengths, seed)
         sr = pl_module.codec.sample_rate
         state["generated"] |= evaluator.audio_features(dict(zip(ids, audio, strict=True)), sr)
+        for extra in range(1, self.test_seeds):  # the same clips with other seeds: the spread
+            other = self._generate(pl_module, captions, lengths, seed + extra * SEED_STRIDE)
+            state[f"generated@{extra}"] |= evaluator.audio_features(
+                dict(zip(ids, other, strict=True)), sr
+            )
         state["reference"] |= evaluator.features(files)
         state["captions"] |= dict(zip(ids, captions, strict=True))
         if self.codec_ceiling:
@@ -326,9 +341,13 @@ class EvaluationCallback(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from siren_lightning.metrics.protocol import write_results
 
-        state = _gather(self._test, ("generated", "reference", "ceiling", "captions", "records"))
+        extra = tuple(f"generated@{k}" for k in range(1, self.test_seeds))
+        keys = ("generated", "reference", "ceiling", "captions", "records", *extra)
+        state = _gather(self._test, keys)
         evaluator = self.evaluator
-        results = evaluator.score(state["generated"], state["reference"], state["captions"])
+        seeds = [state["generated"], *(state[k] for k in extra)]
+        labels = [f"seed offset {k * SEED_STRIDE}" for k in range(self.test_seeds)]
+        results = evaluator.score_seeds(seeds, state["reference"], state["captions"], None, labels)
         results["ground_truth"] = evaluator.ground_truth(state["reference"], state["captions"])
         if self.codec_ceiling:
             ceiling = evaluator.score(state["ceiling"], state["reference"], state["captions"])
@@ -343,6 +362,7 @@ class EvaluationCallback(L.Callback):
             "checkpoint": trainer.ckpt_path,
             "model_class": type(getattr(pl_module, "network", pl_module)).__name__,
             "seed": self.seed,
+            "test_seeds": self.test_seeds,
             "sampling": self.sampling,
             "length_rule": "each reference's length"
             if self.seconds is None
