@@ -106,7 +106,8 @@ evaluate:
 	$(SIREN) generate --model $(SIREN_MODEL) --manifest data/synthcaps/test.jsonl --limit $(EVAL_CLIPS) \
 	  --match-durations --out $(RUN)/eval/generated
 	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference data/synthcaps/test.jsonl \
-	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json
+	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json \
+	  --per-clip $(RUN)/eval/per_clip.jsonl --bootstrap 200
 
 bench: data
 	PYTHONPATH=src $(PY) benchmarks/generation.py

@@ -141,6 +141,7 @@ trainer:
         test_manifest: {synthcaps_small["test"]}
         out_dir: {out}
         sampling: {{top_k: 20}}
+        test_seeds: 2
 model:
   class_path: siren_lightning.pretrain.PretrainModule
   init_args:
@@ -175,6 +176,23 @@ data:
     assert results["ground_truth"]["metrics"]["clap_score"] > results["metrics"]["clap_score"]
     assert results["generation"]["length_rule"] == "each reference's length"
     assert results["generation"]["codec"]["codec_sha256"] == ceiling["codec_sha256"]
+    # Two generation seeds: the mean, each seed's metrics and their spread.
+    first, second = (s["metrics"] for s in results["seeds"])
+    for key in ("fd", "kad", "kl", "is_mean", "clap_score"):
+        assert results["metrics"][key] == pytest.approx((first[key] + second[key]) / 2), key
+        spread = abs(first[key] - second[key]) / 2**0.5  # sample sd of two values
+        assert results["seed_spread"][key]["std"] == pytest.approx(spread), key
+    assert first["fd"] != second["fd"] and results["generation"]["test_seeds"] == 2
+    # Intervals of the model and ceiling rows; one per-clip row for each test clip.
+    for row in (results, ceiling):
+        assert set(row["intervals"]) == {"fd", "kad", "kl", "is_mean", "clap_score"}
+        for name, (low, high) in row["intervals"].items():
+            assert low <= high, name
+    per_clip = [json.loads(x) for x in (out / "per_clip.jsonl").open()]
+    assert sorted(r["id"] for r in per_clip) == sorted(
+        c.id for c in read_manifest(synthcaps_small["test"])
+    )
+    assert all("adherence" in r and "embedding_distance" in r for r in per_clip)
     records = [json.loads(x) for x in (out / "generated" / "generations.jsonl").open()]
     assert len(records) == n and {r["top_k"] for r in records} == {20}
     for clip in read_manifest(synthcaps_small["test"]):
@@ -184,5 +202,5 @@ data:
     argv = ["--generated", str(out / "generated"), "--reference", str(synthcaps_small["test"])]
     assert protocol.main(argv + ["--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())["metrics"]
-    for key in ("fd", "kl", "is_mean", "clap_score"):
-        assert again[key] == pytest.approx(results["metrics"][key], rel=1e-2, abs=1e-3), key
+    for key in ("fd", "kad", "kl", "is_mean", "clap_score"):  # the WAVs are the first seed's
+        assert again[key] == pytest.approx(first[key], rel=1e-2, abs=1e-3), key

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from siren_lightning.metrics.clap_score import CLAPScore
 from siren_lightning.metrics.frechet import FrechetDistance
 from siren_lightning.metrics.inception import InceptionScore
+from siren_lightning.metrics.kad import KernelAudioDistance
 from siren_lightning.metrics.kl import KLDivergence
 
 
@@ -30,14 +31,18 @@ def _data():
 def _compute(parts: list[int]) -> dict[str, float]:
     d = _data()
     fd, kl, inception, clap = FrechetDistance(4), KLDivergence(), InceptionScore(), CLAPScore()
+    kad = KernelAudioDistance(4)
     for part in parts:  # rank r takes rows r, r + 2, ...
         fd.update(d["real"][part::2], real=True)
         fd.update(d["fake"][part::2], real=False)
+        kad.update(d["real"][part::2], real=True)
+        kad.update(d["fake"][part::2], real=False)
         kl.update(d["gen_logits"][part::2], d["ref_logits"][part::2])
         inception.update(d["gen_logits"][part::2])
         clap.update(d["real"][part::2][:10], d["fake"][part::2][:10])
     return {
         "fd": float(fd.compute()),
+        "kad": float(kad.compute()),
         "kl": float(kl.compute()),
         "clap": float(clap.compute()),
         "is_ok": float(inception.compute()[0]) > 1.0,
@@ -71,6 +76,6 @@ def test_two_process_sync_equals_single_process():
         assert p.exitcode == 0
     whole = _compute([0, 1])  # one process, both halves
     for rank in (0, 1):
-        for key in ("fd", "kl", "clap"):
+        for key in ("fd", "kad", "kl", "clap"):
             assert results[rank][key] == pytest.approx(whole[key], rel=1e-10), (rank, key)
         assert results[rank]["is_ok"]

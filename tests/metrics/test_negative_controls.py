@@ -88,6 +88,10 @@ def test_siren_evaluate_tool_writes_results(folders, synthcaps_small, tmp_path, 
         str(out),
         "--cache",
         str(tmp_path / "cache"),
+        "--per-clip",
+        str(tmp_path / "per_clip.jsonl"),
+        "--bootstrap",
+        "50",
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,4 +101,14 @@ def test_siren_evaluate_tool_writes_results(folders, synthcaps_small, tmp_path, 
     assert results["backbones"]["fd"]["weights_sha256"] == sha256_file(
         assets_dir() / "tiny-clap-eval" / "model.safetensors"
     )
-    assert "clap_score" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "clap_score" in printed and "±" in printed
+    assert set(results["intervals"]) == {"fd", "kad", "kl", "is_mean", "clap_score"}
+    rows = [json.loads(line) for line in (tmp_path / "per_clip.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(
+        set(r["adherence"]) == {"pitch", "count", "envelope", "all"} for r in rows
+    )
+    clap = 100 * sum(r["clap_cosine"] for r in rows) / 16
+    assert clap == pytest.approx(results["metrics"]["clap_score"], rel=1e-9)
+    # The matched clips were synthesized with their captions' attributes: most agree.
+    assert sum(r["adherence"]["all"] for r in rows) >= 12

@@ -14,7 +14,13 @@ import torch
 from siren_lightning.metrics.cache import FeatureCache, feature_key
 from siren_lightning.metrics.kl import PairingError
 from siren_lightning.metrics.preprocess import audioldm_panns_input
-from siren_lightning.metrics.protocol import PRESETS, Evaluator, audio_files, write_results
+from siren_lightning.metrics.protocol import (
+    PRESETS,
+    Evaluator,
+    audio_files,
+    results_table,
+    write_results,
+)
 from siren_lightning.metrics.tiny_clap import CaptionEmbeddingCache, TinyCLAP, TinyCLAPBackbone
 
 SR = 16000
@@ -69,6 +75,7 @@ def test_evaluate_folders_writes_full_results(backbone, tmp_path):
     m = results["metrics"]
     assert set(m) == {
         "fd",
+        "kad",
         "fad",
         "kl_softmax",
         "kl_sigmoid",
@@ -78,7 +85,12 @@ def test_evaluate_folders_writes_full_results(backbone, tmp_path):
         "clap_score",
     }
     assert m["fad"] is None and "VGGish" in results["unavailable"]["fad"]
-    assert m["fd"] > 0 and m["kl"] == m["kl_softmax"] and m["is_mean"] >= 1.0
+    assert (
+        m["fd"] > 0
+        and math.isfinite(m["kad"])
+        and m["kl"] == m["kl_softmax"]
+        and m["is_mean"] >= 1.0
+    )
     assert results["counts"] == {"generated": 12, "reference": 12, "paired": 12, "clap_scored": 12}
     assert results["backbones"]["fd"]["weights_sha256"] == "0" * 64
     assert results["protocol"]["kl_variant"] == "softmax" and results["preset"] == "tiny"
@@ -154,3 +166,44 @@ def test_audioldm_eval_preset_names_every_missing_weights_file(tmp_path, monkeyp
     message = str(err.value)
     assert "Cnn14_16k_mAP=0.438.pth" in message and "vggish-10086976.pth" in message
     assert "laion/clap-htsat-unfused" in message and "--preset tiny" in message
+
+
+def test_several_seeds_give_the_mean_the_spread_and_intervals(backbone, tmp_path):
+    captions = _folder(tmp_path / "ref", 2)
+    _folder(tmp_path / "seed0", 1)
+    _folder(tmp_path / "seed1", 3)
+    evaluator = Evaluator(PRESETS["tiny"], backbone, None, backbone, resamples=50)
+    ref = evaluator.features(audio_files(tmp_path / "ref"))
+    seeds = [evaluator.features(audio_files(tmp_path / f"seed{i}")) for i in (0, 1)]
+    alone = [evaluator.score(s, ref, captions, resamples=0)["metrics"] for s in seeds]
+    results = evaluator.score_seeds(seeds, ref, captions, labels=["a", "b"])
+    for name in ("fd", "kad", "kl", "is_mean", "clap_score"):
+        values = [m[name] for m in alone]
+        assert results["metrics"][name] == pytest.approx(np.mean(values), rel=1e-12), name
+        assert results["seed_spread"][name]["std"] == pytest.approx(np.std(values, ddof=1)), name
+        low, high = results["intervals"][name]
+        assert low <= high, name
+    assert [s["label"] for s in results["seeds"]] == ["a", "b"]
+    assert results["seeds"][1]["metrics"] == alone[1]
+    assert results["bootstrap"]["resamples"] == 50 and results["bootstrap"]["confidence"] == 0.95
+    assert "fad" not in results["intervals"]  # no value, no interval
+    table = results_table(results)
+    fd_low, fd_high = results["intervals"]["fd"]
+    assert f"{results['metrics']['fd']:.4f} ± {(fd_high - fd_low) / 2:.4f}" in table
+    assert "seed sd (2)" in table
+
+
+def test_per_clip_rows_average_to_the_set_metrics(backbone, tmp_path):
+    from siren_lightning.metrics.per_clip import per_clip_scores
+
+    captions = _folder(tmp_path / "gen", 1)
+    _folder(tmp_path / "ref", 2)
+    evaluator = Evaluator(PRESETS["tiny"], backbone, None, backbone, resamples=0)
+    gen = evaluator.features(audio_files(tmp_path / "gen"))
+    ref = evaluator.features(audio_files(tmp_path / "ref"))
+    metrics = evaluator.score(gen, ref, captions)["metrics"]
+    rows = per_clip_scores(evaluator, gen, ref, captions)
+    assert len(rows) == 12
+    assert 100 * np.mean([r["clap_cosine"] for r in rows]) == pytest.approx(metrics["clap_score"])
+    for key in ("kl", "kl_softmax", "kl_sigmoid"):
+        assert np.mean([r[key] for r in rows]) == pytest.approx(metrics[key], rel=1e-9), key

@@ -36,13 +36,14 @@ def test_notebook_runs_and_writes_the_three_rows(tmp_path, synthcaps_small, monk
         "NUM_CLIPS": 12,
         "OUT": out,
         "SHOW": 1,
+        "BOOTSTRAP": 50,
         "MODEL": tmp_path / "no-model",  # not needed: the generations exist
     }.items():
         monkeypatch.setenv(f"SIREN_EVAL_{key}", str(value))
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
     notebook = nbformat.read(ROOT / "notebooks" / "evaluate.ipynb", as_version=4)
     NotebookClient(
-        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": ROOT}}
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}
     ).execute()
 
     results = json.loads(out.read_text())
@@ -61,3 +62,11 @@ def test_notebook_runs_and_writes_the_three_rows(tmp_path, synthcaps_small, monk
     )
     assert "codec ceiling" in text and "ground truth" in text
     assert "image/png" in text and "audio/wav" in text  # spectrograms and players
+    # The worst ten clips: the ten lowest CLAP cosines of the per-clip rows, each with a player.
+    rows = [json.loads(x) for x in (tmp_path / "per_clip.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all("adherence" in r for r in rows)
+    last = notebook.cells[-1].outputs
+    shown = [o["data"]["text/markdown"] for o in last if "text/markdown" in o.get("data", {})]
+    expected = sorted(rows, key=lambda r: r["clap_cosine"])[:10]
+    assert [m.split("**")[1] for m in shown] == [r["id"] for r in expected]
+    assert sum("audio/wav" in json.dumps(o.get("data", {})) for o in last) == 10

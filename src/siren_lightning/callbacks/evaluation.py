@@ -8,8 +8,9 @@ reference audio of the same clips:
   `val/clap_score` (and any other metric named in `log_metrics`), a few clips and their
   spectrograms; the codec ceiling of those clips is logged once as `val_ceiling/*`;
 - during `test` (`siren test --config ...`), for every clip of the test loader: writes
-  `<out_dir>/results.json` (model metrics, the codec-ceiling and ground-truth rows and the full
-  protocol record), the generated WAVs (`<out_dir>/generated/<id>.wav`) and their
+  `<out_dir>/results.json` (model metrics with bootstrap intervals, the codec-ceiling and
+  ground-truth rows and the full protocol record), `<out_dir>/per_clip.jsonl` (one row of scores
+  per clip), the generated WAVs (`<out_dir>/generated/<id>.wav`) and their
   `generations.jsonl`, and logs `test/fd`, `test/clap_score`, ...
 
 Each generated clip is as long as its reference (frames = ceil(reference samples / hop), cropped
@@ -38,6 +39,9 @@ from siren_lightning.data.manifest import check_file_ids
 
 # The same defaults as `siren generate`.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
+# Seed offset between the generations of one clip when `test_seeds` > 1 (a prime far above
+# any batch-index seed, so no two generations share a seed).
+SEED_STRIDE = 1_000_003
 
 
 def reference_clips(
@@ -69,10 +73,12 @@ class EvaluationCallback(L.Callback):
     """FD, CLAP score (and FAD, KL, IS as the preset gives them) of generated audio.
 
     Args:
-        preset: evaluation protocol preset, `tiny` (offline, `tiny-clap-eval`) or
-            `audioldm_eval` (PANNs, VGGish, LAION CLAP; their weights must be present).
+        preset: evaluation protocol preset, `tiny` (offline, `tiny-clap-eval`),
+            `audioldm_eval` (PANNs, VGGish, LAION CLAP) or `stable_audio_metrics` (OpenL3,
+            PaSST, LAION CLAP 630k-fusion); the last two need their weights present.
         backbones: keyword arguments of `metrics.protocol.build_evaluator` (`tiny_clap`,
-            `panns_weights`, `vggish_weights`, `clap_checkpoint`, `cache_dir`).
+            `panns_weights`, `vggish_weights`, `clap_checkpoint`, `cache_dir`,
+            `openl3_weights`, `passt_weights`).
         val_manifest / test_manifest: reference clips (JSONL); see the module docstring.
         num_clips: validation clips scored in the loop (the first ones of the manifest).
         every_n_validations: evaluate at every N-th validation (sanity checks do not count).
@@ -86,6 +92,11 @@ class EvaluationCallback(L.Callback):
         out_dir: where `siren test` writes results.json and the generated audio
             (default `<trainer.default_root_dir>/test`).
         save_audio: write the generated test clips as WAVs.
+        per_clip: write `<out_dir>/per_clip.jsonl`, one row of scores per test clip
+            (`metrics.per_clip`; attribute adherence needs `save_audio`).
+        test_seeds: generate every test clip with this many seeds (the batch's seed plus
+            k x 1,000,003): the results give the seed mean, each seed's metrics and the seed
+            spread; WAVs and per-clip rows are those of the first seed.
     """
 
     def __init__(
@@ -105,6 +116,8 @@ class EvaluationCallback(L.Callback):
         codec_ceiling: bool = True,
         out_dir: str | None = None,
         save_audio: bool = True,
+        per_clip: bool = True,
+        test_seeds: int = 1,
     ) -> None:
         from siren_lightning.metrics.protocol import get_preset
 
@@ -112,6 +125,7 @@ class EvaluationCallback(L.Callback):
             ("num_clips", num_clips),
             ("every_n_validations", every_n_validations),
             ("batch_size", batch_size),
+            ("test_seeds", test_seeds),
         ):
             if value < 1:
                 raise ValueError(f"EvaluationCallback: {name} must be >= 1, got {value}")
@@ -131,6 +145,8 @@ class EvaluationCallback(L.Callback):
         self.codec_ceiling = codec_ceiling
         self.out_dir = out_dir
         self.save_audio = save_audio
+        self.per_clip = per_clip
+        self.test_seeds = test_seeds
         self.evaluator: Any = None  # built on first use (tests may set their own)
         self.validations = 0
         self.history: list[dict[str, Any]] = []  # {"step", "metrics"} of each in-loop evaluation
@@ -149,6 +165,7 @@ class EvaluationCallback(L.Callback):
             self.evaluator.fd_backbone,
             self.evaluator.fad_backbone,
             self.evaluator.clap_backbone,
+            getattr(self.evaluator, "classifier_backbone", None),
         ):
             if backbone is not None:
                 backbone.to(device)
@@ -224,6 +241,7 @@ class EvaluationCallback(L.Callback):
                     self._ceiling_features(pl_module, files),
                     self._val["reference"],
                     self._val["captions"],
+                    resamples=0,  # in the loop: the values only
                 )
                 self._log(trainer, self._pick("val_ceiling", ceiling["metrics"]), step)
         val = self._val
@@ -240,7 +258,7 @@ class EvaluationCallback(L.Callback):
             generated.update(zip(batch, audio, strict=True))
         sr = pl_module.codec.sample_rate
         feats = evaluator.audio_features(generated, sr)
-        results = evaluator.score(feats, val["reference"], val["captions"])
+        results = evaluator.score(feats, val["reference"], val["captions"], resamples=0)
         metrics = self._pick("val", results["metrics"])
         self._log(trainer, metrics, step)
         self.history.append({"step": step, "metrics": results["metrics"]})
@@ -275,6 +293,7 @@ class EvaluationCallback(L.Callback):
             "ceiling": {},
             "captions": {},
             "records": [],
+            **{f"generated@{k}": {} for k in range(1, self.test_seeds)},
         }
         if self.save_audio:
             (out / "generated").mkdir(parents=True, exist_ok=True)
@@ -302,6 +321,11 @@ class EvaluationCallback(L.Callback):
         audio = self._generate(pl_module, captions, lengths, seed)
         sr = pl_module.codec.sample_rate
         state["generated"] |= evaluator.audio_features(dict(zip(ids, audio, strict=True)), sr)
+        for extra in range(1, self.test_seeds):  # the same clips with other seeds: the spread
+            other = self._generate(pl_module, captions, lengths, seed + extra * SEED_STRIDE)
+            state[f"generated@{extra}"] |= evaluator.audio_features(
+                dict(zip(ids, other, strict=True)), sr
+            )
         state["reference"] |= evaluator.features(files)
         state["captions"] |= dict(zip(ids, captions, strict=True))
         if self.codec_ceiling:
@@ -314,18 +338,39 @@ class EvaluationCallback(L.Callback):
                 record["path"] = str(path.resolve())
             state["records"].append({**record, "sample_rate": sr, **self.sampling})
 
+    def _write_per_clip(self, state: dict[str, Any], path: Path) -> None:
+        """One row per test clip (`metrics.per_clip`); adherence from the saved WAVs."""
+        from siren_lightning.metrics.per_clip import per_clip_scores, write_jsonl
+
+        clips = state["clips"]
+        audio = {r["id"]: Path(r["path"]) for r in state["records"] if "path" in r}
+        rows = per_clip_scores(
+            self.evaluator,
+            state["generated"],
+            state["reference"],
+            state["captions"],
+            {k: clips[k].attributes for k in state["generated"] if k in clips},
+            audio,
+        )
+        write_jsonl(rows, path)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from siren_lightning.metrics.protocol import write_results
 
-        state = _gather(self._test, ("generated", "reference", "ceiling", "captions", "records"))
+        extra = tuple(f"generated@{k}" for k in range(1, self.test_seeds))
+        keys = ("generated", "reference", "ceiling", "captions", "records", *extra)
+        state = _gather(self._test, keys)
         evaluator = self.evaluator
-        results = evaluator.score(state["generated"], state["reference"], state["captions"])
+        seeds = [state["generated"], *(state[k] for k in extra)]
+        labels = [f"seed offset {k * SEED_STRIDE}" for k in range(self.test_seeds)]
+        results = evaluator.score_seeds(seeds, state["reference"], state["captions"], None, labels)
         results["ground_truth"] = evaluator.ground_truth(state["reference"], state["captions"])
         if self.codec_ceiling:
             ceiling = evaluator.score(state["ceiling"], state["reference"], state["captions"])
             results["codec_ceiling"] = {
                 **self._describe_codec(pl_module),
                 "metrics": ceiling["metrics"],
+                "intervals": ceiling.get("intervals", {}),
                 "counts": ceiling["counts"],
                 "unavailable": ceiling.get("unavailable", {}),
             }
@@ -333,6 +378,7 @@ class EvaluationCallback(L.Callback):
             "checkpoint": trainer.ckpt_path,
             "model_class": type(getattr(pl_module, "network", pl_module)).__name__,
             "seed": self.seed,
+            "test_seeds": self.test_seeds,
             "sampling": self.sampling,
             "length_rule": "each reference's length"
             if self.seconds is None
@@ -347,6 +393,8 @@ class EvaluationCallback(L.Callback):
         if trainer.is_global_zero:
             out = state["out"]
             write_results(results, out / "results.json")
+            if self.per_clip:
+                self._write_per_clip(state, out / "per_clip.jsonl")
             if self.save_audio:
                 with open(out / "generated" / "generations.jsonl", "w") as f:
                     for record in sorted(state["records"], key=lambda r: r["id"]):

@@ -80,5 +80,6 @@ def codec_ceiling(
     return {
         **describe_codec(codec, spec),
         "metrics": results["metrics"],
+        "intervals": results.get("intervals", {}),
         "counts": results["counts"],
     }

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-KLVariant = Literal["softmax", "sigmoid"]
+KLVariant = Literal["softmax", "sigmoid", "softmax_gen_ref"]
+KL_VARIANTS = ("softmax", "sigmoid", "softmax_gen_ref")
 KL_EPS = 1e-6
 # audioldm_eval's rule: the id intersection must exceed this fraction of *both* sets.
 MIN_PAIRED_FRACTION = 0.99
@@ -38,18 +39,22 @@ def _kl_per_pair(gen_logits: Tensor, ref_logits: Tensor, variant: KLVariant) -> 
     Args:
         gen_logits: generated clips' class logits, [B, C].
         ref_logits: paired reference clips' class logits, [B, C].
-        variant: "softmax" or "sigmoid".
+        variant: "softmax", "sigmoid", or "softmax_gen_ref" (KL(p_gen || p_ref) with the
+            epsilon on p_ref: stable-audio-metrics' PaSST KL).
 
     Returns:
         [B] float64 divergences.
     """
+    if variant == "softmax_gen_ref":
+        # KL(p_gen || p_ref) with the epsilon on p_ref: the softmax formula, roles swapped.
+        return _kl_per_pair(ref_logits, gen_logits, "softmax")
     gen, ref = gen_logits.to(torch.float64), ref_logits.to(torch.float64)
     if variant == "softmax":
         p_gen, p_ref = gen.softmax(dim=1), ref.softmax(dim=1)
     elif variant == "sigmoid":
         p_gen, p_ref = gen.sigmoid(), ref.sigmoid()
     else:
-        raise ValueError(f"KL variant must be 'softmax' or 'sigmoid', got {variant!r}")
+        raise ValueError(f"KL variant must be one of {KL_VARIANTS}, got {variant!r}")
     # xlogy gives 0 log 0 = 0, as torch.nn.functional.kl_div does for its target.
     return (torch.xlogy(p_ref, p_ref) - p_ref * torch.log(p_gen + KL_EPS)).sum(dim=1)
 
@@ -98,7 +103,8 @@ class KLDivergence(Metric):
     `pair_by_id`); the state is a float64 sum and count, so it syncs by summation.
 
     Args:
-        variant: "softmax" (AudioGen / audioldm_eval's headline KL) or "sigmoid".
+        variant: "softmax" (AudioGen / audioldm_eval's headline KL), "sigmoid", or
+            "softmax_gen_ref" (the reverse direction, stable-audio-metrics' PaSST KL).
     """
 
     higher_is_better = False
@@ -107,8 +113,8 @@ class KLDivergence(Metric):
 
     def __init__(self, variant: KLVariant = "softmax", **kwargs) -> None:
         super().__init__(**kwargs)
-        if variant not in ("softmax", "sigmoid"):
-            raise ValueError(f"KL variant must be 'softmax' or 'sigmoid', got {variant!r}")
+        if variant not in KL_VARIANTS:
+            raise ValueError(f"KL variant must be one of {KL_VARIANTS}, got {variant!r}")
         self.variant = variant
         self.add_state("kl_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pairs", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -23,6 +24,15 @@ from siren_lightning.metrics.cache import FeatureCache
 from siren_lightning.metrics.clap_score import CLAPScore
 from siren_lightning.metrics.frechet import FrechetDistance
 from siren_lightning.metrics.inception import IS_SHUFFLE_SEED, IS_SPLITS, InceptionScore
+from siren_lightning.metrics.intervals import (
+    BOOTSTRAP_CONFIDENCE,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    INTERVAL_METRICS,
+    bootstrap_intervals,
+    seed_spread,
+)
+from siren_lightning.metrics.kad import KAD_SCALE, KernelAudioDistance
 from siren_lightning.metrics.kl import MIN_PAIRED_FRACTION, KLDivergence, pair_by_id
 from siren_lightning.metrics.preprocess import (
     PANNS_INPUT_RULE,
@@ -32,11 +42,25 @@ from siren_lightning.metrics.preprocess import (
     read_panns_input,
     read_vggish_input,
 )
+from siren_lightning.metrics.stable_audio import (
+    OPENL3_FD_RULE,
+    PASST_WINDOW_RULE,
+    STABLE_AUDIO_CLAP_CHECKPOINT,
+    STABLE_AUDIO_CLAP_RULE,
+    STABLE_AUDIO_INPUT_RULE,
+    stable_audio_input,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+BOOTSTRAP_RULE = (
+    "percentile bootstrap over clips: ids drawn with replacement (one draw picks a clip's "
+    "generation and reference when both sets hold the same ids, else the sets are drawn "
+    "independently); KAD keeps the full reference bandwidth; with several seeds, each draw "
+    "averages the seeds"
+)
 FAD_UNAVAILABLE = (
     "no FAD: FAD is the Frechet distance of VGGish frame embeddings, and this preset has no "
-    "VGGish weights (offline); a distance over another network's embeddings would not be FAD"
+    "VGGish backbone; a distance over another network's embeddings would not be FAD"
 )
 
 
@@ -63,6 +87,13 @@ class Protocol:
     is_splits: int = IS_SPLITS
     is_seed: int = IS_SHUFFLE_SEED
     clap_score_rule: str = "mean cosine x 100 between the audio and its first caption"
+    classifier_input_rule: str = PANNS_INPUT_RULE
+    fd_rule: str = "one embedding per clip; Gaussian statistics over the clips"
+    fd_over_frames: bool = False
+    kad_rule: str = (
+        f"{KAD_SCALE:g} x unbiased MMD^2 of the fd backbone's clip embeddings, Gaussian kernel "
+        "exp(-d^2 / (2 sigma^2)), sigma = median distance over the reference set's distinct pairs"
+    )
 
 
 PRESETS: dict[str, Protocol] = {
@@ -82,6 +113,21 @@ PRESETS: dict[str, Protocol] = {
         classifier_backbone="tiny-clap-eval",
         fad_backbone=None,
         clap_backbone="tiny-clap-eval",
+    ),
+    # TangoFlux / Stable Audio Open's protocol (stable-audio-metrics): OpenL3 FD over frames at
+    # 48 kHz, PaSST KL(p_gen || p_ref) at 32 kHz, LAION-CLAP 630k-audioset-fusion; no FAD.
+    "stable_audio_metrics": Protocol(
+        name="stable_audio_metrics",
+        fd_backbone="openl3-mel256-env-512",
+        classifier_backbone="passt-s-swa-p16-128-ap476",
+        fad_backbone=None,
+        clap_backbone=f"laion-clap:{STABLE_AUDIO_CLAP_CHECKPOINT}",
+        kl_variant="softmax_gen_ref",
+        input_rule=STABLE_AUDIO_INPUT_RULE,
+        classifier_input_rule=f"{STABLE_AUDIO_INPUT_RULE}; {PASST_WINDOW_RULE}",
+        clap_input_rule=STABLE_AUDIO_CLAP_RULE,
+        fd_rule=OPENL3_FD_RULE,
+        fd_over_frames=True,
     ),
 }
 
@@ -125,6 +171,10 @@ class Evaluator:
         fad_backbone: frame embeddings for FAD (VGGish) or None.
         clap_backbone: audio and text embeddings (``embed_text``) for CLAP score, or None.
         cache: per-file feature cache.
+        resamples, confidence, bootstrap_seed: the bootstrap of the intervals (resamples=0:
+            none).
+        classifier_backbone: class logits for KL / IS when they come from another network than
+            the FD one (None: the FD backbone's logits).
     """
 
     protocol: Protocol
@@ -132,6 +182,10 @@ class Evaluator:
     fad_backbone: AudioBackbone | None = None
     clap_backbone: AudioBackbone | None = None
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(None))
+    resamples: int = BOOTSTRAP_RESAMPLES
+    confidence: float = BOOTSTRAP_CONFIDENCE
+    bootstrap_seed: int = BOOTSTRAP_SEED
+    classifier_backbone: AudioBackbone | None = None
 
     def _run(self, backbone: AudioBackbone, audio: Tensor, rule: str) -> dict[str, Tensor]:
         """Features of one prepared clip [N] at the backbone's rate."""
@@ -142,12 +196,17 @@ class Evaluator:
         feats = {"embedding": out.embedding[0].cpu()}
         if out.logits is not None:
             feats["logits"] = out.logits[0].cpu()
+        if out.frames is not None:  # frame embeddings of an FD backbone (OpenL3)
+            feats["fd_frames"] = out.frames[0].cpu()
         return feats
 
     def _clip(self, path: Path, backbone: AudioBackbone, rule: str) -> dict[str, Tensor]:
         def compute() -> dict[str, Tensor]:
             if rule == self.protocol.fad_input_rule:
                 audio = torch.from_numpy(read_vggish_input(path, backbone.sample_rate)).float()
+            elif _stable_audio_rule(rule):
+                data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+                audio = _prepare(rule, torch.from_numpy(data.T.copy()), sr, backbone.sample_rate)
             else:
                 audio = read_panns_input(path, backbone.sample_rate)
             return self._run(backbone, audio, rule)
@@ -169,13 +228,16 @@ class Evaluator:
             pcm = np.clip(np.round(x * 32768.0), -32768, 32767) / 32768.0
             prepared = audioldm_vggish_input(pcm, sample_rate, backbone.sample_rate)
             return self._run(backbone, torch.from_numpy(prepared).float(), rule)
-        prepared = audioldm_panns_input(audio, sample_rate, backbone.sample_rate)
+        prepared = _prepare(rule, audio, sample_rate, backbone.sample_rate)
         return self._run(backbone, prepared, rule)
 
     def _per_clip(self, clips: Mapping[str, Any], clip_features, progress: bool, desc: str):
         out = {}
         for clip_id, clip in tqdm(clips.items(), disable=not progress, desc=desc):
             feats = dict(clip_features(clip, self.fd_backbone, self.protocol.input_rule))
+            if self.classifier_backbone is not None:
+                rule = self.protocol.classifier_input_rule
+                feats["logits"] = clip_features(clip, self.classifier_backbone, rule)["logits"]
             if self.fad_backbone is not None:
                 feats |= clip_features(clip, self.fad_backbone, self.protocol.fad_input_rule)
             if self.clap_backbone is not None:
@@ -230,13 +292,81 @@ class Evaluator:
         gen: Mapping[str, dict[str, Tensor]],
         ref: Mapping[str, dict[str, Tensor]],
         captions: Mapping[str, str] | None = None,
+        resamples: int | None = None,
     ) -> dict[str, Any]:
         """All metrics of the protocol from per-clip features (`features` / `audio_features`).
 
+        Args:
+            gen, ref: clip id -> features of the generated and reference clips.
+            captions: clip id -> caption (CLAP score).
+            resamples: bootstrap resamples of the intervals; None: ``self.resamples``; 0: none.
+
         Returns:
             the results dict: ``metrics`` (``fad`` is None when the preset has no FAD backbone,
-            with the reason under ``unavailable``), ``counts``, the protocol and backbones.
+            with the reason under ``unavailable``), ``intervals`` (metric -> [low, high]) and
+            ``bootstrap`` (how they were made), ``counts``, the protocol and backbones.
         """
+        return self.score_seeds([gen], ref, captions, resamples)
+
+    def score_seeds(
+        self,
+        seeds: Sequence[Mapping[str, dict[str, Tensor]]],
+        ref: Mapping[str, dict[str, Tensor]],
+        captions: Mapping[str, str] | None = None,
+        resamples: int | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """As `score`, for the same clips generated with several seeds.
+
+        With more than one seed, ``metrics`` is the mean over seeds, ``seeds`` holds each seed's
+        metrics (under its label), ``seed_spread`` the standard deviation, min and max across
+        seeds, and the intervals are those of the seed mean (`intervals.bootstrap_intervals`).
+        """
+        if not seeds:
+            raise ValueError("score_seeds needs at least one set of generated features")
+        text: dict[str, Tensor] = {}
+        per_seed = [self._score_one(gen, ref, captions, text) for gen in seeds]
+        results = per_seed[0]
+        if len(seeds) > 1:
+            labels = list(labels or [f"seed {i}" for i in range(len(seeds))])
+            each = [r["metrics"] for r in per_seed]
+            results["seeds"] = [
+                {"label": label, "metrics": m} for label, m in zip(labels, each, strict=True)
+            ]
+            results["metrics"] = _mean_metrics(each)
+            results["seed_spread"] = seed_spread(each)
+        resamples = self.resamples if resamples is None else resamples
+        if resamples > 0:
+            results["intervals"] = bootstrap_intervals(
+                seeds,
+                ref,
+                results["metrics"],
+                kl_variant=self.protocol.kl_variant,
+                is_splits=self.protocol.is_splits,
+                is_seed=self.protocol.is_seed,
+                kad_bandwidth=results["kad_bandwidth"],
+                fd_over_frames=self.protocol.fd_over_frames,
+                text=text,
+                resamples=resamples,
+                confidence=self.confidence,
+                seed=self.bootstrap_seed,
+            )
+            results["bootstrap"] = {
+                "resamples": resamples,
+                "confidence": self.confidence,
+                "seed": self.bootstrap_seed,
+                "rule": BOOTSTRAP_RULE,
+            }
+        return results
+
+    def _score_one(
+        self,
+        gen: Mapping[str, dict[str, Tensor]],
+        ref: Mapping[str, dict[str, Tensor]],
+        captions: Mapping[str, str] | None,
+        text: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        """The metrics of one generated set (``text`` collects the caption embeddings)."""
         if not gen or not ref:
             raise ValueError(f"nothing to score: {len(gen)} generated, {len(ref)} reference clips")
         metrics: dict[str, float | None] = {}
@@ -244,9 +374,21 @@ class Evaluator:
         unavailable: dict[str, str] = {}
 
         fd = FrechetDistance(self.fd_backbone.embedding_dim)
-        fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
-        fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+        if self.protocol.fd_over_frames:  # all frames of all clips pooled (OpenL3 FD)
+            fd.update(torch.cat([f["fd_frames"] for f in gen.values()]), real=False)
+            fd.update(torch.cat([f["fd_frames"] for f in ref.values()]), real=True)
+            counts["fd_frames_generated"] = int(fd.fake_n)
+            counts["fd_frames_reference"] = int(fd.real_n)
+        else:
+            fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
+            fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
         metrics["fd"] = float(fd.compute())
+
+        kad = KernelAudioDistance(self.fd_backbone.embedding_dim)
+        kad.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
+        kad.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+        metrics["kad"] = float(kad.compute())
+        kad_bandwidth = kad.bandwidth_used
 
         if self.fad_backbone is not None:
             fad = FrechetDistance(self.fad_backbone.embedding_dim)
@@ -264,13 +406,15 @@ class Evaluator:
                 {k: f["logits"] for k, f in gen.items()}, {k: f["logits"] for k, f in ref.items()}
             )
             counts["paired"] = len(ids)
-            for variant in ("softmax", "sigmoid"):
+            variants = dict.fromkeys(("softmax", "sigmoid", self.protocol.kl_variant))
+            for variant in variants:
                 kl = KLDivergence(variant)
                 kl.update(g, r)
                 metrics[f"kl_{variant}"] = float(kl.compute())
             metrics["kl"] = metrics[f"kl_{self.protocol.kl_variant}"]
-        metrics |= self._unpaired(gen, captions, counts, unavailable)
+        metrics |= self._unpaired(gen, captions, counts, unavailable, text)
         results = results_dict(self.protocol, self, metrics, counts)
+        results["kad_bandwidth"] = kad_bandwidth
         if unavailable:
             results["unavailable"] = unavailable
         return results
@@ -281,8 +425,11 @@ class Evaluator:
         captions: Mapping[str, str] | None,
         counts: dict[str, int],
         unavailable: dict[str, str],
+        text: dict[str, Tensor] | None = None,
     ) -> dict[str, float | None]:
-        """IS and CLAP score: the metrics of one set alone."""
+        """IS and CLAP score: the metrics of one set alone (``text`` gets the caption
+        embeddings, by clip id)."""
+        text = {} if text is None else text
         metrics = {}
         if "logits" in next(iter(feats.values())) and len(feats) < self.protocol.is_splits:
             metrics["is_mean"] = metrics["is_std"] = None
@@ -300,7 +447,11 @@ class Evaluator:
             if ids:
                 score = CLAPScore()
                 audio = torch.stack([feats[k]["clap"] for k in ids])
-                score.update(audio, self.clap_backbone.embed_text([captions[k] for k in ids]))
+                todo = [k for k in ids if k not in text]
+                if todo:  # caption embeddings are shared by the seeds of one clip
+                    embedded = self.clap_backbone.embed_text([captions[k] for k in todo])
+                    text.update(zip(todo, embedded.cpu(), strict=True))
+                score.update(audio.cpu(), torch.stack([text[k] for k in ids]))
                 metrics["clap_score"] = float(score.compute())
         return metrics
 
@@ -312,6 +463,28 @@ class Evaluator:
         counts, unavailable = {"reference": len(ref)}, {}
         metrics = self._unpaired(ref, captions, counts, unavailable)
         return {"metrics": metrics, "counts": counts, "unavailable": unavailable}
+
+
+def _stable_audio_rule(rule: str) -> bool:
+    return rule.startswith(STABLE_AUDIO_INPUT_RULE)
+
+
+def _prepare(rule: str, audio: Tensor, sample_rate: int, target_rate: int) -> Tensor:
+    """A waveform [N] or [C, N] prepared by the named input rule -> [N'] at ``target_rate``."""
+    if _stable_audio_rule(rule):
+        return stable_audio_input(
+            audio, sample_rate, target_rate, int16=rule == STABLE_AUDIO_CLAP_RULE
+        )
+    return audioldm_panns_input(audio, sample_rate, target_rate)
+
+
+def _mean_metrics(per_seed: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per metric, the mean over seeds (None when a seed has none)."""
+    out: dict[str, float | None] = {}
+    for name in per_seed[0]:
+        values = [m.get(name) for m in per_seed]
+        out[name] = None if any(v is None for v in values) else float(np.mean(values))
+    return out
 
 
 def results_dict(
@@ -327,6 +500,9 @@ def results_dict(
             "fd": _describe(evaluator.fd_backbone),
             "fad": _describe(evaluator.fad_backbone),
             "clap": _describe(evaluator.clap_backbone),
+            "classifier": _describe(
+                getattr(evaluator, "classifier_backbone", None) or evaluator.fd_backbone
+            ),
         },
         "resampler": f"torchaudio {_version('torchaudio')} functional.resample; resampy for VGGish",
         "software": {
@@ -361,6 +537,8 @@ def build_evaluator(
     vggish_weights: str | Path | None = None,
     clap_checkpoint: str | None = None,
     cache_dir: str | Path | None = None,
+    openl3_weights: str | Path | None = None,
+    passt_weights: str | Path | None = None,
 ) -> Evaluator:
     """An `Evaluator` with the preset's pretrained backbones (local first, then download)."""
     protocol = get_preset(preset)
@@ -373,13 +551,23 @@ def build_evaluator(
     from siren_lightning.metrics.backbones import LaionClap, PannsCnn14, VGGish
     from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT, WeightsError
 
+    if preset == "stable_audio_metrics":
+        from siren_lightning.metrics.stable_audio import OpenL3, PaSST
+
+        makers = {
+            "fd": lambda: OpenL3(openl3_weights),
+            "classifier": lambda: PaSST(passt_weights),
+            "clap": lambda: LaionClap(clap_checkpoint or STABLE_AUDIO_CLAP_CHECKPOINT),
+        }
+    else:
+        makers = {
+            "fd": lambda: PannsCnn14(panns_weights),
+            "fad": lambda: VGGish(vggish_weights),
+            "clap": lambda: LaionClap(clap_checkpoint or DEFAULT_CLAP_CHECKPOINT),
+        }
     # Every backbone is tried so that one error names every missing file.
     built, missing = {}, []
-    for key, make in (
-        ("fd", lambda: PannsCnn14(panns_weights)),
-        ("fad", lambda: VGGish(vggish_weights)),
-        ("clap", lambda: LaionClap(clap_checkpoint or DEFAULT_CLAP_CHECKPOINT)),
-    ):
+    for key, make in makers.items():
         try:
             built[key] = make()
         except WeightsError as err:
@@ -391,53 +579,96 @@ def build_evaluator(
             + "\n(`siren download-weights` fetches them where there is network; or use "
             "--preset tiny, which runs offline and has no FAD)"
         )
-    return Evaluator(protocol, built["fd"], built["fad"], built["clap"], cache)
+    return Evaluator(
+        protocol,
+        built["fd"],
+        built.get("fad"),
+        built["clap"],
+        cache,
+        classifier_backbone=built.get("classifier"),
+    )
 
 
 def results_table(results: Mapping[str, Any]) -> str:
-    """The model row beside the codec-ceiling and ground-truth rows, as aligned text."""
-    columns = ("fd", "fad", "kl", "is_mean", "clap_score")
-    rows = [("model", results["metrics"])]
+    """The model row beside the codec-ceiling and ground-truth rows, as aligned text.
+
+    A value with a bootstrap interval prints as ``value ± half-width`` (half the interval's
+    width; percentile intervals need not be symmetric: the JSON has both bounds). With several
+    generation seeds a ``seed sd`` row gives the standard deviation across seeds.
+    """
+    columns = INTERVAL_METRICS
+    rows = [("model", results["metrics"], results.get("intervals", {}))]
+    if "seed_spread" in results:
+        spread = results["seed_spread"]
+        n = max((v["seeds"] for v in spread.values()), default=0)
+        rows.append((f"seed sd ({n})", {k: v["std"] for k, v in spread.items()}, {}))
     if "codec_ceiling" in results:
-        rows.append(("codec ceiling", results["codec_ceiling"]["metrics"]))
+        ceiling = results["codec_ceiling"]
+        rows.append(("codec ceiling", ceiling["metrics"], ceiling.get("intervals", {})))
     if "ground_truth" in results:
-        rows.append(("ground truth", results["ground_truth"]["metrics"]))
+        rows.append(("ground truth", results["ground_truth"]["metrics"], {}))
 
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    def cell(value: Any, interval: Sequence[float] | None) -> str:
+        if value is None:
+            return "-"
+        if interval is None:
+            return f"{value:.4f}"
+        return f"{value:.4f} ± {(interval[1] - interval[0]) / 2:.4f}"
 
-    lines = [f"{'':>14}" + "".join(f"{c:>12}" for c in columns)]
-    for name, metrics in rows:
-        lines.append(f"{name:>14}" + "".join(f"{cell(metrics.get(c)):>12}" for c in columns))
+    width = 20 if any(r[2] for r in rows) else 12
+    lines = [f"{'':>14}" + "".join(f"{c:>{width}}" for c in columns)]
+    for name, metrics, intervals in rows:
+        cells = [cell(metrics.get(c), intervals.get(c)) for c in columns]
+        lines.append(f"{name:>14}" + "".join(f"{c:>{width}}" for c in cells))
+    if results.get("bootstrap"):
+        b = results["bootstrap"]
+        lines.append(
+            f"± half the {b['confidence']:.0%} bootstrap interval ({b['resamples']} resamples "
+            "of the clips)"
+        )
     return "\n".join(lines)
 
 
-def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str]]:
-    """Reference clips (id -> path) and captions from a folder or a JSONL manifest."""
+def _reference(spec: str) -> tuple[dict[str, Path], dict[str, str], dict[str, dict]]:
+    """Reference clips (id -> path), captions and attributes from a folder or a JSONL manifest."""
     path = Path(spec)
     if path.is_dir():
-        return audio_files(path), {}
+        return audio_files(path), {}, {}
     from siren_lightning.data.manifest import read_manifest
 
     clips = read_manifest(path)
-    return {c.id: Path(c.audio) for c in clips}, {c.id: c.captions[0] for c in clips if c.captions}
+    return (
+        {c.id: Path(c.audio) for c in clips},
+        {c.id: c.captions[0] for c in clips if c.captions},
+        {c.id: c.attributes for c in clips if c.attributes},
+    )
 
 
 def main(argv: list[str]) -> int:
-    """`siren evaluate`: score a folder of generated audio against references."""
+    """`siren evaluate`: score a folder of generated audio against references, or compare
+    results JSONs (`--compare`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="siren evaluate", description=main.__doc__)
-    parser.add_argument("--generated", required=True, help="folder of audio files, named <id>.wav")
-    parser.add_argument("--reference", required=True, help="folder of audio or a JSONL manifest")
+    parser.add_argument(
+        "--generated",
+        nargs="+",
+        help="folder of audio files named <id>.wav; several folders: the same clips generated "
+        "with other seeds (metrics averaged, seed spread reported)",
+    )
+    parser.add_argument("--reference", help="folder of audio or a JSONL manifest")
     parser.add_argument("--captions", help="JSONL manifest giving captions by id (CLAP score)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--out", default=None, help="results JSON (default: <generated>.json)")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default: <first generated folder>.json)"
+    )
     parser.add_argument("--cache", default=None, help="feature cache folder")
     parser.add_argument("--tiny-clap", default=None, help="tiny CLAP checkpoint (preset tiny)")
     parser.add_argument("--panns-weights", default=None)
     parser.add_argument("--vggish-weights", default=None)
     parser.add_argument("--clap-checkpoint", default=None)
+    parser.add_argument("--openl3-weights", default=None, help="preset stable_audio_metrics")
+    parser.add_argument("--passt-weights", default=None, help="preset stable_audio_metrics")
     parser.add_argument(
         "--codec-ceiling",
         metavar="CODEC",
@@ -450,12 +681,52 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="score against every reference clip, not only those whose ids match generated ones",
     )
+    parser.add_argument(
+        "--per-clip",
+        metavar="JSONL",
+        default=None,
+        help="also write one row per generated clip (CLAP cosine, KL, embedding distance to "
+        "the reference mean, attribute adherence)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples of the {BOOTSTRAP_CONFIDENCE:.0%} intervals (0: none)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS",
+        help="print results JSONs side by side instead of scoring (refused when their "
+        "protocols differ)",
+    )
+    parser.add_argument(
+        "--allow-protocol-mismatch",
+        action="store_true",
+        help="with --compare: print the table anyway, the differing runs marked",
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        from siren_lightning.metrics.compare import main_compare
 
-    generated = audio_files(args.generated)
-    reference, captions = _reference(args.reference)
+        return main_compare(args.compare, args.allow_protocol_mismatch)
+    if not args.generated or not args.reference:
+        parser.error("--generated and --reference are required (or --compare RESULTS ...)")
+
+    seeds = [audio_files(folder) for folder in args.generated]
+    generated = seeds[0]
+    for folder, files in zip(args.generated[1:], seeds[1:], strict=True):
+        if set(files) != set(generated):
+            odd = sorted(set(files) ^ set(generated))[:3]
+            parser.error(
+                f"generation seed folder {folder} does not hold the clips of "
+                f"{args.generated[0]} (e.g. {odd}); each folder must hold the same clip ids"
+            )
+    reference, captions, attributes = _reference(args.reference)
     if args.captions:
-        captions = _reference(args.captions)[1]
+        _, captions, attributes = _reference(args.captions)
     missing = sorted(set(generated) - set(reference))
     if missing:
         print(
@@ -473,9 +744,14 @@ def main(argv: list[str]) -> int:
         args.vggish_weights,
         args.clap_checkpoint,
         args.cache,
+        args.openl3_weights,
+        args.passt_weights,
     )
+    evaluator.resamples = args.bootstrap
     ref_feats = evaluator.features(reference, progress=True)
-    results = evaluator.score(evaluator.features(generated, progress=True), ref_feats, captions)
+    gen_feats = [evaluator.features(files, progress=True) for files in seeds]
+    results = evaluator.score_seeds(gen_feats, ref_feats, captions, labels=args.generated)
+    results["generated"] = [str(Path(folder)) for folder in args.generated]
     results["ground_truth"] = evaluator.ground_truth(ref_feats, captions)
     if args.codec_ceiling:
         from siren_lightning.codec.checkpoint import load_codec
@@ -485,9 +761,26 @@ def main(argv: list[str]) -> int:
         results["codec_ceiling"] = codec_ceiling(
             evaluator, codec, reference, captions, ref_feats, args.codec_ceiling, progress=True
         )
-    out = write_results(results, args.out or Path(args.generated).with_suffix(".json"))
+    if args.per_clip:
+        from siren_lightning.metrics.per_clip import per_clip_scores, write_jsonl
+
+        rows = []
+        for label, files, feats in zip(args.generated, seeds, gen_feats, strict=True):
+            rows += per_clip_scores(
+                evaluator,
+                feats,
+                ref_feats,
+                captions,
+                attributes,
+                files,
+                seed=label if len(seeds) > 1 else None,
+            )
+        results["per_clip"] = str(write_jsonl(rows, args.per_clip))
+    out = write_results(results, args.out or Path(args.generated[0]).with_suffix(".json"))
     print(results_table(results))
     for reason in results.get("unavailable", {}).values():
         print(f"note: {reason}")
+    if args.per_clip:
+        print(f"per-clip scores: {results['per_clip']}")
     print(f"results: {out}")
     return 0

@@ -56,7 +56,22 @@ VGGISH = WeightSpec(
     url="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
     sha256_prefix="10086976",
 )
-FILE_WEIGHTS = {spec.name: spec for spec in (PANNS_CNN14_16K, VGGISH)}
+# The stable_audio_metrics preset's (their hosts publish no hash: computed and recorded).
+OPENL3_MEL256_ENV_512 = WeightSpec(
+    name="openl3-mel256-env-512",
+    filename="torchopenl3_mel256_env_512.pth.tar",
+    url="https://github.com/torchopenl3/torchopenl3-models/raw/master/"
+    "torchopenl3_mel256_env_512.pth.tar",
+)
+PASST_S_SWA_AP476 = WeightSpec(
+    name="passt-s-swa-p16-128-ap476",
+    filename="passt-s-f128-p16-s10-ap.476-swa.pt",
+    url="https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/"
+    "passt-s-f128-p16-s10-ap.476-swa.pt",
+)
+FILE_WEIGHTS = {
+    spec.name: spec for spec in (PANNS_CNN14_16K, VGGISH, OPENL3_MEL256_ENV_512, PASST_S_SWA_AP476)
+}
 # Hugging Face checkpoints of `transformers.ClapModel` (LAION CLAP).
 DEFAULT_CLAP_CHECKPOINT = "laion/clap-htsat-unfused"
 
