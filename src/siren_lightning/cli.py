@@ -180,6 +180,7 @@ def error_message(command: str, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         if not isinstance(exc, (ValueError, OSError)):  # say what kind of failure it was
             text = f"{type(exc).__name__}: {text}"
+    text = text.removeprefix(f"siren {command}: ")  # a tool's own messages may name it
     return f"siren {command}: error: {text}\n(--debug or SIREN_DEBUG=1 shows the traceback)\n"
 
 
