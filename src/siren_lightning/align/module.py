@@ -67,7 +67,7 @@ from siren_lightning.align.objectives import (
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
 from siren_lightning.models.sampling import check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
-from siren_lightning.pretrain import check_codec_fits
+from siren_lightning.pretrain import check_codec_fits, check_same_architecture
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,11 @@ class AlignModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("siren") or {}
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), self.network, source
+        )
         align = checkpoint.get("siren", {}).get("align", {})
         self._rollout_batches = int(align.get("rollout_batches", 0))
         self._resumed_rng = align.get("rollout_rng")
