@@ -244,14 +244,15 @@ class Evaluator:
         unavailable: dict[str, str] = {}
 
         fd = FrechetDistance(self.fd_backbone.embedding_dim)
-        fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
-        fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+        fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False, ids=list(gen))
+        fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True, ids=list(ref))
         metrics["fd"] = float(fd.compute())
 
         if self.fad_backbone is not None:
             fad = FrechetDistance(self.fad_backbone.embedding_dim)
-            fad.update(torch.cat([f["frames"] for f in gen.values()]), real=False)
-            fad.update(torch.cat([f["frames"] for f in ref.values()]), real=True)
+            for feats, real in ((gen, False), (ref, True)):
+                frame_ids = [k for k, f in feats.items() for _ in range(len(f["frames"]))]
+                fad.update(torch.cat([f["frames"] for f in feats.values()]), real, frame_ids)
             metrics["fad"] = float(fad.compute())
             counts["fad_frames_generated"] = int(fad.fake_n)
             counts["fad_frames_reference"] = int(fad.real_n)
