@@ -207,3 +207,33 @@ def test_align_report_checks_its_values_before_loading(tmp_path, capsys):
     assert "siren align-report: error: --limit must be >= 1, got -3" in capsys.readouterr().err
     assert cli.main([*argv, "--top-k", "-2"]) == 1
     assert "siren align-report: error: top_k must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_an_export_names_its_codec_so_that_generate_works_from_another_folder(
+    tmp_path, monkeypatch
+):
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # train and export where the codec's relative path is valid
+    network = make_model(num_codebooks=12, codebook_size=1024, latent_dim=128, text_dim=384)
+    module = PretrainModule(network, codec="assets/codec_tiny", caption_dropout=0.0)
+    module.setup("fit")  # copies the codec's table into the LM
+    blob = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(blob)
+    assert blob["siren"]["codec"] == "assets/codec_tiny"
+    torch.save(blob, tmp_path / "run.ckpt")
+    folder = export.export_checkpoint(tmp_path / "run.ckpt", tmp_path / "model")
+    sidecar = json.loads((folder / export.SIDECAR).read_text())
+    assert sidecar["codec"] == str(repo / "assets" / "codec_tiny")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["--model", str(folder), "--captions", "a beep", "--out", "out", "--seconds", "0.1"]
+    assert generate.main(argv) == 0
+    assert sf.info(str(elsewhere / "out" / "00000.wav")).samplerate == 16_000
+    # an older export with the relative path: found beside the export, or one clear error
+    (folder / export.SIDECAR).write_text(json.dumps({**sidecar, "codec": "codec_dir"}))
+    with pytest.raises(export.ExportError, match="relative path 'codec_dir', found neither"):
+        generate.main(argv)
+    (folder / "codec_dir").symlink_to(repo / "assets" / "codec_tiny")
+    assert export.exported_codec({"codec": "codec_dir"}, folder) == str(folder / "codec_dir")

@@ -131,7 +131,7 @@ def generate_audio(
 
 def main(argv: list[str]) -> int:
     """Generate audio from captions with a model folder written by `siren export`."""
-    from siren_lightning.export import ExportError, load_exported
+    from siren_lightning.export import ExportError, exported_codec, load_exported
 
     p = argparse.ArgumentParser(prog="siren generate", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
     except ExportError as err:
         print(err)
         return 1
-    codec_spec = args.codec or sidecar.get("codec")
+    codec_spec = args.codec or exported_codec(sidecar, args.model)
     if not codec_spec:
         print(f"siren generate: {args.model}/siren.json names no codec; pass --codec")
         return 1
