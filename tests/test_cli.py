@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,18 @@ def test_a_fresh_fit_in_a_used_run_folder_is_refused_and_last_stays_the_latest(t
     assert cli.main(["fit", "--config", str(_boring_yaml(tmp_path, 4)), "--ckpt_path", last]) == 0
     assert _step(checkpoints / "last.ckpt") == 4
     assert not list(checkpoints.glob("last-v*.ckpt"))
+
+
+def test_a_fit_whose_output_is_piped_prints_progress_lines(tmp_path):
+    # the rich bar draws nothing without a terminal: `make pretrain | tee log` was silent
+    src = str(Path(cli.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src}
+    command = [sys.executable, "-m", "siren_lightning.cli", "fit"]
+    command += ["--config", str(_boring_yaml(tmp_path, 4))]
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
+    assert result.returncode == 0
+    lines = [x for x in result.stdout.splitlines() if x.startswith("step ")]
+    # the first and the last step always get a line; in between, one every 30 s
+    assert re.fullmatch(r"step 1/4 \(25%\) \| loss \d+\.\d{4} \| [\d.]+ it/s \| ETA \w+", lines[0])
+    assert re.fullmatch(r"step 4/4 \(100%\) \| loss \d+\.\d{4} \| [\d.]+ it/s \| ETA 0s", lines[-1])
+    assert re.search(r"^training stopped at step 4 after \w+$", result.stdout, re.MULTILINE)

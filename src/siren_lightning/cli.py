@@ -96,6 +96,11 @@ def lightning_cli(args: list[str] | None = None) -> None:
         def before_fit(self) -> None:
             check_fresh_run_folder(self.trainer, self.config["fit"].get("ckpt_path"))
 
+    trainer_defaults: dict[str, Any] = {}
+    if not sys.stdout.isatty():  # the rich bar draws nothing into a file or a pipe
+        from siren_lightning.callbacks.progress import LogProgress
+
+        trainer_defaults["callbacks"] = [LogProgress()]
     SirenCLI(
         LightningModule,
         LightningDataModule,
@@ -106,6 +111,7 @@ def lightning_cli(args: list[str] | None = None) -> None:
         # page of nested alternatives.
         parser_kwargs={"exit_on_error": False},
         save_config_kwargs={"overwrite": True},
+        trainer_defaults=trainer_defaults,
     )
 
 
