@@ -38,6 +38,21 @@ def test_experiments_folder_is_not_empty():
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_training_yaml_lists_the_guards_docs_reliability_promises(config):
+    import yaml
+
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    listed = {c["class_path"] for c in trainer.get("callbacks") or []}
+    listed |= {p["class_path"] for p in trainer.get("plugins") or []}
+    promised = {
+        "siren_lightning.callbacks.guards.NaNGuard",
+        "siren_lightning.callbacks.seeding.StepSeed",
+        "siren_lightning.callbacks.checkpoint_io.AtomicCheckpointIO",
+    }
+    assert promised <= listed, sorted(promised - listed)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_experiment_yaml_parses_through_the_cli(config, capsys):
     # --print_config validates every init argument against the classes' signatures.
     with pytest.raises(SystemExit) as exit_info:
