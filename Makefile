@@ -97,10 +97,13 @@ evaluate:
 	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference data/synthcaps/test.jsonl \
 	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json
 
+# The tables benchmarks/RESULTS.md quotes, with the arguments it states for each (CPU time, one
+# thread; the 10 s uncached run alone takes several minutes on 2 cores).
 bench: data
-	PYTHONPATH=src $(PY) benchmarks/generation.py
+	PYTHONPATH=src $(PY) benchmarks/generation.py --uncached-max 10
+	PYTHONPATH=src $(PY) benchmarks/generation.py --batch 8 --seconds 2 10 --uncached-max 0
 	PYTHONPATH=src $(PY) benchmarks/generation.py --batch 32 --seconds 2 --uncached-max 0 --repeats 1
-	PYTHONPATH=src $(PY) benchmarks/training.py
+	PYTHONPATH=src $(PY) benchmarks/training.py --rounds 3
 	PYTHONPATH=src $(PY) benchmarks/tokenization.py
 	PYTHONPATH=src $(PY) benchmarks/rvq_analysis.py --codec $(CODEC) --data data/synthcaps --out runs/rvq_analysis
 
