@@ -75,13 +75,15 @@ pretrain: tokenize
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
 
-# Stage 2: align expert 0 of the pretrained tiny model with the tiny-clap-reward (GRPO), export
-# it, and compare before/after on 200 held-out val captions graded by the other tiny CLAP.
+# Stage 2: align expert 0 of the pretrained tiny model with the tiny-clap-reward (GRPO; a run that
+# was cut off resumes, as `siren fit` refuses a fresh run in a used folder), export it, and
+# compare before/after on 200 held-out val captions graded by the other tiny CLAP.
 ALIGN := runs/align_tiny
 ALIGN_REPORT_CLIPS ?= 200
 align: install
 	test -f $(RUN)/checkpoints/last.ckpt -a -f $(RUN)/model/model.safetensors || $(MAKE) pretrain
-	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml
+	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml \
+	  $$(test -f $(ALIGN)/checkpoints/last.ckpt && echo --ckpt_path $(ALIGN)/checkpoints/last.ckpt)
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
 	$(SIREN) align-report --before $(RUN)/model --after $(ALIGN)/model \
 	  --manifest data/synthcaps/val.jsonl --limit $(ALIGN_REPORT_CLIPS) --out $(ALIGN)/report \
