@@ -83,15 +83,17 @@ pretrain: tokenize
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
 
-# Stage 2: align expert 0 of the pretrained tiny model with the tiny-clap-reward (GRPO), export
-# it, and compare before/after on 200 held-out val captions graded by the other tiny CLAP.
+# Stage 2: align expert 0 of the pretrained tiny model with the tiny-clap-reward (GRPO; a run that
+# was cut off resumes, as `siren fit` refuses a fresh run in a used folder), export it, and
+# compare before/after on 200 held-out val captions graded by the other tiny CLAP.
 ALIGN := runs/align_tiny
 ALIGN_REPORT_CLIPS ?= 200
 align: install
 	test -f $(SIREN_MODEL)/model.safetensors || $(MAKE) pretrain
 	$(MAKE) data
 	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml \
-	  --model.init_args.init_from $(SIREN_MODEL)
+	  --model.init_args.init_from $(SIREN_MODEL) \
+	  $$(test -f $(ALIGN)/checkpoints/last.ckpt && echo --ckpt_path $(ALIGN)/checkpoints/last.ckpt)
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
 	$(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	  --manifest data/synthcaps/val.jsonl --limit $(ALIGN_REPORT_CLIPS) --out $(ALIGN)/report \
@@ -109,10 +111,13 @@ evaluate:
 	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json \
 	  --per-clip $(RUN)/eval/per_clip.jsonl --bootstrap 200
 
+# The tables benchmarks/RESULTS.md quotes, with the arguments it states for each (CPU time, one
+# thread; the 10 s uncached run alone takes several minutes on 2 cores).
 bench: data
-	PYTHONPATH=src $(PY) benchmarks/generation.py
+	PYTHONPATH=src $(PY) benchmarks/generation.py --uncached-max 10
+	PYTHONPATH=src $(PY) benchmarks/generation.py --batch 8 --seconds 2 10 --uncached-max 0
 	PYTHONPATH=src $(PY) benchmarks/generation.py --batch 32 --seconds 2 --uncached-max 0 --repeats 1
-	PYTHONPATH=src $(PY) benchmarks/training.py
+	PYTHONPATH=src $(PY) benchmarks/training.py --rounds 3
 	PYTHONPATH=src $(PY) benchmarks/tokenization.py
 	PYTHONPATH=src $(PY) benchmarks/rvq_analysis.py --codec $(CODEC) --data data/synthcaps --out runs/rvq_analysis
 

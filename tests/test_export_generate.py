@@ -187,3 +187,67 @@ def test_generate_audio_refuses_ids_that_are_not_file_names(exported, tmp_path):
         generate.generate_audio(
             module.network, module.text_encoder, codec, ["a"], tmp_path, ids=["../up"]
         )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--temperature", "-0.5", "temperature must be >= 0 (0 samples greedily), got -0.5"),
+        ("--top-p", "1.5", "top_p must be in (0, 1] (1: off), got 1.5"),
+        ("--top-p", "0", "top_p must be in (0, 1] (1: off), got 0.0"),
+        ("--top-k", "-1", "top_k must be an integer >= 0 (0: off), got -1"),
+        ("--cfg-scale", "nan", "cfg_scale must be finite, got nan"),
+        ("--limit", "-1", "--limit must be >= 1, got -1"),
+        ("--seconds", "0", "--seconds must be positive, got 0.0"),
+    ],
+)
+def test_nonsense_sampling_values_fail_before_the_model_loads(
+    tmp_path, capsys, flag, value, message
+):
+    from siren_lightning import cli
+
+    # the model folder does not exist: an error about the value proves nothing was loaded
+    argv = ["generate", "--model", str(tmp_path / "none"), "--captions", "a", "b"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), flag, value]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == f"siren generate: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_align_report_checks_its_values_before_loading(tmp_path, capsys):
+    from siren_lightning import cli
+
+    argv = ["align-report", "--before", "x", "--after", "y", "--manifest", "m", "--out", "o"]
+    assert cli.main([*argv, "--limit", "-3"]) == 1
+    assert "siren align-report: error: --limit must be >= 1, got -3" in capsys.readouterr().err
+    assert cli.main([*argv, "--top-k", "-2"]) == 1
+    assert "siren align-report: error: top_k must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_an_export_names_its_codec_so_that_generate_works_from_another_folder(
+    tmp_path, monkeypatch
+):
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # train and export where the codec's relative path is valid
+    network = make_model(num_codebooks=12, codebook_size=1024, latent_dim=128, text_dim=384)
+    module = PretrainModule(network, codec="assets/codec_tiny", caption_dropout=0.0)
+    module.setup("fit")  # copies the codec's table into the LM
+    blob = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(blob)
+    assert blob["siren"]["codec"] == "assets/codec_tiny"
+    torch.save(blob, tmp_path / "run.ckpt")
+    folder = export.export_checkpoint(tmp_path / "run.ckpt", tmp_path / "model")
+    sidecar = json.loads((folder / export.SIDECAR).read_text())
+    assert sidecar["codec"] == str(repo / "assets" / "codec_tiny")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["--model", str(folder), "--captions", "a beep", "--out", "out", "--seconds", "0.1"]
+    assert generate.main(argv) == 0
+    assert sf.info(str(elsewhere / "out" / "00000.wav")).samplerate == 16_000
+    # an older export with the relative path: found beside the export, or one clear error
+    (folder / export.SIDECAR).write_text(json.dumps({**sidecar, "codec": "codec_dir"}))
+    with pytest.raises(export.ExportError, match="relative path 'codec_dir', found neither"):
+        generate.main(argv)
+    (folder / "codec_dir").symlink_to(repo / "assets" / "codec_tiny")
+    assert export.exported_codec({"codec": "codec_dir"}, folder) == str(folder / "codec_dir")

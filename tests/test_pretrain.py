@@ -289,3 +289,30 @@ def test_init_weights_from_a_checkpoint_or_an_export_and_a_missing_one(tmp_path)
             assert torch.equal(module.network.state_dict()[name], value), (source, name)
     with pytest.raises(FileNotFoundError, match="init_weights: .*nowhere is neither"):
         PretrainModule(make_model(), caption_dropout=0.0, init_weights=str(tmp_path / "nowhere"))
+
+
+def test_resuming_with_another_architecture_of_equal_shapes_is_refused(tmp_path):
+    # num_heads 2 -> 4 keeps every tensor's shape: only the recorded config tells them apart
+    data = torch.utils.data.DataLoader([_batch(make_model())], batch_size=None)
+    first = PretrainModule(make_model(num_heads=2), caption_dropout=0.0, warmup_steps=1)
+    trainer = _trainer(2)
+    trainer.fit(first, data)
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    other = PretrainModule(make_model(num_heads=4), caption_dropout=0.0, warmup_steps=1)
+    with pytest.raises(ValueError) as error:
+        _trainer(3).fit(other, data, ckpt_path=str(ckpt))
+    assert str(error.value) == (
+        f"{ckpt} was trained with another SirenLM config (num_heads: 2 there, 4 here); build "
+        "the model with the checkpoint's values, or start a new run"
+    )
+    with pytest.raises(ValueError, match=r"num_heads: 2 there, 4 here"):
+        PretrainModule(make_model(num_heads=4), caption_dropout=0.0, init_weights=str(ckpt))
+    with pytest.raises(ValueError, match=r"holds a SirenLM, but this run builds a DelayPatternLM"):
+        PretrainModule(make_delay_model(), caption_dropout=0.0, init_weights=str(ckpt))
+    # the same architecture (dropout may differ) resumes
+    same = PretrainModule(make_model(num_heads=2, dropout=0.1), caption_dropout=0.0, warmup_steps=1)
+    resumed = _trainer(3)
+    resumed.fit(same, data, ckpt_path=str(ckpt))
+    assert resumed.global_step == 3

@@ -76,6 +76,8 @@ def test_tool_skips_data_without_attributes_and_refuses_bad_limits(tmp_path, cap
     assert main([*argv, "--out", str(tmp_path / "o")]) == 0
     assert "skipped" in capsys.readouterr().out
     assert main([*argv, "--out", str(tmp_path / "o"), "--limit", "0"]) == 2
+    assert main([*argv, "--out", str(tmp_path / "o"), "--top-p", "1.5"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().out
 
 
 def test_callback_logs_the_metrics_of_its_own_generations(tmp_path):

@@ -44,6 +44,34 @@ def model_class(name: str | None) -> tuple[type, type]:
     return MODELS[name]
 
 
+def _absolute_codec(spec: str | None) -> str | None:
+    """A codec path as an absolute one, so the export works from any folder (`dac:` kept)."""
+    if not spec or spec.startswith("dac:") or not Path(spec).exists():
+        return spec
+    return str(Path(spec).resolve())
+
+
+def exported_codec(sidecar: dict[str, Any], folder: str | Path) -> str | None:
+    """The codec spec an export names, resolved for the current folder.
+
+    Exports store an absolute path; older ones stored the training run's relative path, which
+    is tried from the current folder, then from the export folder.
+
+    Raises:
+        ExportError: naming the places tried when a relative path is found in neither.
+    """
+    spec = sidecar.get("codec")
+    if not spec or spec.startswith("dac:") or Path(spec).is_absolute() or Path(spec).exists():
+        return spec
+    beside = Path(folder) / spec
+    if beside.exists():
+        return str(beside)
+    raise ExportError(
+        f"{folder}/{SIDECAR} names the codec by the relative path {spec!r}, found neither from "
+        f"{Path.cwd()} nor from {folder}; pass --codec, or re-export with `siren export`"
+    )
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = False) -> Path:
     """Write the LM's weights, config and the `siren.json` sidecar from a Lightning checkpoint.
 
@@ -86,7 +114,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
         "dtype": "float16" if half else "float32",
         "model_class": type(model).__name__,
         "model_config": model.config.to_dict(),
-        "codec": meta.get("codec"),
+        "codec": _absolute_codec(meta.get("codec")),
         "codec_sha256": meta.get("codec_sha256"),
         "sample_rate": meta.get("sample_rate"),
         "hop_length": meta.get("hop_length"),

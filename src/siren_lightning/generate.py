@@ -20,7 +20,7 @@ import torch
 
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.delay_lm import DelayPatternLM
-from siren_lightning.models.sampling import generate_for_captions
+from siren_lightning.models.sampling import check_sampling, generate_for_captions
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
@@ -149,10 +149,10 @@ def load_generation_stack(
         ExportError: the folder is not an export; ValueError: no codec, or another codec than
             the one the model was trained with.
     """
-    from siren_lightning.export import load_exported
+    from siren_lightning.export import exported_codec, load_exported
 
     model, sidecar = load_exported(model_dir, device=device)
-    codec_spec = codec or sidecar.get("codec")
+    codec_spec = codec or exported_codec(sidecar, model_dir)
     if not codec_spec:
         raise ValueError(f"{model_dir}/siren.json names no codec; pass --codec")
     codec_model = _load_codec(codec_spec).to(device).eval()
@@ -202,6 +202,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    # Nonsense values fail here, before the model and codec load.
+    check_sampling(
+        "siren generate",
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        cfg_scale=args.cfg_scale,
+    )
+    for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"siren generate: {name} must be >= 1, got {value}")
+    if not args.seconds > 0:
+        raise ValueError(f"siren generate: --seconds must be positive, got {args.seconds}")
 
     ids, seconds = None, args.seconds
     if args.match_durations and not args.manifest:

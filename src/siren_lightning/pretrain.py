@@ -89,11 +89,22 @@ def load_network_weights(network: nn.Module, source: str | Path) -> None:
     """
     path = Path(source)
     if path.is_dir() and (path / "model.safetensors").is_file():
+        import json
+
         from safetensors.torch import load_file
 
+        sidecar = path / "siren.json"
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
+        )
         state = load_file(str(path / "model.safetensors"))
     elif path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob.get("siren") or {}
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
+        )
         prefix = "network."
         state = {
             k[len(prefix) :]: v
@@ -117,6 +128,45 @@ def check_codec_fits(codec: nn.Module, config: Any) -> None:
             f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
             f"K={codec.codebook_size}, the LM was built for r={config.num_codebooks}, "
             f"K={config.codebook_size}"
+        )
+
+
+# Config fields a resumed run may change: they do not change what the weights mean.
+RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
+
+
+def check_same_architecture(
+    recorded: dict[str, Any] | None,
+    recorded_class: str | None,
+    network: nn.Module,
+    source: str | Path,
+) -> None:
+    """Refuse weights recorded for another LM than `network`, naming every differing field.
+
+    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
+    a strict `load_state_dict` would take the weights without a word.
+
+    Args:
+        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
+            (an old checkpoint without one) skips the check.
+        recorded_class: the LM class name it recorded, if any.
+        source: the file or folder, for the message.
+    """
+    here = type(network).__name__
+    if recorded_class is not None and recorded_class != here:
+        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
+    if recorded is None:
+        return
+    current = network.config.to_dict()
+    differ = [
+        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
+        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
+        if recorded[name] != current[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
+            "build the model with the checkpoint's values, or start a new run"
         )
 
 
@@ -273,6 +323,14 @@ class PretrainModule(L.LightningModule):
         if self._codec_hash is None and hasattr(self.codec, "sha256"):
             self._codec_hash = self.codec.sha256()
         return self._codec_hash
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture (before its weights load)."""
+        meta = checkpoint.get("siren") or {}
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), self.network, source
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what `siren export` needs to rebuild the LM without Lightning."""

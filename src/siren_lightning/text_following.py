@@ -30,6 +30,7 @@ from siren_lightning.metrics.adherence import (
     mean_and_spread,
     text_gap,
 )
+from siren_lightning.models.sampling import check_sampling
 
 SCORES = (*JUDGED, "mean", "all")
 
@@ -133,6 +134,12 @@ def main(argv: list[str]) -> int:
     if args.limit < 1 or args.batch_size < 1:
         print("siren adherence: --limit and --batch-size must be >= 1")
         return 2
+    sampling = {k: getattr(args, k) for k in DEFAULT_SAMPLING}
+    try:
+        check_sampling("siren adherence", **sampling)
+    except ValueError as err:
+        print(err)
+        return 2
 
     clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
     if not has_attributes([c.attributes for c in clips]):
@@ -159,7 +166,6 @@ def main(argv: list[str]) -> int:
         if missing:
             print(f"siren adherence: {args.codes} lacks {len(missing)} clips, e.g. {missing[:3]}")
             return 1
-    sampling = {k: getattr(args, k) for k in DEFAULT_SAMPLING}
     out = Path(args.out)
     report = score_model(
         model, text_encoder, codec, clips, out, args.seeds, sampling, args.batch_size, codes

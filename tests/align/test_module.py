@@ -143,3 +143,12 @@ def test_a_resumed_run_draws_the_rollouts_of_an_uninterrupted_one(
     assert all(torch.equal(a[k], b[k]) for k in a)
     # Steps 3-4 did train (the check is not vacuous).
     assert not all(torch.equal(a[k], v) for k, v in fresh.network.state_dict().items())
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_on_resume(tiny_parts):
+    m = module(tiny_parts)
+    record = m.network.config.to_dict()
+    other = {**record, "num_heads": record["num_heads"] * 2}  # same shapes, another model
+    with pytest.raises(ValueError, match=rf"num_heads: {other['num_heads']} there, "):
+        m.on_load_checkpoint({"siren": {"model_class": "SirenLM", "model_config": other}})
+    m.on_load_checkpoint({"siren": {"model_class": "SirenLM", "model_config": record}})

@@ -175,3 +175,32 @@ def test_embedder_module_maps_inputs_to_rows():
         plain.update(embedder(x), real=True)
         plain.update(embedder(y), real=False)
     assert float(with_module.compute()) == pytest.approx(float(plain.compute()), rel=1e-12)
+
+
+def test_a_pairing_error_names_the_unshared_ids_on_their_own_side():
+    ref = {f"c{i}": torch.zeros(3) for i in range(10)}
+    gen = {**ref, "x1": torch.zeros(3), "x2": torch.zeros(3)}  # extra generated clips
+    with pytest.raises(PairingError) as error:
+        pair_by_id(gen, ref)
+    assert str(error.value).endswith(": 2 generated clips without a reference, e.g. ['x1', 'x2']")
+    del gen["c3"]
+    with pytest.raises(PairingError) as error:
+        pair_by_id(gen, ref)
+    assert str(error.value).endswith(
+        ": 1 references without a generated clip, e.g. ['c3']; "
+        "2 generated clips without a reference, e.g. ['x1', 'x2']"
+    )
+
+
+def test_non_finite_embeddings_name_their_clip():
+    fd = FrechetDistance(2)
+    rows = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, float("inf")]])
+    with pytest.raises(ValueError, match=r"for generated clip\(s\) \['b', 'c'\] \(a NaN"):
+        fd.update(rows, real=False, ids=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"for reference row\(s\) \[1, 2\]"):
+        fd.update(rows, real=True)
+    frames = torch.zeros(4, 2)
+    frames[2, 0] = float("nan")  # the second frame of clip "q": the clip is named once
+    with pytest.raises(ValueError, match=r"clip\(s\) \['q'\] "):
+        fd.update(frames, real=True, ids=["p", "p", "q", "q"])
+    assert int(fd.real_n) == int(fd.fake_n) == 0  # nothing half-added

@@ -110,3 +110,23 @@ def test_module_fits_on_synthcaps_with_minilm_and_exports(synthcaps_small, tmp_p
     exported = load_tiny_clap(tmp_path / "export")
     result = evaluate_retrieval(exported, synthcaps_small["test"], module.captions, max_seconds=2.0)
     assert result["clips"] == 16 and 0 <= result["combo_R@1"] <= result["combo_R@5"] <= 1
+
+
+def test_attention_key_bias_gets_exactly_zero_gradient():
+    # softmax ignores a score added to every key: that bias's true gradient is 0, and float
+    # noise in its place would become learning-rate-sized Adam steps that differ between CPUs.
+    torch.manual_seed(0)
+    clap = TinyCLAP(**TINY)
+    audio = torch.randn(3, 16_000) * 0.1
+    text = clap.embed_text(torch.randn(3, 8))
+    contrastive_loss(clap.embed_audio(audio), text, clap.logit_scale).backward()
+    grad = clap.transformer.layers[0].self_attn.in_proj_bias.grad  # [3 x width]
+    assert torch.equal(grad[32:64], torch.zeros(32))
+    assert grad[:32].abs().max() > 0 and grad[64:].abs().max() > 0  # queries, values learn
+
+
+def test_the_bundled_checkpoints_load():
+    for name in ("tiny-clap-reward", "tiny-clap-eval"):
+        clap = load_tiny_clap(name).eval()
+        emb = clap.embed_audio(torch.zeros(1, 16_000))
+        assert emb.shape == (1, clap.audio_proj[1].out_features) and torch.isfinite(emb).all()

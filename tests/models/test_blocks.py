@@ -61,4 +61,18 @@ def test_cross_attention_ignores_masked_tokens_and_handles_empty_rows():
     noisy[0, 3:] = 100.0
     torch.testing.assert_close(cross(x, cross.text_kv(noisy), mask)[0], out[0])
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[1], cross.out.bias.expand(3, 16))  # no text: bias only
+    torch.testing.assert_close(out[1], torch.zeros(3, 16))  # no text: nothing to read
+
+
+def test_attention_has_no_biases_and_an_old_checkpoint_with_them_is_named():
+    attn, cross = SelfAttention(16, 4), CrossAttention(16, 6, 4)
+    assert [n for n, _ in attn.named_parameters()] == ["qkv.weight", "out.weight"]
+    assert all(not n.endswith("bias") for n, _ in cross.named_parameters())
+    old = {**attn.state_dict(), "qkv.bias": torch.zeros(48), "out.bias": torch.zeros(16)}
+    with pytest.raises(ValueError, match=r"attention biases \(qkv.bias, ...\).*older"):
+        attn.load_state_dict(old)
+    block = DecoderBlock(16, 4, 32, dropout=0.0, bias=True)
+    block.load_state_dict(block.state_dict())  # the MLP's biases are not attention biases
+    old = {**block.state_dict(), "attn.out.bias": torch.zeros(16)}
+    with pytest.raises(ValueError, match=r"SelfAttention: .*attn.out.bias"):
+        block.load_state_dict(old)

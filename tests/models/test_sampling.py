@@ -9,6 +9,7 @@ from siren_lightning.models.sampling import (
     CachedDecoders,
     StackedTemporal,
     apply_operand,
+    check_sampling,
     expert_code_tables,
     filter_top_k,
     filter_top_p,
@@ -196,3 +197,22 @@ def test_matmul_operand_layouts_compute_the_linear_layer(d_in, d_out, bias):
         both = apply_operand(x[:2, :1].clone(), matmul_operand(weights), biases)
         torch.testing.assert_close(both[0], linear(x[0, :1]))
         torch.testing.assert_close(both[1], other(x[1, :1]))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"top_p": 1.01}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_k": -5}, "top_k must be an integer >= 0"),
+        ({"top_k": 2.5}, "top_k must be an integer >= 0"),
+        ({"cfg_scale": float("inf")}, "cfg_scale must be finite"),
+    ],
+)
+def test_sampling_refuses_nonsense_settings(setting, message):
+    model = make_model()
+    states, mask = make_text(1)
+    with pytest.raises(ValueError, match=f"generate: {message}"):
+        generate(model, states, mask, 2, **setting)
+    check_sampling(temperature=0.0, top_k=0, top_p=1.0, cfg_scale=-1.0)  # greedy, all off: fine

@@ -44,6 +44,8 @@ class HeldoutClip:
 
 def heldout_clips(clips: Sequence[Any], limit: int | None = None) -> list[HeldoutClip]:
     """The first `limit` clips of a split (manifest `Clip`s) as held-out prompts."""
+    if limit is not None and limit < 1:  # a negative slice end would drop clips silently
+        raise ValueError(f"heldout_clips: limit must be >= 1 (or None: all), got {limit}")
     chosen = list(clips)[: limit if limit is not None else None]
     if not chosen:
         raise ValueError("held-out evaluation: the split has no clips")

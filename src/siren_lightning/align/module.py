@@ -65,9 +65,9 @@ from siren_lightning.align.objectives import (
     token_log_probs,
 )
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
-from siren_lightning.models.sampling import generate
+from siren_lightning.models.sampling import check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
-from siren_lightning.pretrain import check_codec_fits
+from siren_lightning.pretrain import check_codec_fits, check_same_architecture
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,14 @@ class AlignModule(L.LightningModule):
         self._reward = [reward]
         self.rollout_sampling = {**ROLLOUT_SAMPLING, **(rollout_sampling or {})}
         rs = self.rollout_sampling
+        check_sampling("AlignModule: rollout_sampling", **rs)
         if rs["top_k"] > 0 or rs["top_p"] < 1.0 or rs["temperature"] <= 0:
             raise ValueError(
                 f"AlignModule: rollout_sampling {rs} must keep top_k 0, top_p 1 and a positive "
                 "temperature: the update needs the exact log-probability of every sampled code"
             )
         self.eval_sampling = {**EVAL_SAMPLING, **(eval_sampling or {})}
+        check_sampling("AlignModule: eval_sampling", **self.eval_sampling)
         self._generator: torch.Generator | None = None
         self._resumed_rng: torch.Tensor | None = None  # from a checkpoint, until fit starts
         self._evaluator: Any = None
@@ -324,6 +326,11 @@ class AlignModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("siren") or {}
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), self.network, source
+        )
         align = checkpoint.get("siren", {}).get("align", {})
         self._rollout_batches = int(align.get("rollout_batches", 0))
         self._resumed_rng = align.get("rollout_rng")

@@ -118,8 +118,9 @@ def main(argv: list[str]) -> int:
     from siren_lightning.align.rewards import build_reward
     from siren_lightning.codec.checkpoint import load_codec
     from siren_lightning.data.manifest import read_manifest
-    from siren_lightning.export import ExportError, load_exported
+    from siren_lightning.export import ExportError, exported_codec, load_exported
     from siren_lightning.metrics.protocol import build_evaluator
+    from siren_lightning.models.sampling import check_sampling
     from siren_lightning.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
@@ -137,6 +138,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top-k", type=int, default=EVAL_SAMPLING["top_k"])
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args(argv)
+    check_sampling("siren align-report", top_k=args.top_k, cfg_scale=args.cfg_scale)
+    if args.limit < 1:
+        raise ValueError(f"siren align-report: --limit must be >= 1, got {args.limit}")
+    if not args.seconds > 0:
+        raise ValueError(f"siren align-report: --seconds must be positive, got {args.seconds}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -150,7 +156,8 @@ def main(argv: list[str]) -> int:
         print(f"siren align-report: the reward and the evaluation both use {args.tiny_clap}")
         return 2
     groups = after_sidecar.get("train_groups") or [0]
-    codec = load_codec(after_sidecar.get("codec") or sidecar["codec"]).eval()
+    codec_spec = exported_codec(after_sidecar, args.after) or exported_codec(sidecar, args.before)
+    codec = load_codec(codec_spec).eval()
     text_info = after_sidecar.get("text_encoder") or sidecar.get("text_encoder") or {}
     text_encoder = TextEncoder(
         text_info.get("backend", "minilm"),

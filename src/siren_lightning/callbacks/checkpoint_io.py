@@ -13,6 +13,7 @@ Use it in a YAML: `trainer: {plugins: [{class_path: siren_lightning.callbacks.ch
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -38,9 +39,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and exc.filename is None:
+            # a full disk surfaces from f.write without a file name: give it the checkpoint's
+            raise OSError(
+                errno.ENOSPC, exc.strerror or os.strerror(errno.ENOSPC), str(path)
+            ) from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

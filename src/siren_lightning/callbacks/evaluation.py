@@ -36,6 +36,7 @@ from torch import Tensor
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.data.manifest import check_file_ids
+from siren_lightning.models.sampling import check_sampling
 
 # The same defaults as `siren generate`.
 DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
@@ -139,6 +140,7 @@ class EvaluationCallback(L.Callback):
         self.seconds = seconds
         self.seed = seed
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        check_sampling("EvaluationCallback: sampling", **self.sampling)
         self.batch_size = batch_size
         self.log_audio = log_audio
         self.log_metrics = list(log_metrics or ["fd", "clap_score"])

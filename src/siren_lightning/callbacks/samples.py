@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
+from siren_lightning.models.sampling import check_sampling
 
 
 @torch.no_grad()
@@ -61,6 +62,7 @@ class AudioSamplesCallback(L.Callback):
         self.every = every_n_validations
         self.seed = seed
         self.sampling = dict(sampling or {})
+        check_sampling("AudioSamplesCallback: sampling", **self.sampling)
         self.validations = 0
         self.logged: list[int] = []  # global steps at which samples were logged
 

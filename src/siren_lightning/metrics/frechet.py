@@ -11,6 +11,7 @@ the usual fallback of ``eps`` added to both diagonals when the product is singul
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -151,7 +152,7 @@ class FrechetDistance(Metric):
             if keep_features:
                 self.add_state(f"{side}_rows", [], dist_reduce_fx="cat")
 
-    def _embed(self, x: Tensor) -> Tensor:
+    def _embed(self, x: Tensor, real: bool, ids: Sequence[str] | None) -> Tensor:
         if self.embedder is not None:
             with torch.no_grad():
                 x = self.embedder(x)
@@ -159,13 +160,30 @@ class FrechetDistance(Metric):
             raise ValueError(
                 f"FrechetDistance expects embeddings [M, {self.num_features}], got {tuple(x.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise ValueError("FrechetDistance got non-finite embeddings")
+        bad_rows = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
+        if bad_rows:
+            side = "reference" if real else "generated"
+            if ids is not None:  # a clip with several rows (FAD frames) is named once
+                named = list(dict.fromkeys(str(ids[i]) for i in bad_rows))
+                where = f"{side} clip(s) {named[:5]}{' ...' if len(named) > 5 else ''}"
+            else:
+                where = f"{side} row(s) {bad_rows[:5]}{' ...' if len(bad_rows) > 5 else ''}"
+            raise ValueError(
+                f"FrechetDistance got non-finite embeddings for {where} "
+                "(a NaN or inf in the audio, or a backbone that overflowed on it)"
+            )
         return x.detach().to(torch.float64)
 
-    def update(self, x: Tensor, real: bool) -> None:
-        """Add rows to the reference (``real=True``) or generated (``real=False``) set."""
-        rows = self._embed(x)
+    def update(self, x: Tensor, real: bool, ids: Sequence[str] | None = None) -> None:
+        """Add rows to the reference (``real=True``) or generated (``real=False``) set.
+
+        Args:
+            x: [M, D] embeddings (or the embedder's input).
+            ids: the clip id of each of the M rows, named when a row is not finite.
+        """
+        if ids is not None and len(ids) != x.shape[0]:
+            raise ValueError(f"FrechetDistance.update: {len(ids)} ids for {x.shape[0]} rows")
+        rows = self._embed(x, real, ids)
         side = "real" if real else "fake"
         setattr(self, f"{side}_n", getattr(self, f"{side}_n") + rows.shape[0])
         setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + rows.sum(0))

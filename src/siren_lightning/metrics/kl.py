@@ -85,11 +85,16 @@ def pair_by_id(
     shared = [k for k in reference if k in generated]
     frac_gen, frac_ref = len(shared) / len(generated), len(shared) / len(reference)
     if not (frac_gen > min_fraction and frac_ref > min_fraction):
-        missing = [k for k in reference if k not in generated][:3]
+        unshared = {
+            "references without a generated clip": [k for k in reference if k not in generated],
+            "generated clips without a reference": [k for k in generated if k not in reference],
+        }
+        detail = "; ".join(
+            f"{len(ids)} {side}, e.g. {ids[:3]}" for side, ids in unshared.items() if ids
+        )
         raise PairingError(
             f"only {len(shared)} clip ids are shared between {len(generated)} generated and "
-            f"{len(reference)} reference clips (need > {min_fraction:.0%} of each); "
-            f"e.g. missing from generated: {missing}"
+            f"{len(reference)} reference clips (need > {min_fraction:.0%} of each): {detail}"
         )
     gen = torch.stack([torch.as_tensor(generated[k]) for k in shared])
     ref = torch.stack([torch.as_tensor(reference[k]) for k in shared])

@@ -375,13 +375,16 @@ class Evaluator:
 
         fd = FrechetDistance(self.fd_backbone.embedding_dim)
         if self.protocol.fd_over_frames:  # all frames of all clips pooled (OpenL3 FD)
-            fd.update(torch.cat([f["fd_frames"] for f in gen.values()]), real=False)
-            fd.update(torch.cat([f["fd_frames"] for f in ref.values()]), real=True)
+            for feats, real in ((gen, False), (ref, True)):
+                frame_ids = [k for k, f in feats.items() for _ in range(len(f["fd_frames"]))]
+                fd.update(torch.cat([f["fd_frames"] for f in feats.values()]), real, frame_ids)
             counts["fd_frames_generated"] = int(fd.fake_n)
             counts["fd_frames_reference"] = int(fd.real_n)
         else:
-            fd.update(torch.stack([f["embedding"] for f in gen.values()]), real=False)
-            fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True)
+            fd.update(
+                torch.stack([f["embedding"] for f in gen.values()]), real=False, ids=list(gen)
+            )
+            fd.update(torch.stack([f["embedding"] for f in ref.values()]), real=True, ids=list(ref))
         metrics["fd"] = float(fd.compute())
 
         kad = KernelAudioDistance(self.fd_backbone.embedding_dim)
@@ -392,8 +395,9 @@ class Evaluator:
 
         if self.fad_backbone is not None:
             fad = FrechetDistance(self.fad_backbone.embedding_dim)
-            fad.update(torch.cat([f["frames"] for f in gen.values()]), real=False)
-            fad.update(torch.cat([f["frames"] for f in ref.values()]), real=True)
+            for feats, real in ((gen, False), (ref, True)):
+                frame_ids = [k for k, f in feats.items() for _ in range(len(f["frames"]))]
+                fad.update(torch.cat([f["frames"] for f in feats.values()]), real, frame_ids)
             metrics["fad"] = float(fad.compute())
             counts["fad_frames_generated"] = int(fad.fake_n)
             counts["fad_frames_reference"] = int(fad.real_n)

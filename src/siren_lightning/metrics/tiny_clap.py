@@ -40,6 +40,14 @@ def tiny_clap_path(name_or_path: str | Path) -> Path:
     return assets_dir() / str(name_or_path) if str(name_or_path) in BUNDLED else Path(name_or_path)
 
 
+def _zero_key_part(grad: Tensor) -> Tensor:
+    """Gradient hook of an `nn.MultiheadAttention` in_proj_bias [3D]: zero the keys' [D:2D]."""
+    grad = grad.clone()
+    width = grad.shape[0] // 3
+    grad[width : 2 * width] = 0
+    return grad
+
+
 class TinyCLAP(nn.Module, PyTorchModelHubMixin):
     """Audio and text towers of a small CLAP. `save_pretrained` / `from_pretrained` come from
     `huggingface_hub` (config.json + model.safetensors, local folder or hub id).
@@ -99,6 +107,12 @@ class TinyCLAP(nn.Module, PyTorchModelHubMixin):
             width, heads, 2 * width, dropout=0.1, batch_first=True, norm_first=True
         )
         self.transformer = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        # The key part of each attention input bias adds one score to every key of a query, which
+        # softmax ignores: its true gradient is zero, and Adam would turn the float noise in it
+        # into learning-rate-sized steps that differ between CPUs. Keep it exactly zero (the
+        # bias stays, so the committed checkpoints load unchanged).
+        for layer in self.transformer.layers:
+            layer.self_attn.in_proj_bias.register_hook(_zero_key_part)
         self.audio_proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
         self.text_proj = nn.Sequential(
             nn.Linear(text_dim, 2 * embed_dim), nn.GELU(), nn.Linear(2 * embed_dim, embed_dim)

@@ -4,7 +4,10 @@ Letters: B batch, T sequence length (frames or decoder tokens), S cached length,
 H heads, L text tokens, Dt text width.
 
 Every block is pre-norm (RMSNorm, eps 1e-5) with residual dropout. Attention goes through
-`torch.nn.functional.scaled_dot_product_attention`. Self-attention can run step by step with a
+`torch.nn.functional.scaled_dot_product_attention`. Its projections carry no bias, as in the
+official Siren code: a key bias adds the same score to every key of a query, which softmax
+ignores, so its true gradient is zero, and Adam would turn the float noise in that gradient
+into learning-rate-sized steps that differ between CPUs and thread counts. Self-attention can run step by step with a
 `KVCache`; cross-attention takes the text keys/values from `CrossAttention.text_kv`, so a sampler
 computes them once per prompt.
 """
@@ -133,16 +136,33 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
-class SelfAttention(nn.Module):
-    """Multi-head causal self-attention with an optional KV cache."""
+def _refuse_attention_biases(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: name the attention biases of a checkpoint from before they
+    were removed, instead of a bare "unexpected key" among hundreds of lines."""
+    found = [k for k in state_dict if k.startswith(prefix) and k.endswith(".bias")]
+    found = [k for k in found if k[len(prefix) :].count(".") == 1]  # this module's own linears
+    if found:
+        raise ValueError(
+            f"{type(module).__name__}: the checkpoint has attention biases ({found[0]}, ...), "
+            "which this version no longer builds (their key part has no gradient, see "
+            "models/blocks.py); it was trained by an older siren-lightning: retrain it, or load "
+            "it with that version"
+        )
 
-    def __init__(self, width: int, num_heads: int, bias: bool = True) -> None:
+
+class SelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional KV cache (bias-free projections)."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
         super().__init__()
         if width % num_heads:
             raise ValueError(f"SelfAttention: {num_heads} heads do not divide width {width}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)
-        self.out = nn.Linear(width, width, bias=bias)
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+        self.register_load_state_dict_pre_hook(_refuse_attention_biases)
 
     def forward(self, x: Tensor, cache: KVCache | None = None, queries_from: int = 0) -> Tensor:
         """Attend causally over the sequence (and over the cache's earlier positions).
@@ -179,17 +199,19 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from the sequence to text token states (keys/values from Dt)."""
+    """Multi-head attention from the sequence to text token states (keys/values from Dt);
+    bias-free projections."""
 
-    def __init__(self, width: int, text_dim: int, num_heads: int, bias: bool = True) -> None:
+    def __init__(self, width: int, text_dim: int, num_heads: int) -> None:
         super().__init__()
         if width % num_heads:
             raise ValueError(f"CrossAttention: {num_heads} heads do not divide width {width}")
         self.num_heads = num_heads
-        self.query = nn.Linear(width, width, bias=bias)
-        self.key = nn.Linear(text_dim, width, bias=bias)
-        self.value = nn.Linear(text_dim, width, bias=bias)
-        self.out = nn.Linear(width, width, bias=bias)
+        self.query = nn.Linear(width, width, bias=False)
+        self.key = nn.Linear(text_dim, width, bias=False)
+        self.value = nn.Linear(text_dim, width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+        self.register_load_state_dict_pre_hook(_refuse_attention_biases)
 
     def text_kv(self, text_states: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of the text tokens, to compute once per prompt.
@@ -256,9 +278,9 @@ class TemporalBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.cross_norm = nn.RMSNorm(width, eps=eps)
-        self.cross = CrossAttention(width, text_dim, num_heads, bias=bias)
+        self.cross = CrossAttention(width, text_dim, num_heads)
         self.self_norm = nn.RMSNorm(width, eps=eps)
-        self.attn = SelfAttention(width, num_heads, bias=bias)
+        self.attn = SelfAttention(width, num_heads)
         self.mlp_norm = nn.RMSNorm(width, eps=eps)
         self.mlp = SwiGLU(width, mlp_hidden, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -290,7 +312,7 @@ class DecoderBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.self_norm = nn.RMSNorm(width, eps=eps)
-        self.attn = SelfAttention(width, num_heads, bias=bias)
+        self.attn = SelfAttention(width, num_heads)
         self.mlp_norm = nn.RMSNorm(width, eps=eps)
         self.mlp = SwiGLU(width, mlp_hidden, bias=bias)
         self.dropout = nn.Dropout(dropout)

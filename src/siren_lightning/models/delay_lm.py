@@ -69,7 +69,7 @@ class DelayLMConfig:
         mlp_hidden: SwiGLU hidden size; 8/3 x width rounded up to 256 when None.
         dropout: residual dropout.
         norm_eps: RMSNorm epsilon.
-        bias: biases in the linear layers.
+        bias: biases in the projector, summary, MLP and head linears (attention has none).
         max_frames: longest clip (in frames) a sampler's KV cache holds.
         duration_conditioning: tell every block how far through the requested clip each step
             is (`DurationEmbedding`, as in `SirenConfig`; off by default).

@@ -26,6 +26,7 @@ prompt handling, guidance and filters are shared by both models.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import Any
@@ -42,6 +43,30 @@ from siren_lightning.models.blocks import (
 )
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
+
+
+def check_sampling(owner: str = "sampling", **settings: Any) -> None:
+    """One clear error for a nonsense sampling setting (before any model loads).
+
+    Args:
+        owner: who asks, for the message (`siren generate`, `AlignModule: rollout_sampling`).
+        settings: any of `temperature` (>= 0; 0 is greedy), `top_k` (an integer >= 0; 0 keeps
+            every code), `top_p` (in (0, 1]; 1 keeps every code), `cfg_scale` (finite).
+    """
+    rules = {
+        "temperature": (lambda v: v >= 0, "must be >= 0 (0 samples greedily)"),
+        "top_k": (lambda v: v >= 0 and float(v).is_integer(), "must be an integer >= 0 (0: off)"),
+        "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1] (1: off)"),
+        "cfg_scale": (lambda v: True, "must be finite"),
+    }
+    for name, value in settings.items():
+        if name not in rules or value is None:
+            continue
+        ok, rule = rules[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{owner}: {name} must be a number, got {value!r}")
+        if not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{owner}: {name} {rule}, got {value}")
 
 
 def filter_top_k(logits: Tensor, k: int) -> Tensor:
@@ -502,6 +527,9 @@ def generate_frames(
     Yields:
         [B, r] long codes of each frame.
     """
+    check_sampling(
+        "generate", temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale
+    )
     c = model.config
     b = text_states.shape[0]
     if num_frames > c.max_frames and use_cache:

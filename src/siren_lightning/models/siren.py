@@ -65,7 +65,7 @@ class SirenConfig:
         mlp_hidden: SwiGLU hidden size; derived as 8/3 x width rounded up to 256 when None.
         dropout: residual dropout.
         norm_eps: RMSNorm epsilon.
-        bias: biases in the linear layers.
+        bias: biases in the projector, summary, MLP and head linears (attention has none).
         max_frames: longest sequence a sampler's KV cache holds.
         duration_conditioning: tell every temporal block how far through the requested clip
             each frame is (`DurationEmbedding`; not in the paper, off by default).
