@@ -297,7 +297,8 @@ def fit(
     Returns:
         `times` (s per step, CUDA-synchronised), `losses`, `peak_allocated_gb` and
         `peak_reserved_gb` over the steps after warm-up (None without CUDA), `rank`, `world`,
-        `local_parameters` (with FSDP, the size of this rank's shard).
+        `local_parameters` (with FSDP, the size of this rank's shard), `adamw_groups`
+        ((weight decay, elements) per optimizer group).
     """
     import lightning as L
 
@@ -324,6 +325,11 @@ def fit(
         def on_train_end(self, trainer, pl_module):
             found["rank"], found["world"] = trainer.global_rank, trainer.world_size
             found["local_parameters"] = sum(p.numel() for p in pl_module.network.parameters())
+            # (weight decay, elements) of each AdamW group: PretrainModule decays the 2-D weights
+            found["adamw_groups"] = [
+                (group["weight_decay"], sum(p.numel() for p in group["params"]))
+                for group in trainer.optimizers[0].param_groups
+            ]
             if cuda:
                 found["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
                 found["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
@@ -669,10 +675,15 @@ def run_smoke_child(args: argparse.Namespace, strategy: str, devices: int) -> di
     for p in path.parent.glob(path.name + "*"):
         p.unlink()
     losses = [x for r in ranks for x in r["losses"]]
+    decayed = [sum(n for wd, n in r["adamw_groups"] if wd > 0) for r in ranks]
     if proc.returncode != 0 or len(ranks) != devices:
         entry.update(status="failed", reason=f"exit {proc.returncode}", log_tail=log[-3000:])
     elif not losses or not all(math.isfinite(x) for x in losses):
         entry.update(status="failed", reason="non-finite or no losses", log_tail=log[-3000:])
+    elif sum(decayed) == 0:
+        # Sharded FSDP shows PretrainModule.configure_optimizers flattened 1-D parameter
+        # shards (use_orig_params), so splitting by p.dim() >= 2 decays nothing.
+        entry.update(status="failed", reason="AdamW's weight-decay group is empty on every rank")
     else:
         entry["status"] = "ok"
     return entry
@@ -893,7 +904,8 @@ def print_tables(report: dict[str, Any]) -> None:
             f"smoke {strategy}: {e['status']}, {len(ranks)} process(es), {e['seconds']:.0f} s, "
             f"rank-0 losses {[round(x, 3) for x in (ranks[0]['losses'] if ranks else [])]}, "
             f"peak GB per rank {[fmt(r['peak_allocated_gb'], '.1f') for r in ranks]}, "
-            f"parameters per rank {[r['local_parameters'] for r in ranks]}"
+            f"parameters per rank {[r['local_parameters'] for r in ranks]}, weight-decayed "
+            f"elements per rank {[sum(n for wd, n in r['adamw_groups'] if wd) for r in ranks]}"
         )
     targets = report["targets"]
     print("\n| target | value | |\n|---|---|---|")

@@ -33,4 +33,3 @@ def test_clipping_by_norm_goes_through_the_root_fsdp_module(precision):
     plugin.clip_gradients(None, 0.5)  # gradient_clip_val 0.5, algorithm "norm"
     plugin.clip_gradients(None, 0.0)  # no clipping configured: nothing called
     assert strategy.model.clipped == [0.5]
-
