@@ -458,7 +458,7 @@ def section_agreement(args: argparse.Namespace, out: dict[str, Any]) -> None:
         with torch.device("cpu"):
             reference = build(kind, "tiny", False, dropout=0.0)
         runs = {}
-        for device in ("cpu", args.device):
+        for device in dict.fromkeys(("cpu", args.device)):  # once when both are the CPU
             network = copy.deepcopy(reference)
             with fp32_matmuls():
                 found = fit(network, settings, steps, b, t, text, device, "32-true")
@@ -633,7 +633,8 @@ def section_smoke(args: argparse.Namespace, out: dict[str, Any]) -> None:
     out.update(size=args.size, devices=devices, steps=args.smoke_steps, batch=args.smoke_batch)
     if devices < 2:
         out["note"] = (
-            "one device: one process per strategy (two need two GPUs, or --smoke-devices 2)"
+            "one device: one process per strategy (two need two GPUs, or --smoke-devices 2); "
+            "torch runs FSDP on one process as NO_SHARD, so sharding itself is not exercised"
         )
     failed = []
     for strategy in ("ddp", "fsdp"):
@@ -768,7 +769,7 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     left = BUDGET.left()
     need = 0 if args.dry_run else ESTIMATES_S[name]
-    if left < max(need, 1e-9):
+    if left <= need:
         return {
             "status": "skipped",
             "reason": f"time budget: {max(left, 0):.0f} s left, needs ~{need} s",
@@ -834,19 +835,29 @@ def met(value: float | None, target: float, higher: bool = True) -> str:
     return "met" if (value >= target if higher else value <= target) else "NOT met"
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def print_tables(report: dict[str, Any]) -> None:
     """Markdown tables of every section that ran, the targets last."""
     d, sections = report["device"], report["sections"]
     print(
         f"\ngpu_check on {d['name']} (torch {d['torch']}, CUDA {d['cuda_version']}); budget "
-        f"{report['budget_s']:.0f} s, took {report['seconds']:.0f} s"
+        f"{report['budget_s']:.0f} s, took {report['seconds']:.0f} s\n"
     )
-    print("\n| section | status | s | note |\n|---|---|---|---|")
-    for name, sec in sections.items():
-        note = sec.get("reason") or sec.get("note") or ""
-        print(f"| {name} | {sec['status']} | {fmt(sec.get('seconds'), '.0f')} | {note} |")
-    flops = sections.get("flops", {})
-    for case in flops.get("cases", []):
+    rows = [
+        [
+            name,
+            sec["status"],
+            fmt(sec.get("seconds"), ".0f"),
+            sec.get("reason") or sec.get("note") or "",
+        ]
+        for name, sec in sections.items()
+    ]
+    print(markdown_table(["section", "status", "s", "note"], rows))
+    for case in sections.get("flops", {}).get("cases", []):
         print(f"flops {case['model']}: counted {case['counted']:,} analytic {case['analytic']:,}")
     agree = sections.get("agreement", {})
     for kind, m in agree.get("models", {}).items():
@@ -862,20 +873,23 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{train['gradient_checkpointing']}, batch {train['batch']} x {train['frames']} frames"
             f", median of {train['timed_steps']} steps after {train['warmup_steps']}"
         )
-        print(
-            "| model | params | step s | tokens/s | GFLOP/token | TFLOP/s | peak alloc GB | MFU |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
-        for kind, r in train["models"].items():
-            if "step_s" not in r:
-                print(f"| {kind} | {r.get('error', 'not measured')} |")
-                continue
-            print(
-                f"| {kind} | {r['params'] / 1e9:.3f}B | {r['step_s']:.3f} | "
-                f"{r['tokens_per_s']:.0f} | {r['flops_per_token'] / 1e9:.2f} | "
-                f"{r['tflops_per_s']:.1f} | {fmt(r['peak_allocated_gb'], '.1f')} | "
-                f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}% |"
-            )
+        header = ["model", "params", "step s", "tokens/s", "GFLOP/token", "TFLOP/s"]
+        rows = [
+            [kind, r.get("error", "not measured")]
+            if "step_s" not in r
+            else [
+                kind,
+                f"{r['params'] / 1e9:.3f}B",
+                f"{r['step_s']:.3f}",
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['flops_per_token'] / 1e9:.2f}",
+                f"{r['tflops_per_s']:.1f}",
+                fmt(r["peak_allocated_gb"], ".1f"),
+                "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+            ]
+            for kind, r in train["models"].items()
+        ]
+        print(markdown_table([*header, "peak alloc GB", "MFU"], rows))
     gen = sections.get("generation", {})
     if gen.get("rows"):
         print(
@@ -883,16 +897,22 @@ def print_tables(report: dict[str, Any]) -> None:
             f"KV cache, cfg {gen['sampling']['cfg_scale']:g}, top-k 250; bound = (weights + mean "
             f"KV cache) / {fmt(gen['bandwidth_gbs'], '.0f')} GB/s"
         )
-        print(
-            "| model | dtype | batch | frames/s | RTF | ms/frame | bound ms | x bound | siren/delay |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in gen["rows"]:
-            print(
-                f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['frames_per_s']:.1f} | "
-                f"{r['rtf']:.3f} | {r['ms_per_frame']:.2f} | {fmt(r['bound_ms_per_frame'])} | "
-                f"{fmt(r['over_bound'], '.1f')} | {fmt(r.get('siren_over_delay'))} |"
-            )
+        header = ["model", "dtype", "batch", "frames/s", "RTF", "ms/frame", "bound ms", "x bound"]
+        rows = [
+            [
+                r["model"],
+                r["dtype"],
+                r["batch"],
+                f"{r['frames_per_s']:.1f}",
+                f"{r['rtf']:.3f}",
+                f"{r['ms_per_frame']:.2f}",
+                fmt(r["bound_ms_per_frame"]),
+                fmt(r["over_bound"], ".1f"),
+                fmt(r.get("siren_over_delay")),
+            ]
+            for r in gen["rows"]
+        ]
+        print(markdown_table([*header, "siren/delay"], rows))
     smoke = sections.get("smoke", {})
     for strategy in ("ddp", "fsdp"):
         e = smoke.get(strategy)
@@ -907,10 +927,8 @@ def print_tables(report: dict[str, Any]) -> None:
             f"parameters per rank {[r['local_parameters'] for r in ranks]}, weight-decayed "
             f"elements per rank {[sum(n for wd, n in r['adamw_groups'] if wd) for r in ranks]}"
         )
-    targets = report["targets"]
-    print("\n| target | value | |\n|---|---|---|")
-    for name, t in targets.items():
-        print(f"| {name} | {fmt(t['value'], '.3f')} | {t['verdict']} |")
+    rows = [[name, fmt(t["value"], ".3f"), t["verdict"]] for name, t in report["targets"].items()]
+    print("\n" + markdown_table(["target", "value", ""], rows))
 
 
 def targets(sections: dict[str, Any]) -> dict[str, Any]:
