@@ -27,9 +27,9 @@ so a cut-off run keeps what it measured) and into the tables printed at the end:
 A section starts only when the time left covers its estimate (else it is recorded as skipped);
 one still running at the deadline is stopped (SIGALRM; child processes killed) and recorded as
 such with what it had measured. An error in one section is recorded and the next one runs.
-`--dry-run` runs the same code at the tiny size on the CPU in about half a minute (a test runs
-it); device numbers that need CUDA (peak memory, MFU, the bandwidth bound) are then null, and the
-JSON says why.
+`--dry-run` runs the same code at the tiny size on the CPU, without a budget, in about 25 s of
+CPU time (a test runs it); device numbers that need CUDA (peak memory, MFU, the bandwidth
+bound) are then null, and the JSON says why.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out gpu_check.json     # ~4-5 min on an H100
     PYTHONPATH=src python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check.json
@@ -793,6 +793,30 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"status": out.pop("status"), **out}
 
 
+def measure_device() -> dict[str, float]:
+    """What the data-sheet numbers look like here: a bf16 8192^3 matmul's TFLOP/s and a 1 GiB
+    device-to-device copy's GB/s (bytes read + written), each the mean of 10 after 3 warm-ups."""
+
+    def seconds(fn: Callable[[], Any]) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / 10
+
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    matmul = 2 * n**3 / seconds(lambda: a @ b) / 1e12
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() / seconds(lambda: dst.copy_(src)) / 1e9
+    return {"measured_matmul_bf16_tflops": matmul, "measured_copy_gbs": copy}
+
+
 def device_info(args: argparse.Namespace) -> dict[str, Any]:
     """What the numbers were measured on, and where the peak and bandwidth came from."""
     info: dict[str, Any] = {
@@ -813,6 +837,11 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
             capability=f"{props.major}.{props.minor}",
             nccl=torch.distributed.is_nccl_available(),
         )
+        try:
+            info.update(measure_device())
+        except Exception as err:  # a reading, not a section: note it and go on
+            info["measure_error"] = f"{type(err).__name__}: {err}"[:300]
+        free_memory()
     else:
         info["note"] = "no CUDA device: memory stats, MFU and the bandwidth bound are not measured"
     return info
@@ -845,7 +874,11 @@ def print_tables(report: dict[str, Any]) -> None:
     d, sections = report["device"], report["sections"]
     print(
         f"\ngpu_check on {d['name']} (torch {d['torch']}, CUDA {d['cuda_version']}); budget "
-        f"{report['budget_s']:.0f} s, took {report['seconds']:.0f} s\n"
+        f"{fmt(report['budget_s'], '.0f', 'none')} s, took {report['seconds']:.0f} s; bf16 peak "
+        f"{fmt(d['bf16_peak_tflops'], '.0f')} TFLOP/s, bandwidth {fmt(d['bandwidth_gbs'], '.0f')} "
+        f"GB/s (data sheets); measured: bf16 matmul "
+        f"{fmt(d.get('measured_matmul_bf16_tflops'), '.0f')} TFLOP/s, copy "
+        f"{fmt(d.get('measured_copy_gbs'), '.0f')} GB/s\n"
     )
     rows = [
         [
@@ -945,7 +978,8 @@ def targets(sections: dict[str, Any]) -> dict[str, Any]:
         rtf,
         met(rtf, TARGET_RTF_BATCH1, higher=False),
     )
-    ratio = min((r["siren_over_delay"] for r in batch1), default=None)
+    ratios = [r["siren_over_delay"] for r in batch1 if "siren_over_delay" in r]  # both measured
+    ratio = min(ratios, default=None)
     found[f"siren / delay frames/s batch 1 >= {TARGET_SIREN_OVER_DELAY} (worst dtype)"] = (
         ratio,
         met(ratio, TARGET_SIREN_OVER_DELAY),
@@ -957,7 +991,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="gpu_check.json", help="the JSON report")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (a test runs it)")
-    p.add_argument("--budget-s", type=float, default=480.0, help="global time budget (s)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="global time budget in s (default 480; none with --dry-run, whose speed is the CPU's)",
+    )
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--yaml", type=Path, default=ROOT / "experiments" / "siren_1.6b.yaml")
     p.add_argument("--size", help="preset of both LMs (default: 1.6b, tiny with --dry-run)")
@@ -1007,6 +1045,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.gen_batches == p.get_default("gen_batches"):
             args.gen_batches = [1, 2]
     args.size = args.size or "1.6b"
+    if args.budget_s is None and not args.dry_run:
+        args.budget_s = 480.0
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here (use --dry-run on a CPU)")
@@ -1026,7 +1066,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.smoke_child:
         smoke_child(args)
         return None
-    BUDGET = Budget(args.budget_s)
+    BUDGET = Budget(math.inf if args.budget_s is None else args.budget_s)
     started = time.perf_counter()
     out = Path(args.out)
     report: dict[str, Any] = {
