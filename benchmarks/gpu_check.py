@@ -665,7 +665,8 @@ def run_smoke_child(args: argparse.Namespace, strategy: str, devices: int) -> di
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        log, _ = proc.communicate(timeout=max(1.0, BUDGET.left()))
+        left = BUDGET.left()
+        log, _ = proc.communicate(timeout=None if math.isinf(left) else max(1.0, left))
     except (subprocess.TimeoutExpired, BudgetExhausted):
         os.killpg(proc.pid, signal.SIGKILL)  # the child and the ranks it launched
         proc.communicate()

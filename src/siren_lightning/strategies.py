@@ -3,8 +3,11 @@
 `SirenFSDPStrategy` is `lightning.pytorch.strategies.FSDPStrategy` with the wrap policy set to
 the blocks of `models.blocks` (so each temporal and decoder block is one FSDP unit: parameters,
 gradients and AdamW states are sharded over the processes, and a block's full weights exist only
-while it runs) and `use_orig_params=True` (so the AdamW groups of `PretrainModule`, which split
-parameters by their number of dimensions, and the frozen experts of `train_groups` keep working).
+while it runs) and `use_orig_params=True` (so the frozen experts of `train_groups` keep working).
+Caveat, read from torch and not yet run on GPUs: with two or more processes the parameters that
+`configure_optimizers` sees are flattened 1-D shards, so `PretrainModule`'s AdamW split by
+number of dimensions (weight decay on 2-D weights) decays nothing; one process runs NO_SHARD and
+is unaffected. `benchmarks/gpu_check.py`'s smoke run checks the decay group.
 A YAML names it by class path; every FSDPStrategy argument can still be set (e.g.
 `cpu_offload: true`, `sharding_strategy: SHARD_GRAD_OP`, `state_dict_type: sharded`).
 Clipping by norm (`gradient_clip_val`, which the YAMLs set) goes through the root FSDP module's
