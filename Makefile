@@ -24,7 +24,7 @@ SIREN_MODEL ?= assets/siren_tiny_reference
 # Held-out test clips whose adherence `make pretrain` prints at its end.
 ADHERENCE_CLIPS ?= 48
 
-.PHONY: install test lint format data codec tokenize pretrain evaluate align bench clean
+.PHONY: install test lint format data codec tokenize pretrain evaluate align bench gpu-check clean
 
 install: $(STAMP)
 
@@ -120,6 +120,12 @@ bench: data
 	PYTHONPATH=src $(PY) benchmarks/training.py --rounds 3
 	PYTHONPATH=src $(PY) benchmarks/tokenization.py
 	PYTHONPATH=src $(PY) benchmarks/rvq_analysis.py --codec $(CODEC) --data data/synthcaps --out runs/rvq_analysis
+
+# The GPU readiness check (benchmarks/README.md): ~4-5 min on one H100/H200, 8 min budget. No
+# install step: on a device machine without .venv it runs the image's python3.
+GPU_CHECK_OUT ?= gpu_check.json
+gpu-check:
+	PYTHONPATH=src $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

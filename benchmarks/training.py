@@ -33,6 +33,7 @@ import torch
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets.
 GPU_PEAK_TFLOPS = {
     "H200": 989.4,
+    "H200 NVL": 835.0,
     "H100 SXM": 989.4,
     "H100 80GB HBM3": 989.4,
     "H100 PCIe": 756.0,
@@ -45,10 +46,16 @@ GPU_PEAK_TFLOPS = {
 }
 
 
+def match_device(table: dict[str, float], name: str) -> float | None:
+    """The entry of a device table for a device name as torch reports it (longest matching key,
+    so "NVIDIA L40S" is L40S, not L4), or None."""
+    hits = [key for key in table if key in name]
+    return table[max(hits, key=len)] if hits else None
+
+
 def gpu_peak_tflops(name: str) -> float | None:
-    """The bf16 peak of a device name as torch reports it (longest matching key)."""
-    hits = [key for key in GPU_PEAK_TFLOPS if key in name]
-    return GPU_PEAK_TFLOPS[max(hits, key=len)] if hits else None
+    """The bf16 peak of a device name as torch reports it."""
+    return match_device(GPU_PEAK_TFLOPS, name)
 
 
 def proc_status_mb(field: str) -> float:
@@ -66,15 +73,17 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def build(kind: str, size: str, checkpointing: bool) -> torch.nn.Module:
+def build(kind: str, size: str, checkpointing: bool, **overrides: Any) -> torch.nn.Module:
+    """A `SirenLM` ("siren") or `DelayPatternLM` of a preset, random codec table (on the current
+    default device: build under `with torch.device("cuda")` to initialise on a GPU)."""
     from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
     from siren_lightning.models.siren import SirenConfig, SirenLM
 
     if kind == "siren":
-        config = SirenConfig.from_name(size)
+        config = SirenConfig.from_name(size, **overrides)
         model = SirenLM(config)
     else:
-        config = DelayLMConfig.from_name(size)
+        config = DelayLMConfig.from_name(size, **overrides)
         model = DelayPatternLM(config)
     model.codebook_table.normal_()
     model.set_gradient_checkpointing(checkpointing)
