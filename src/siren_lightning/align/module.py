@@ -84,9 +84,10 @@ def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
     """
     path = Path(spec)
     if path.is_dir():
-        from siren_lightning.export import load_exported
+        from siren_lightning.export import exported_codec, load_exported
 
         model, meta = load_exported(path)
+        meta = {**meta, "codec": exported_codec(meta, path)}  # relative to the folder
     elif path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = blob.get("siren")
