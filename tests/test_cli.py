@@ -51,7 +51,10 @@ def _layers(config: Path) -> list[str]:
 def test_every_training_yaml_lists_the_guards_docs_reliability_promises(config):
     import yaml
 
-    trainer = yaml.safe_load(config.read_text())["trainer"]
+    # A layered YAML's lists replace its bases' (as LightningCLI merges them): the last wins.
+    trainer = {}
+    for path in _layers(config)[1::2]:
+        trainer.update(yaml.safe_load(Path(path).read_text()).get("trainer") or {})
     listed = {c["class_path"] for c in trainer.get("callbacks") or []}
     listed |= {p["class_path"] for p in trainer.get("plugins") or []}
     promised = {

@@ -84,8 +84,8 @@ def _linear(d_in: int, d_out: int, bias: bool) -> int:
 
 
 def _mlp_and_attention(d: int, h: int, bias: bool) -> int:
-    """Self-attention (qkv, out), SwiGLU and their two norms."""
-    attn = _linear(d, 3 * d, bias) + _linear(d, d, bias)
+    """Self-attention (qkv, out: never a bias), SwiGLU and their two norms."""
+    attn = _linear(d, 3 * d, False) + _linear(d, d, False)
     return attn + 2 * _linear(d, h, bias) + _linear(h, d, bias) + 2 * d
 
 
@@ -94,7 +94,7 @@ def test_streamed_parameters_count_what_a_sampling_step_reads(bias):
     d, h, k = SMALL["width"], 64, SMALL["codebook_size"]
     # Siren, per expert: temporal blocks without the text keys/values (cross norm, query, out),
     # its final norm, the decoder blocks, their norm, g heads; 3 experts of g = 2.
-    temporal = d + 2 * _linear(d, d, bias) + _mlp_and_attention(d, h, bias)
+    temporal = d + 2 * _linear(d, d, False) + _mlp_and_attention(d, h, bias)
     expert = 2 * temporal + d + 1 * _mlp_and_attention(d, h, bias) + d + 2 * _linear(d, k, bias)
     assert streamed_parameters(siren(bias=bias)) == 3 * expert
     # Delay LM: its blocks the same way, the final norm and r heads.
