@@ -37,6 +37,8 @@ $(STAMP): setup.cfg pyproject.toml
 	# Test-only parity reference (DESIGN.md section 9): its dependency chain does not build, so --no-deps.
 	$(PY) -m pip install -q --no-deps audioldm_eval==0.0.3 ssr-eval==0.0.7
 	$(PY) -m pip install -q scikit-image==0.26.0 librosa==0.11.0 torchlibrosa==0.1.0 absl-py==2.5.1
+	# OpenL3 for the stable_audio_metrics preset: --no-deps, it pins resampy<0.3 (ours is 0.4.3).
+	$(PY) -m pip install -q --no-deps torchopenl3==1.0.1
 	touch $(STAMP)
 
 test: install
