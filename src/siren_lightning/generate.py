@@ -20,17 +20,13 @@ import torch
 
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.delay_lm import DelayPatternLM
-from siren_lightning.models.sampling import check_sampling, generate_for_captions
+from siren_lightning.models.sampling import (
+    DEFAULT_SAMPLING,
+    check_sampling,
+    generate_for_captions,
+)
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
-
-# What `siren generate` draws with unless told otherwise.
-DEFAULT_SAMPLING: dict[str, float] = {
-    "temperature": 1.0,
-    "top_k": 250,
-    "top_p": 1.0,
-    "cfg_scale": 3.0,
-}
 
 
 def _load_codec(spec: str) -> Any:

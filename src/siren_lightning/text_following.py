@@ -21,7 +21,7 @@ from typing import Any
 import soundfile as sf
 import torch
 
-from siren_lightning.generate import DEFAULT_SAMPLING, generate_audio, load_generation_stack
+from siren_lightning.generate import generate_audio, load_generation_stack
 from siren_lightning.metrics.adherence import (
     CHANCE,
     JUDGED,
@@ -30,7 +30,7 @@ from siren_lightning.metrics.adherence import (
     mean_and_spread,
     text_gap,
 )
-from siren_lightning.models.sampling import check_sampling
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
 
 SCORES = (*JUDGED, "mean", "all")
 

@@ -36,10 +36,8 @@ from torch import Tensor
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.data.manifest import check_file_ids
-from siren_lightning.models.sampling import check_sampling
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
 
-# The same defaults as `siren generate`.
-DEFAULT_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
 # Seed offset between the generations of one clip when `test_seeds` > 1 (a prime far above
 # any batch-index seed, so no two generations share a seed).
 SEED_STRIDE = 1_000_003

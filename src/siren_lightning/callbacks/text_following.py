@@ -13,7 +13,6 @@ On data without attributes it logs nothing and says so once.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import lightning as L
@@ -22,6 +21,7 @@ import torch
 from siren_lightning.callbacks.evaluation import reference_clips
 from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.metrics.adherence import JUDGED, adherence, has_attributes, text_gap
+from siren_lightning.models.sampling import check_sampling
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class TextFollowingCallback(L.Callback):
             raise ValueError(
                 "TextFollowingCallback: num_clips, every_n_validations and batch_size must be >= 1"
             )
+        check_sampling("TextFollowingCallback: sampling", **(sampling or {}))
         self.val_manifest = val_manifest
         self.num_clips = num_clips
         self.every = every_n_validations
@@ -140,8 +141,5 @@ class TextFollowingCallback(L.Callback):
             trainer.callback_metrics[key] = torch.tensor(value)
         summary = ", ".join(f"{k}={scores[k]:.2f}" for k in (*JUDGED, "mean"))
         log.info(
-            "step %d: adherence %s; text gap cb00 %.3f",
-            trainer.global_step,
-            summary,
-            gap["gap"][0] if not math.isnan(gap["gap"][0]) else float("nan"),
+            "step %d: adherence %s; text gap cb00 %.3f", trainer.global_step, summary, gap["gap"][0]
         )

@@ -68,6 +68,21 @@ def clip_timing(total_frames: Tensor, num_frames: int, offset: Tensor | int = 0)
     return torch.stack([index, total.expand_as(index)], dim=-1)
 
 
+def window_timing(
+    mask: Tensor,
+    num_steps: int,
+    total_frames: Tensor | None = None,
+    frame_offset: Tensor | None = None,
+) -> Tensor:
+    """`clip_timing` of a teacher-forced window: [B, num_steps, 2].
+
+    The clip is the window's valid frames (`mask` [B, T]) unless `total_frames` [B] says how
+    long it is; `frame_offset` [B] is where the window starts in it (0 when None).
+    """
+    total = mask.sum(1) if total_frames is None else total_frames
+    return clip_timing(total, num_steps, 0 if frame_offset is None else frame_offset)
+
+
 class DurationEmbedding(nn.Module):
     """Timing conditioning (a deviation from the paper; `duration_conditioning` in the configs).
 

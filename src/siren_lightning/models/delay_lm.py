@@ -35,9 +35,9 @@ from siren_lightning.models.blocks import (
     DurationEmbedding,
     TemporalBlock,
     check_config_ranges,
-    clip_timing,
     sinusoidal_positions,
     swiglu_hidden,
+    window_timing,
 )
 from siren_lightning.models.delay_pattern import DelayPattern
 from siren_lightning.models.siren import SirenOutput, masked_mean
@@ -324,9 +324,7 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         x = x + self.text_summary(text_states, text_mask)[:, None]
         timing = None
         if c.duration_conditioning:
-            total = mask.sum(1) if total_frames is None else total_frames
-            offset = 0 if frame_offset is None else frame_offset
-            timing = clip_timing(total, x.shape[1], offset)  # [B, S, 2]
+            timing = window_timing(mask, x.shape[1], total_frames, frame_offset)  # [B, S, 2]
         logits = self.run(x, self.text_kv(text_states), text_mask, timing=timing)
         logits = self.pattern.deinterleave(logits)  # [B, r, S, K] -> [B, r, T, K]
         return SirenOutput(logits, mask[:, None].expand(b, r, t), list(range(r)))

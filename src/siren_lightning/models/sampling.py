@@ -44,6 +44,14 @@ from siren_lightning.models.blocks import (
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
 
+# What `siren generate`, the callbacks and `siren adherence` draw with unless told otherwise.
+DEFAULT_SAMPLING: dict[str, float] = {
+    "temperature": 1.0,
+    "top_k": 250,
+    "top_p": 1.0,
+    "cfg_scale": 3.0,
+}
+
 
 def check_sampling(owner: str = "sampling", **settings: Any) -> None:
     """One clear error for a nonsense sampling setting (before any model loads).

@@ -31,9 +31,9 @@ from siren_lightning.models.blocks import (
     DurationEmbedding,
     TemporalBlock,
     check_config_ranges,
-    clip_timing,
     sinusoidal_positions,
     swiglu_hidden,
+    window_timing,
 )
 
 # Named sizes. Only the numbers differ; nothing in the code looks at the name.
@@ -438,8 +438,7 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
             mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
         timing = None
         if c.duration_conditioning:
-            total = mask.sum(1) if total_frames is None else total_frames
-            timing = clip_timing(total, t, 0 if frame_offset is None else frame_offset)
+            timing = window_timing(mask, t, total_frames, frame_offset)  # [B, T, 2]
         vectors = self.codebook_vectors(codes)  # [B, r, T, D_lat]
         text_states = text_states.to(vectors.dtype)
         logits = torch.cat(
