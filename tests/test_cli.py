@@ -30,6 +30,16 @@ def test_every_tool_resolves_to_a_callable(name):
     assert callable(getattr(importlib.import_module(module_name), func_name))
 
 
+@pytest.mark.parametrize("name", sorted(cli.TOOLS))
+def test_every_tool_prints_its_help(name, capsys):
+    # argparse %-formats help strings, so a stray "%" in one crashes `--help` (it did for
+    # `siren evaluate`); cli.main turns that crash into exit code 1.
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([name, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 
 

@@ -697,7 +697,8 @@ def main(argv: list[str]) -> int:
         type=int,
         default=BOOTSTRAP_RESAMPLES,
         metavar="N",
-        help=f"bootstrap resamples of the {BOOTSTRAP_CONFIDENCE:.0%} intervals (0: none)",
+        # argparse %-formats help strings: the percent sign is doubled.
+        help=f"bootstrap resamples of the {100 * BOOTSTRAP_CONFIDENCE:.0f}%% intervals (0: none)",
     )
     parser.add_argument(
         "--compare",
