@@ -105,12 +105,9 @@ def load_network_weights(network: nn.Module, source: str | Path) -> None:
         check_same_architecture(
             meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
         )
-        prefix = "network."
-        state = {
-            k[len(prefix) :]: v
-            for k, v in blob.get("state_dict", {}).items()
-            if k.startswith(prefix)
-        }
+        from siren_lightning.export import network_state
+
+        state = network_state(blob)
         if not state:
             raise ValueError(f"init_weights: {path} holds no PretrainModule 'network.' weights")
     else:
@@ -229,12 +226,12 @@ class PretrainModule(L.LightningModule):
         self.codec_spec = codec if isinstance(codec, str) else None
         self._codec = [codec]  # a list hides it from nn.Module: not moved, not saved
         self._codec_hash: str | None = None
-        c = network.config
-        groups = list(range(c.num_groups)) if train_groups is None else sorted(set(train_groups))
-        if not groups or any(not 0 <= k < c.num_groups for k in groups):
+        c, num_groups = network.config, network.num_groups
+        groups = list(range(num_groups)) if train_groups is None else sorted(set(train_groups))
+        if not groups or any(not 0 <= k < num_groups for k in groups):
             raise ValueError(
                 f"PretrainModule: train_groups {train_groups} must be a non-empty subset of "
-                f"0..{c.num_groups - 1}"
+                f"0..{num_groups - 1}"
             )
         if caption_dropout > 0 and text_encoder is None:
             raise ValueError(
@@ -247,8 +244,8 @@ class PretrainModule(L.LightningModule):
                 f"expects text_dim={c.text_dim}"
             )
         self.train_groups = groups
-        self.codebooks = [k * c.group + i for k in groups for i in range(c.group)]
-        if len(groups) < c.num_groups:  # freeze the experts that are not trained
+        self.codebooks = [j for k in groups for j in network.codebooks_of(k)]
+        if len(groups) < num_groups:  # freeze the experts that are not trained
             for k, expert in enumerate(network.experts):
                 expert.requires_grad_(k in groups)
         network.set_gradient_checkpointing(gradient_checkpointing)
@@ -439,11 +436,13 @@ class PretrainModule(L.LightningModule):
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        g = self.network.config.group
         for i, cb in enumerate(self.codebooks):
             self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
-        for j, k in enumerate(self.train_groups):
-            self.log(f"train/ce_group{k}", ce[j * g : (j + 1) * g].mean(), batch_size=b)
+        start = 0  # ce follows self.codebooks: each trained group's codebooks in turn
+        for k in self.train_groups:
+            n = len(self.network.codebooks_of(k))
+            self.log(f"train/ce_group{k}", ce[start : start + n].mean(), batch_size=b)
+            start += n
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -65,14 +65,15 @@ from siren_lightning.align.objectives import (
     token_log_probs,
 )
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
-from siren_lightning.models.sampling import check_sampling, generate
+from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
 from siren_lightning.pretrain import check_codec_fits, check_same_architecture
 
 log = logging.getLogger(__name__)
 
 # Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
-ROLLOUT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 3.0}
+ROLLOUT_SAMPLING = {**DEFAULT_SAMPLING, "top_k": 0}
 
 
 def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
@@ -96,8 +97,9 @@ def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
         if meta.get("model_class", "SirenLM") != "SirenLM":
             raise ValueError(f"AlignModule: {path} holds a {meta['model_class']}, not a SirenLM")
         model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
-        state = {k[8:]: v for k, v in blob["state_dict"].items() if k.startswith("network.")}
-        model.load_state_dict(state)
+        from siren_lightning.export import network_state
+
+        model.load_state_dict(network_state(blob))
     else:
         raise FileNotFoundError(
             f"AlignModule: init_from {str(path)!r} does not exist; train stage 1 first "
@@ -202,12 +204,11 @@ class AlignModule(L.LightningModule):
         if init_from is not None:
             network, meta = load_stage1(init_from)
         self.meta = meta
-        c = network.config
         groups = sorted(set(policy_groups))
-        if not groups or any(not 0 <= k < c.num_groups for k in groups):
+        if not groups or any(not 0 <= k < network.num_groups for k in groups):
             raise ValueError(
                 f"AlignModule: policy_groups {list(policy_groups)} must be a non-empty subset of "
-                f"0..{c.num_groups - 1}"
+                f"0..{network.num_groups - 1}"
             )
         self.policy_groups = groups
         self.codebooks = policy_codebooks(network, groups)
@@ -379,7 +380,7 @@ class AlignModule(L.LightningModule):
         repeated = [c for c in captions for _ in range(hp.group_size)]
         text = self.text_encoder.encode(repeated)
         codec = self.codec
-        frames = max(1, round(hp.seconds * codec.sample_rate / codec.hop_length))
+        frames = seconds_to_frames(hp.seconds, codec.sample_rate, codec.hop_length)
         empty = self.text_encoder.encode([""])
         uncond = {}
         if self.rollout_sampling["cfg_scale"] != 1.0:
