@@ -203,6 +203,10 @@ class CodecLM(nn.Module):
         """The codebooks group `group` predicts, in order."""
         raise NotImplementedError
 
+    def group_module(self, group: int) -> nn.Module:
+        """The part of the model that makes group `group`'s codebooks (what freezing acts on)."""
+        raise NotImplementedError
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute block activations in the backward pass (saves memory, costs time)."""
         for module in self.modules():

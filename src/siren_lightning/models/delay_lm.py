@@ -158,6 +158,11 @@ class DelayPatternLM(
         """One transformer predicts every codebook."""
         return 1
 
+    def group_module(self, group: int) -> nn.Module:
+        """The whole model (its only group is 0)."""
+        self.codebooks_of(group)  # checks the index
+        return self
+
     def codebooks_of(self, group: int) -> list[int]:
         """All r codebooks (the only group is 0)."""
         if group != 0:

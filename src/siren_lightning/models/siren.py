@@ -445,6 +445,10 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         """r/g experts, each trainable on its own."""
         return self.config.num_groups
 
+    def group_module(self, group: int) -> nn.Module:
+        """Expert `group`: the part that makes (and alone trains) its codebooks."""
+        return self.experts[group]
+
     def codebooks_of(self, group: int) -> list[int]:
         """The codebooks expert `group` predicts, in order: g*group .. g*group + g - 1."""
         g = self.config.group
