@@ -39,7 +39,7 @@ def temporal_share(model: SirenLM, states: torch.Tensor, mask: torch.Tensor, fra
     spent = [0.0]
     originals = []
     for expert in model.experts:
-        original = expert.run_temporal
+        original = expert.run_stack
 
         def run(*args, _original=original, **kwargs):
             start = CLOCK()
@@ -48,12 +48,12 @@ def temporal_share(model: SirenLM, states: torch.Tensor, mask: torch.Tensor, fra
             return out
 
         originals.append(original)
-        expert.run_temporal = run
+        expert.run_stack = run
     total = timed(
         lambda: generate(model, states, mask, frames, temperature=0.0, batch_experts=False)
     )
     for expert, original in zip(model.experts, originals):
-        expert.run_temporal = original
+        expert.run_stack = original
     return spent[0] / total
 
 

@@ -36,6 +36,13 @@ MODELS: dict[str, tuple[type, type]] = {
 }
 
 
+def network_state(blob: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The LM's weights in a stage's Lightning checkpoint: its `network.` entries, unprefixed."""
+    prefix = "network."
+    state = blob.get("state_dict", {})
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def model_class(name: str | None) -> tuple[type, type]:
     """The LM class recorded as `name` (SirenLM when None) and its config class."""
     name = name or "SirenLM"
@@ -95,9 +102,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
         )
     cls, config_cls = model_class(meta.get("model_class"))
     model = cls(config_cls.from_dict(meta["model_config"]))
-    prefix = "network."
-    state = {k[len(prefix) :]: v for k, v in blob["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state)
+    model.load_state_dict(network_state(blob))
     if half:
         model.half()
     model.save_pretrained(out)

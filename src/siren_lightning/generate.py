@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.sampling import (
@@ -83,7 +84,7 @@ def generate_audio(
     lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else list(seconds)
     if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
         raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
-    samples = [max(1, round(s * codec.sample_rate)) for s in lengths]
+    samples = [seconds_to_samples(s, codec.sample_rate) for s in lengths]
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
     records = []

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +25,7 @@ from torchmetrics import MeanMetric
 
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
+from siren_lightning.stage import StageModule, check_codec_fits, check_same_architecture
 from siren_lightning.text.encoder import TextEncoder
 
 
@@ -105,12 +105,9 @@ def load_network_weights(network: nn.Module, source: str | Path) -> None:
         check_same_architecture(
             meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
         )
-        prefix = "network."
-        state = {
-            k[len(prefix) :]: v
-            for k, v in blob.get("state_dict", {}).items()
-            if k.startswith(prefix)
-        }
+        from siren_lightning.export import network_state
+
+        state = network_state(blob)
         if not state:
             raise ValueError(f"init_weights: {path} holds no PretrainModule 'network.' weights")
     else:
@@ -121,56 +118,7 @@ def load_network_weights(network: nn.Module, source: str | Path) -> None:
     network.load_state_dict(state)
 
 
-def check_codec_fits(codec: nn.Module, config: Any) -> None:
-    """Raise one clear error when a codec's r and K are not those an LM config was built for."""
-    if (codec.n_codebooks, codec.codebook_size) != (config.num_codebooks, config.codebook_size):
-        raise ValueError(
-            f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
-            f"K={codec.codebook_size}, the LM was built for r={config.num_codebooks}, "
-            f"K={config.codebook_size}"
-        )
-
-
-# Config fields a resumed run may change: they do not change what the weights mean.
-RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
-
-
-def check_same_architecture(
-    recorded: dict[str, Any] | None,
-    recorded_class: str | None,
-    network: nn.Module,
-    source: str | Path,
-) -> None:
-    """Refuse weights recorded for another LM than `network`, naming every differing field.
-
-    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
-    a strict `load_state_dict` would take the weights without a word.
-
-    Args:
-        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
-            (an old checkpoint without one) skips the check.
-        recorded_class: the LM class name it recorded, if any.
-        source: the file or folder, for the message.
-    """
-    here = type(network).__name__
-    if recorded_class is not None and recorded_class != here:
-        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
-    if recorded is None:
-        return
-    current = network.config.to_dict()
-    differ = [
-        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
-        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
-        if recorded[name] != current[name]
-    ]
-    if differ:
-        raise ValueError(
-            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
-            "build the model with the checkpoint's values, or start a new run"
-        )
-
-
-class PretrainModule(L.LightningModule):
+class PretrainModule(StageModule):
     """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
 
     Args:
@@ -226,15 +174,14 @@ class PretrainModule(L.LightningModule):
             load_network_weights(network, init_weights)
         self.network = network
         self.text_encoder = text_encoder
-        self.codec_spec = codec if isinstance(codec, str) else None
-        self._codec = [codec]  # a list hides it from nn.Module: not moved, not saved
+        self.init_codec(codec)
         self._codec_hash: str | None = None
-        c = network.config
-        groups = list(range(c.num_groups)) if train_groups is None else sorted(set(train_groups))
-        if not groups or any(not 0 <= k < c.num_groups for k in groups):
+        c, num_groups = network.config, network.num_groups
+        groups = list(range(num_groups)) if train_groups is None else sorted(set(train_groups))
+        if not groups or any(not 0 <= k < num_groups for k in groups):
             raise ValueError(
                 f"PretrainModule: train_groups {train_groups} must be a non-empty subset of "
-                f"0..{c.num_groups - 1}"
+                f"0..{num_groups - 1}"
             )
         if caption_dropout > 0 and text_encoder is None:
             raise ValueError(
@@ -247,38 +194,14 @@ class PretrainModule(L.LightningModule):
                 f"expects text_dim={c.text_dim}"
             )
         self.train_groups = groups
-        self.codebooks = [k * c.group + i for k in groups for i in range(c.group)]
-        if len(groups) < c.num_groups:  # freeze the experts that are not trained
-            for k, expert in enumerate(network.experts):
-                expert.requires_grad_(k in groups)
+        self.codebooks = [j for k in groups for j in network.codebooks_of(k)]
+        self.train_only(groups)
         network.set_gradient_checkpointing(gradient_checkpointing)
         self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_loss = MeanMetric()
 
-    # Checkpoints hold the LM, not the frozen pretrained text encoder.
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
-        if self.text_encoder is not None:
-            own = self.text_encoder.state_dict(prefix="text_encoder.")
-            state_dict = {**own, **state_dict}
-        return super().load_state_dict(state_dict, strict=strict, **kwargs)
-
     # Setup checks.
-
-    @property
-    def codec(self) -> nn.Module | None:
-        """The codec, loaded on first use when it was given as a spec string."""
-        if isinstance(self._codec[0], str):
-            from siren_lightning.codec.checkpoint import load_codec
-
-            self._codec[0] = load_codec(self._codec[0])
-        return self._codec[0]
 
     def setup(self, stage: str) -> None:
         self._check_caches()
@@ -325,33 +248,12 @@ class PretrainModule(L.LightningModule):
         return self._codec_hash
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another architecture (before its weights load)."""
-        meta = checkpoint.get("siren") or {}
-        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-        check_same_architecture(
-            meta.get("model_config"), meta.get("model_class"), self.network, source
-        )
+        self.check_checkpoint_architecture(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record what `siren export` needs to rebuild the LM without Lightning."""
-        codec, enc = self.codec, self.text_encoder
-        checkpoint["siren"] = {
-            "model_class": type(self.network).__name__,
-            "model_config": self.network.config.to_dict(),
-            "codec": self.codec_spec,
-            "codec_sha256": self._codec_sha256(),
-            "sample_rate": getattr(codec, "sample_rate", None),
-            "hop_length": getattr(codec, "hop_length", None),
-            "text_encoder": None
-            if enc is None
-            else {
-                "backend": getattr(enc, "backend", None),
-                "name_or_path": getattr(enc, "name_or_path", None),
-                "source": getattr(enc, "source", None),
-                "max_length": getattr(enc, "max_length", None),
-            },
-            "train_groups": self.train_groups,
-        }
+        checkpoint["siren"] = self.checkpoint_record(
+            self.codec_spec, self._codec_sha256(), self.train_groups
+        )
 
     # Text conditioning.
 
@@ -439,11 +341,13 @@ class PretrainModule(L.LightningModule):
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        g = self.network.config.group
         for i, cb in enumerate(self.codebooks):
             self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
-        for j, k in enumerate(self.train_groups):
-            self.log(f"train/ce_group{k}", ce[j * g : (j + 1) * g].mean(), batch_size=b)
+        start = 0  # ce follows self.codebooks: each trained group's codebooks in turn
+        for k in self.train_groups:
+            n = len(self.network.codebooks_of(k))
+            self.log(f"train/ce_group{k}", ce[start : start + n].mean(), batch_size=b)
+            start += n
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

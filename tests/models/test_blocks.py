@@ -4,7 +4,6 @@ import torch
 from siren_lightning.models.blocks import (
     CrossAttention,
     DecoderBlock,
-    KVCache,
     SelfAttention,
     sinusoidal_positions,
     swiglu_hidden,
@@ -24,14 +23,11 @@ def test_self_attention_cache_in_chunks_equals_full_causal_pass():
     attn = SelfAttention(16, 4).double()
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     full = attn(x)
-    cache = KVCache(max_len=7)
-    parts = [
-        attn(x[:, :3], cache),
-        attn(x[:, 3:5], cache),
-        attn(x[:, 5:6], cache),
-        attn(x[:, 6:], cache),
-    ]
+    attn.set_kv_cache(7)  # the module owns its cache: calls continue the cached positions
+    parts = [attn(x[:, :3]), attn(x[:, 3:5]), attn(x[:, 5:6]), attn(x[:, 6:])]
     torch.testing.assert_close(torch.cat(parts, 1), full)
+    assert attn.kv_cache.length == 7
+    attn.set_kv_cache(None)  # back to whole-sequence attention
     # Causal: changing the last position leaves the earlier outputs unchanged.
     y = x.clone()
     y[:, -1] += 1
@@ -46,8 +42,9 @@ def test_outputs_from_a_position_equal_the_full_pass_from_there():
     for start in range(4):  # 3: one query, no mask; 1, 2: several, causal with an offset
         torch.testing.assert_close(block(x, start), full[:, start:])
         torch.testing.assert_close(block.attn(x, queries_from=start), block.attn(x)[:, start:])
+    block.attn.set_kv_cache(4)
     with pytest.raises(ValueError, match="queries_from needs cache=None"):
-        block.attn(x, KVCache(4), queries_from=1)
+        block.attn(x, queries_from=1)
 
 
 def test_cross_attention_ignores_masked_tokens_and_handles_empty_rows():

@@ -23,8 +23,10 @@ def test_presets_match_siren_parameter_counts_within_5_percent(name):
         baseline = DelayPatternLM(DelayLMConfig.from_name(name))
     assert abs(count_parameters(baseline) - siren) / siren < 0.05
     assert "codebook_table" not in dict(baseline.named_parameters())  # a frozen buffer
-    c = baseline.config
-    assert (c.group, c.num_groups) == (c.num_codebooks, 1)
+    r = baseline.config.num_codebooks
+    assert baseline.num_groups == 1 and baseline.codebooks_of(0) == list(range(r))
+    with pytest.raises(ValueError, match="only group is 0"):
+        baseline.codebooks_of(1)
 
 
 def test_config_checks_and_round_trip():
@@ -37,7 +39,10 @@ def test_config_checks_and_round_trip():
     config = DelayLMConfig.from_name("tiny", dropout=0.0)
     assert config.mlp_hidden == 768
     assert DelayLMConfig.from_dict(config.to_dict()) == config
-    assert DelayLMConfig.from_dict({**config.to_dict(), "num_groups": 1}) == config
+    # config.json files of older versions wrote the derived group = r, num_groups = 1.
+    old = {**config.to_dict(), "group": config.num_codebooks, "num_groups": 1}
+    assert DelayLMConfig.from_dict(old) == config
+    assert "group" not in config.to_dict()
 
 
 def test_forward_shapes_mask_and_errors():

@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from siren_testing import make_model, make_text
 
+from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenConfig, SirenLM, count_parameters
 
 
@@ -150,3 +153,19 @@ def test_paper_size_forward_shapes_on_meta_device():
         states, text_mask = torch.zeros(2, 20, 768), torch.ones(2, 20, dtype=torch.bool)
         out = model(codes, states, text_mask, groups=[0, 5])
     assert out.logits.shape == (2, 4, 300, 1024) and out.codebooks == [0, 1, 10, 11]
+
+
+@pytest.mark.parametrize("cls", [SirenLM, DelayPatternLM])
+def test_from_codec_takes_the_codebooks_and_their_table_from_the_codec(cls):
+    table = torch.randn(6, 16, 8)
+    codec = SimpleNamespace(
+        n_codebooks=6, codebook_size=16, latent_dim=8, codebook_table=lambda: table
+    )
+    model = cls.from_codec(codec, "tiny", width=32, num_heads=4, text_dim=12)
+    c = model.config
+    assert (c.num_codebooks, c.codebook_size, c.latent_dim, c.width) == (6, 16, 8, 32)
+    assert torch.equal(model.codebook_table, table)
+    # Which codebooks each group predicts: Siren's expert k makes 2k, 2k+1; the delay LM all.
+    groups = [model.codebooks_of(k) for k in range(model.num_groups)]
+    expected = [[0, 1], [2, 3], [4, 5]] if cls is SirenLM else [[0, 1, 2, 3, 4, 5]]
+    assert groups == expected

@@ -16,7 +16,6 @@ Both the in-loop evaluation of `AlignModule` and `siren align-report` call it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from siren_lightning.align.objectives import kl_exact
+from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.data.manifest import check_file_ids
-from siren_lightning.models.sampling import generate
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, generate, guide
 
 # `siren generate`'s defaults: held-out clips are sampled the way users sample.
-EVAL_SAMPLING = {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
+EVAL_SAMPLING = DEFAULT_SAMPLING
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ def group_logits(
         codes: [B, r, T] long; text_states [B, L, Dt]; text_mask [B, L] bool.
         uncond: the empty caption's states [1, L', Dt] and mask [1, L'] (needed when
             cfg_scale != 1).
-        cfg_scale: classifier-free guidance: ``uncond + scale * (cond - uncond)``, the logits
-            `models.sampling` samples from.
+        cfg_scale: classifier-free guidance (`models.sampling.guide`, the function the sampler
+            mixes its logits with).
         temperature: the logits are divided by it (as the sampler does).
 
     Returns:
@@ -90,14 +90,13 @@ def group_logits(
             raise ValueError("group_logits: cfg_scale != 1 needs the empty caption's states")
         b = codes.shape[0]
         empty = run(uncond[0].expand(b, -1, -1), uncond[1].expand(b, -1))
-        logits = empty + cfg_scale * (logits - empty)
+        logits = guide(logits, empty, cfg_scale)
     return logits / temperature if temperature != 1.0 else logits
 
 
 def policy_codebooks(network: nn.Module, groups: Sequence[int]) -> list[int]:
     """Codebook indices predicted by the experts `groups` (2k, 2k+1 for g = 2)."""
-    g = network.config.group
-    return [k * g + i for k in groups for i in range(g)]
+    return [j for k in groups for j in network.codebooks_of(k)]
 
 
 @torch.no_grad()
@@ -138,7 +137,7 @@ def evaluate_policy(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = {**EVAL_SAMPLING, **(sampling or {})}
-    frames = math.ceil(seconds * codec.sample_rate / codec.hop_length)
+    frames = seconds_to_frames(seconds, codec.sample_rate, codec.hop_length)
     device = network.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
     empty = text_encoder.encode([""])

@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -65,14 +64,15 @@ from siren_lightning.align.objectives import (
     token_log_probs,
 )
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
-from siren_lightning.models.sampling import check_sampling, generate
+from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
-from siren_lightning.pretrain import check_codec_fits, check_same_architecture
+from siren_lightning.stage import StageModule, check_codec_fits
 
 log = logging.getLogger(__name__)
 
 # Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
-ROLLOUT_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 3.0}
+ROLLOUT_SAMPLING = {**DEFAULT_SAMPLING, "top_k": 0}
 
 
 def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
@@ -96,8 +96,9 @@ def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
         if meta.get("model_class", "SirenLM") != "SirenLM":
             raise ValueError(f"AlignModule: {path} holds a {meta['model_class']}, not a SirenLM")
         model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
-        state = {k[8:]: v for k, v in blob["state_dict"].items() if k.startswith("network.")}
-        model.load_state_dict(state)
+        from siren_lightning.export import network_state
+
+        model.load_state_dict(network_state(blob))
     else:
         raise FileNotFoundError(
             f"AlignModule: init_from {str(path)!r} does not exist; train stage 1 first "
@@ -108,7 +109,7 @@ def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
     return model.eval(), dict(meta)
 
 
-class AlignModule(L.LightningModule):
+class AlignModule(StageModule):
     """GRPO (or DPO) alignment of chosen experts of a stage-1 `SirenLM`.
 
     Args:
@@ -202,18 +203,16 @@ class AlignModule(L.LightningModule):
         if init_from is not None:
             network, meta = load_stage1(init_from)
         self.meta = meta
-        c = network.config
         groups = sorted(set(policy_groups))
-        if not groups or any(not 0 <= k < c.num_groups for k in groups):
+        if not groups or any(not 0 <= k < network.num_groups for k in groups):
             raise ValueError(
                 f"AlignModule: policy_groups {list(policy_groups)} must be a non-empty subset of "
-                f"0..{c.num_groups - 1}"
+                f"0..{network.num_groups - 1}"
             )
         self.policy_groups = groups
         self.codebooks = policy_codebooks(network, groups)
         self.network = network
-        for k, expert in enumerate(network.experts):
-            expert.requires_grad_(k in groups)
+        self.train_only(groups)
         # The frozen reference: a copy of the policy experts as stage 1 left them.
         self.reference = nn.ModuleDict({str(k): copy.deepcopy(network.experts[k]) for k in groups})
         self.reference.requires_grad_(False)
@@ -223,8 +222,7 @@ class AlignModule(L.LightningModule):
         codec = codec if codec is not None else meta.get("codec")
         if codec is None:
             raise ValueError("AlignModule: no codec given and the stage-1 record names none")
-        self.codec_spec = codec if isinstance(codec, str) else None
-        self._codec = [codec]  # a list hides it from nn.Module: not saved in checkpoints
+        self.init_codec(codec)
         self._reward = [reward]
         self.rollout_sampling = {**ROLLOUT_SAMPLING, **(rollout_sampling or {})}
         rs = self.rollout_sampling
@@ -259,15 +257,6 @@ class AlignModule(L.LightningModule):
         )
 
     @property
-    def codec(self) -> nn.Module:
-        """The codec (loaded on first use when given as a spec)."""
-        if isinstance(self._codec[0], str):
-            from siren_lightning.codec.checkpoint import load_codec
-
-            self._codec[0] = load_codec(self._codec[0]).eval()
-        return self._codec[0]
-
-    @property
     def reward(self) -> Reward:
         """The training reward (the default tiny CLAP reward is loaded on first use)."""
         if self._reward[0] is None:
@@ -289,49 +278,25 @@ class AlignModule(L.LightningModule):
             module.eval()
         return self
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
-        own = self.text_encoder.state_dict(prefix="text_encoder.")
-        return super().load_state_dict({**own, **state_dict}, strict=strict, **kwargs)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The stage-1 `siren` record, updated, so that `siren export` reads the checkpoint."""
-        codec, enc = self.codec, self.text_encoder
+        codec = self.codec
         sha = codec.sha256() if hasattr(codec, "sha256") else self.meta.get("codec_sha256")
-        checkpoint["siren"] = {
-            "model_class": "SirenLM",
-            "model_config": self.network.config.to_dict(),
-            "codec": self.codec_spec or self.meta.get("codec"),
-            "codec_sha256": sha,
-            "sample_rate": getattr(codec, "sample_rate", None),
-            "hop_length": getattr(codec, "hop_length", None),
-            "text_encoder": {
-                "backend": getattr(enc, "backend", None),
-                "name_or_path": getattr(enc, "name_or_path", None),
-                "source": getattr(enc, "source", None),
-                "max_length": getattr(enc, "max_length", None),
-            },
-            "train_groups": self.policy_groups,
-            "align": {
-                "init_from": self.hparams.init_from,
-                "strategy": self.hparams.strategy,
-                "reward": getattr(self._reward[0], "name", None),
-                "rollout_batches": self._rollout_batches,
-                # The sampler's position, so a resumed run draws the rollouts it would have.
-                "rollout_rng": None if self._generator is None else self._generator.get_state(),
-            },
+        record = self.checkpoint_record(
+            self.codec_spec or self.meta.get("codec"), sha, self.policy_groups
+        )
+        record["align"] = {
+            "init_from": self.hparams.init_from,
+            "strategy": self.hparams.strategy,
+            "reward": getattr(self._reward[0], "name", None),
+            "rollout_batches": self._rollout_batches,
+            # The sampler's position, so a resumed run draws the rollouts it would have.
+            "rollout_rng": None if self._generator is None else self._generator.get_state(),
         }
+        checkpoint["siren"] = record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("siren") or {}
-        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-        check_same_architecture(
-            meta.get("model_config"), meta.get("model_class"), self.network, source
-        )
+        self.check_checkpoint_architecture(checkpoint)
         align = checkpoint.get("siren", {}).get("align", {})
         self._rollout_batches = int(align.get("rollout_batches", 0))
         self._resumed_rng = align.get("rollout_rng")
@@ -379,7 +344,7 @@ class AlignModule(L.LightningModule):
         repeated = [c for c in captions for _ in range(hp.group_size)]
         text = self.text_encoder.encode(repeated)
         codec = self.codec
-        frames = max(1, round(hp.seconds * codec.sample_rate / codec.hop_length))
+        frames = seconds_to_frames(hp.seconds, codec.sample_rate, codec.hop_length)
         empty = self.text_encoder.encode([""])
         uncond = {}
         if self.rollout_sampling["cfg_scale"] != 1.0:

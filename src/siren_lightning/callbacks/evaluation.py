@@ -35,6 +35,7 @@ from torch import Tensor
 
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 from siren_lightning.callbacks.samples import generate_waveforms
+from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
 
@@ -179,7 +180,7 @@ class EvaluationCallback(L.Callback):
         """The length a generated clip gets, in samples at the codec rate."""
         sr = pl_module.codec.sample_rate
         if self.seconds is not None:
-            return max(1, round(self.seconds * sr))
+            return seconds_to_samples(self.seconds, sr)
         info = sf.info(str(path))
         return max(1, math.ceil(info.frames * sr / info.samplerate))
 

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
+from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.models.sampling import check_sampling
 
 
@@ -92,7 +93,7 @@ class AudioSamplesCallback(L.Callback):
             return
         if self.captions is None:
             self.captions = self._default_captions(trainer)
-        frames = max(1, round(self.seconds * codec.sample_rate / codec.hop_length))
+        frames = seconds_to_frames(self.seconds, codec.sample_rate, codec.hop_length)
         audio = generate_waveforms(pl_module, self.captions, frames, self.seed, self.sampling)
         clips = {f"{i}: {c[:60]}": audio[i] for i, c in enumerate(self.captions)}
         log_clips(writer, "samples", clips, codec.sample_rate, trainer.global_step)

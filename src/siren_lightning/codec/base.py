@@ -18,6 +18,17 @@ from dac.nn.quantize import ResidualVectorQuantize
 from torch import nn
 
 
+def seconds_to_samples(seconds: float, sample_rate: int) -> int:
+    """N = round(seconds x rate), at least 1: the length a generated clip is cut to."""
+    return max(1, round(seconds * sample_rate))
+
+
+def seconds_to_frames(seconds: float, sample_rate: int, hop_length: int) -> int:
+    """T = ceil(N / hop) frames cover `seconds_to_samples(seconds)` samples: the one rule that
+    turns a requested duration into codec frames (generation, callbacks, alignment)."""
+    return math.ceil(seconds_to_samples(seconds, sample_rate) / hop_length)
+
+
 class RVQCodec(nn.Module, abc.ABC):
     """Base for codecs built around DAC's `ResidualVectorQuantize` (attribute `quantizer`).
 

@@ -14,33 +14,41 @@ architecture differs from `SirenLM`:
 - the blocks are Siren's `TemporalBlock`s (cross-attention to the text token states, causal
   self-attention, SwiGLU; pre-norm RMSNorm; sinusoidal positions re-added before every block);
 - r linear heads read step s and predict the codes of step s, which are de-interleaved back to
-  frames. `forward` returns the same `SirenOutput` (logits [B, r, T, K], mask [B, r, T]) as
+  frames. `forward` returns the same `LMOutput` (logits [B, r, T, K], mask [B, r, T]) as
   `SirenLM`, so `PretrainModule` trains either.
 
-The config exposes `group = r` and `num_groups = 1`: to the trainer the whole model is one
-"group" that predicts every codebook.
+The model is one group (`num_groups` 1) that predicts every codebook (`codebooks_of(0)`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from siren_lightning.models.base import (
+    CodecLM,
+    LMConfigMethods,
+    LMOutput,
+    TextConditionedStack,
+)
 from siren_lightning.models.blocks import (
     DurationEmbedding,
+    StackedTemporal,
     TemporalBlock,
+    apply_operand,
     check_config_ranges,
-    sinusoidal_positions,
+    clip_timing,
+    fused_operand,
     swiglu_hidden,
     window_timing,
 )
 from siren_lightning.models.delay_pattern import DelayPattern
-from siren_lightning.models.siren import SirenOutput, masked_mean
+from siren_lightning.models.sampling import Prompts
 
 # Named sizes, each at the total parameter count of the SirenLM preset of the same name
 # (tested within 5%; docs/baseline.md lists the counts). Nothing in the code looks at the name.
@@ -55,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class DelayLMConfig:
+class DelayLMConfig(LMConfigMethods):
     """Sizes of a `DelayPatternLM`.
 
     Attributes:
@@ -88,8 +96,9 @@ class DelayLMConfig:
     bias: bool = True
     max_frames: int = 3000
     duration_conditioning: bool = False
-    group: int = field(init=False)
-    num_groups: int = field(init=False)
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    # Written by versions that pretended the model was one "group" of r codebooks.
+    legacy_fields: ClassVar[frozenset[str]] = frozenset({"group", "num_groups"})
 
     def __post_init__(self) -> None:
         check_config_ranges(self, ("num_layers",))
@@ -101,34 +110,11 @@ class DelayLMConfig:
             raise ValueError(f"DelayLMConfig: width must be even (sinusoids), got {self.width}")
         if self.mlp_hidden is None:
             self.mlp_hidden = swiglu_hidden(self.width)
-        self.group = self.num_codebooks
-        self.num_groups = 1
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> DelayLMConfig:
-        """A named size (`tiny`, `1.6b`, `3.1b`) with fields replaced by `overrides`."""
-        if name not in PRESETS:
-            raise ValueError(f"DelayLMConfig: unknown size {name!r}; known: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DelayLMConfig:
-        """Rebuild from `to_dict`/`asdict` output (derived fields ignored)."""
-        names = {f.name for f in fields(cls) if f.init}
-        unknown = set(values) - names - {"group", "num_groups"}
-        if unknown:
-            raise ValueError(f"DelayLMConfig: unknown fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Init arguments (JSON-serialisable) that rebuild this config."""
-        out = asdict(self)
-        out.pop("group")
-        out.pop("num_groups")
-        return out
 
 
-class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
+class DelayPatternLM(
+    CodecLM, TextConditionedStack, PyTorchModelHubMixin, library_name="siren-lightning"
+):
     """One transformer over all r codebooks, delay-interleaved (DESIGN.md section 5).
 
     `save_pretrained` / `from_pretrained` come from `huggingface_hub.PyTorchModelHubMixin`.
@@ -147,12 +133,7 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             config = DelayLMConfig.from_dict(config)
         self.config = c = config
         self.pattern = DelayPattern(c.num_codebooks, empty_token=c.codebook_size)
-        self.gradient_checkpointing = False
-        self.register_buffer(
-            "codebook_table", torch.zeros(c.num_codebooks, c.codebook_size, c.latent_dim)
-        )
-        if codebook_table is not None:
-            self.set_codebook_table(codebook_table)
+        self.init_codebook_table(codebook_table)
         self.projectors = nn.ModuleList(
             nn.Linear(c.latent_dim, c.width, bias=c.bias) for _ in range(c.num_codebooks)
         )
@@ -170,21 +151,27 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             nn.Linear(c.width, c.codebook_size, bias=c.bias) for _ in range(c.num_codebooks)
         )
 
-    def set_codebook_table(self, table: Tensor) -> None:
-        """Copy the codec's [r, K, D_lat] vectors into the frozen buffer (shapes must agree)."""
-        c = self.config
-        expected = (c.num_codebooks, c.codebook_size, c.latent_dim)
-        if tuple(table.shape) != expected:
-            raise ValueError(
-                f"DelayPatternLM: codebook_table has shape {tuple(table.shape)} (r, K, D_lat) but "
-                f"the config expects {expected}"
-            )
-        with torch.no_grad():
-            self.codebook_table.copy_(table.detach())
+    config_class = DelayLMConfig
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute block activations in the backward pass (saves memory, costs time)."""
-        self.gradient_checkpointing = enabled
+    @property
+    def num_groups(self) -> int:
+        """One transformer predicts every codebook."""
+        return 1
+
+    def group_module(self, group: int) -> nn.Module:
+        """The whole model (its only group is 0)."""
+        self.codebooks_of(group)  # checks the index
+        return self
+
+    def codebooks_of(self, group: int) -> list[int]:
+        """All r codebooks (the only group is 0)."""
+        if group != 0:
+            raise ValueError(f"DelayPatternLM: the only group is 0, got {group}")
+        return list(range(self.config.num_codebooks))
+
+    def stack(self) -> tuple[nn.ModuleList, nn.RMSNorm]:
+        """The blocks and their final norm (`run_stack` runs them)."""
+        return self.blocks, self.norm
 
     # Pieces, also used step by step by the sampler.
 
@@ -216,49 +203,25 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         table = torch.stack(rows)  # [r, K, D]
         return torch.cat([table, self.empty[:, None].to(table.dtype)], dim=1)
 
-    def text_kv(self, text_states: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Cross-attention keys/values of every block: [B, L, Dt] -> [B, H, L, D/H]s."""
-        return [block.cross.text_kv(text_states) for block in self.blocks]
-
-    def text_summary(self, text_states: Tensor, text_mask: Tensor) -> Tensor:
-        """Prompt summary: masked mean of the token states, projected. -> [B, D]."""
-        return self.summary(masked_mean(text_states, text_mask))
-
     def run(
         self,
         x: Tensor,
         text_kv: list[tuple[Tensor, Tensor]],
         text_mask: Tensor,
-        caches: list | None = None,
-        offset: int = 0,
         timing: Tensor | None = None,
     ) -> Tensor:
-        """Blocks over steps offset .. offset + S - 1, then the r heads.
+        """The blocks over steps 0 .. S - 1, then the r heads.
 
         Args:
             x: [B, S, D] step inputs (embeddings + summary).
             text_kv: from `text_kv`; text_mask: [B, L] bool.
-            caches: one `KVCache` per block (step-by-step sampling), or None.
             timing: [B, S, 2] `clip_timing` of frame s at step s (codebook 0's frame); used
                 (and needed) only with `duration_conditioning`.
 
         Returns:
             [B, r, S, K] logits of the codes of each step.
         """
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        pos = sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)  # [S, D]
-        if self.duration is not None:
-            if timing is None:
-                raise ValueError("DelayPatternLM.run: duration-conditioned; pass timing")
-            pos = pos + self.duration(timing).to(x.dtype)  # [B, S, D]
-        for i, block in enumerate(self.blocks):
-            x = x + pos
-            cache = None if caches is None else caches[i]
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, text_kv[i], text_mask, use_reentrant=False)
-            else:
-                x = block(x, text_kv[i], text_mask, cache)
-        x = self.norm(x)
+        x = self.run_stack(x, text_kv, text_mask, timing=timing)
         return torch.stack([head(x) for head in self.heads], dim=1)  # [B, r, S, K]
 
     def step_inputs(self, codes: Tensor, mask: Tensor) -> Tensor:
@@ -284,7 +247,7 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
         groups: list[int] | None = None,
         total_frames: Tensor | None = None,
         frame_offset: Tensor | None = None,
-    ) -> SirenOutput:
+    ) -> LMOutput:
         """Teacher-forced logits of every codebook.
 
         Args:
@@ -296,25 +259,11 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
                 `duration_conditioning`, as in `SirenLM.forward`.
 
         Returns:
-            `SirenOutput` with logits [B, r, T, K], mask [B, r, T] and codebooks 0 .. r-1.
+            `LMOutput` with logits [B, r, T, K], mask [B, r, T] and codebooks 0 .. r-1.
         """
         c = self.config
-        if codes.dim() != 3 or codes.shape[1] != c.num_codebooks:
-            raise ValueError(
-                f"DelayPatternLM.forward: codes must be [B, r={c.num_codebooks}, T], "
-                f"got {tuple(codes.shape)}"
-            )
+        self.check_inputs(codes, text_states, text_mask)
         b, r, t = codes.shape
-        if text_states.dim() != 3 or text_states.shape[-1] != c.text_dim:
-            raise ValueError(
-                f"DelayPatternLM.forward: text_states must be [B, L, Dt={c.text_dim}], "
-                f"got {tuple(text_states.shape)}"
-            )
-        if text_states.shape[0] != b or text_mask.shape != text_states.shape[:2]:
-            raise ValueError(
-                f"DelayPatternLM.forward: batch mismatch: codes {tuple(codes.shape)}, text_states "
-                f"{tuple(text_states.shape)}, text_mask {tuple(text_mask.shape)}"
-            )
         if groups is not None and list(groups) != [0]:
             raise ValueError(f"DelayPatternLM.forward: groups must be None or [0], got {groups}")
         if mask is None:
@@ -327,4 +276,118 @@ class DelayPatternLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightn
             timing = window_timing(mask, x.shape[1], total_frames, frame_offset)  # [B, S, 2]
         logits = self.run(x, self.text_kv(text_states), text_mask, timing=timing)
         logits = self.pattern.deinterleave(logits)  # [B, r, S, K] -> [B, r, T, K]
-        return SirenOutput(logits, mask[:, None].expand(b, r, t), list(range(r)))
+        return LMOutput(logits, mask[:, None].expand(b, r, t), self.codebooks_of(0))
+
+    # Generation: `models.sampling.generate_frames` calls begin, then step once per frame.
+
+    @torch.no_grad()
+    def begin(
+        self,
+        prompts: Prompts,
+        num_frames: int,
+        use_cache: bool = True,
+        batch_experts: bool = True,
+        prompt_codes: Tensor | None = None,
+    ) -> DelayGeneration:
+        """Prepare a generation of num_frames frames (S = T + r - 1 delay steps).
+
+        Args:
+            prompts: from `models.sampling.prepare_prompts` (N rows).
+            use_cache: False recomputes the blocks over every earlier step (reference path).
+            batch_experts: no effect (one stack), accepted so both LMs take the same call.
+            prompt_codes: [B, r, P] codes frames 0 .. P-1 are set to instead of drawn.
+        """
+        if self.training:
+            raise ValueError("DelayPatternLM.begin: put the model in eval mode (no dropout)")
+        states, mask = prompts.states, prompts.mask
+        steps = self.pattern.steps(num_frames)
+        stacked, heads = None, None
+        if use_cache:
+            durations = None if self.duration is None else [self.duration]
+            stacked = StackedTemporal(
+                [self.blocks], [self.norm], states, mask, steps, durations, prompts.total_frames
+            )
+            heads = fused_operand(list(self.heads))  # the r heads as one matmul
+        return DelayGeneration(
+            prompts=prompts,
+            summary=self.text_summary(states, mask),
+            table=self.projected_table(),
+            valid=self.pattern.valid_mask(steps, states.device),
+            stacked=stacked,
+            heads=heads,
+            text_kv=None if use_cache else self.text_kv(states),
+            history=None if use_cache else [],
+            prompt_codes=prompt_codes,
+        )
+
+    @torch.no_grad()
+    def step(self, state: DelayGeneration, sampler: Callable[[Tensor], Tensor]) -> Tensor:
+        """Run delay steps until the next frame t is complete (step t + r - 1: codebook q of
+        frame t is drawn at step t + q), drawing the active codebooks of each step with
+        `sampler` ([N, n, K] logits -> [B, n] codes).
+
+        Returns:
+            [B, r] long codes of frame t.
+        """
+        r = self.config.num_codebooks
+        t = len(state.frames)
+        while len(state.seq) < t + r:
+            state.seq.append(self._delay_step(state, sampler))
+        state.frames.append(torch.stack([state.seq[t + q][:, q] for q in range(r)], dim=1))
+        return state.frames[-1]
+
+    def _delay_step(self, state: DelayGeneration, sampler: Callable[[Tensor], Tensor]) -> Tensor:
+        """Delay step s = len(state.seq): [B, r] tokens (the idle token K where inactive)."""
+        c, p, s = self.config, state.prompts, len(state.seq)
+        r, idle, n = c.num_codebooks, c.codebook_size, p.states.shape[0]
+        codebooks = torch.arange(r, device=p.states.device)
+        if s == 0:
+            e = state.table[:, idle].sum(0).expand(n, -1)  # the all-idle step, [N, D]
+        else:
+            e = state.table[codebooks, state.seq[-1]].sum(1)  # [B, r, D] -> [B, D]
+            e = torch.cat([e, e]) if p.guided else e  # [N, D]
+        x = (e + state.summary)[:, None]  # [N, 1, D]
+        if state.stacked is not None:
+            h = state.stacked.step(x.transpose(0, 1), s)[0]  # [N, D]
+            logits = apply_operand(h, *state.heads).view(n, r, -1)  # [N, r, K]
+        else:
+            state.history.append(x)
+            timing = clip_timing(p.total_frames, s + 1) if self.duration is not None else None
+            logits = self.run(torch.cat(state.history, 1), state.text_kv, p.mask, timing=timing)
+            logits = logits[:, :, -1]
+        active = state.valid[:, s]  # [r]
+        drawn = sampler(logits[:, active])  # [B, n_active]
+        tokens = drawn.new_full((drawn.shape[0], r), idle)
+        tokens[:, active] = drawn
+        if state.prompt_codes is not None:  # codebook q holds frame s - q: given while < P
+            frame = s - codebooks
+            given = active & (frame < state.prompt_codes.shape[-1])
+            tokens[:, given] = state.prompt_codes[:, codebooks[given], frame[given]]
+        return tokens
+
+
+@dataclass
+class DelayGeneration:
+    """What `DelayPatternLM.begin` prepares and every `step` reads and advances.
+
+    Attributes:
+        prompts: the text conditioning (N rows).
+        summary: [N, D] prompt summary; table: [r, K + 1, D] `projected_table`.
+        valid: [r, S] which codebooks hold a code at each step.
+        stacked, heads: the cached layout of the blocks and the fused heads (None uncached).
+        text_kv, history: uncached path: cross-attention keys/values and the inputs so far.
+        prompt_codes: [B, r, P] codes the clips start with, or None.
+        seq: [B, r] tokens of each step so far; frames: [B, r] codes of each frame so far.
+    """
+
+    prompts: Prompts
+    summary: Tensor
+    table: Tensor
+    valid: Tensor
+    stacked: StackedTemporal | None
+    heads: tuple[Tensor, Tensor | None] | None
+    text_kv: list[tuple[Tensor, Tensor]] | None
+    history: list[Tensor] | None
+    prompt_codes: Tensor | None
+    seq: list[Tensor] = field(default_factory=list)
+    frames: list[Tensor] = field(default_factory=list)

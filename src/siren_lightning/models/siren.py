@@ -17,8 +17,9 @@ decoder sums, `codebook_table[j, code]`) through the expert's own trainable proj
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +27,28 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from siren_lightning.models.base import (
+    CodecLM,
+    LMConfigMethods,
+    LMOutput,
+    TextConditionedStack,
+)
 from siren_lightning.models.blocks import (
     DecoderBlock,
     DurationEmbedding,
+    StackedTemporal,
     TemporalBlock,
+    apply_operand,
     check_config_ranges,
+    clip_timing,
+    fused_operand,
+    rms_norm_stacked,
     sinusoidal_positions,
+    stack_linears,
     swiglu_hidden,
     window_timing,
 )
+from siren_lightning.models.sampling import Prompts
 
 # Named sizes. Only the numbers differ; nothing in the code looks at the name.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -49,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class SirenConfig:
+class SirenConfig(LMConfigMethods):
     """Sizes of a `SirenLM`.
 
     Attributes:
@@ -87,6 +101,7 @@ class SirenConfig:
     max_frames: int = 3000
     duration_conditioning: bool = False
     num_groups: int = field(init=False)
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     def __post_init__(self) -> None:
         check_config_ranges(self, ("temporal_layers", "decoder_layers"))
@@ -106,50 +121,12 @@ class SirenConfig:
             self.mlp_hidden = swiglu_hidden(self.width)
         self.num_groups = self.num_codebooks // self.group
 
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> SirenConfig:
-        """A named size (`tiny`, `1.6b`, `3.1b`) with fields replaced by `overrides`."""
-        if name not in PRESETS:
-            raise ValueError(f"SirenConfig: unknown size {name!r}; known: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SirenConfig:
-        """Rebuild from `to_dict`/`asdict` output (derived fields such as num_groups ignored)."""
-        names = {f.name for f in fields(cls) if f.init}
-        unknown = set(values) - names - {"num_groups"}
-        if unknown:
-            raise ValueError(f"SirenConfig: unknown fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Init arguments (JSON-serialisable) that rebuild this config."""
-        out = asdict(self)
-        out.pop("num_groups")
-        return out
+# `SirenLM.forward` returns the shared `LMOutput` (logits [B, n, T, K], mask, codebooks).
+SirenOutput = LMOutput
 
 
-class SirenOutput(NamedTuple):
-    """What `SirenLM.forward` returns.
-
-    Attributes:
-        logits: [B, n, T, K] for the n predicted codebooks (all r unless groups were chosen).
-        mask: [B, n, T] bool, True where the target is a real frame.
-        codebooks: the n codebook indices, in the order of the logits.
-    """
-
-    logits: Tensor
-    mask: Tensor
-    codebooks: list[int]
-
-
-def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean of the valid token states: [B, L, Dt], [B, L] -> [B, Dt] (zeros if none valid)."""
-    weights = mask.to(states.dtype).unsqueeze(-1)  # [B, L, 1]
-    return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-class ResidualGroupTransformer(nn.Module):
+class ResidualGroupTransformer(TextConditionedStack):
     """One expert: predicts codebooks `index*g .. index*g + g - 1` (DESIGN.md section 1)."""
 
     def __init__(self, config: SirenConfig, index: int) -> None:
@@ -162,7 +139,6 @@ class ResidualGroupTransformer(nn.Module):
         self.config = c
         self.index = index
         self.first_codebook = index * c.group
-        self.gradient_checkpointing = False
         self.projectors = nn.ModuleList(
             nn.Linear(c.latent_dim, c.width, bias=c.bias) for _ in range(c.num_codebooks)
         )
@@ -228,74 +204,32 @@ class ResidualGroupTransformer(nn.Module):
         bias = None if projectors[0].bias is None else sum(p.bias for p in projectors)
         return F.linear(x, weight, bias)
 
-    def text_kv(self, text_states: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Cross-attention keys/values of every temporal block: [B, L, Dt] -> [B, H, L, D/H]s."""
-        return [block.cross.text_kv(text_states) for block in self.temporal]
+    def stack(self) -> tuple[nn.ModuleList, nn.RMSNorm]:
+        """The temporal transformer: its blocks and final norm (`run_stack` runs them)."""
+        return self.temporal, self.temporal_norm
 
-    def text_summary(self, text_states: Tensor, text_mask: Tensor) -> Tensor:
-        """Prompt summary: masked mean of the token states, projected. -> [B, D]."""
-        return self.summary(masked_mean(text_states, text_mask))
-
-    def run_temporal(
-        self,
-        x: Tensor,
-        text_kv: list[tuple[Tensor, Tensor]],
-        text_mask: Tensor,
-        caches: list | None = None,
-        offset: int = 0,
-        timing: Tensor | None = None,
-    ) -> Tensor:
-        """Temporal blocks, positions (and the clip timing) re-added before each.
-
-        Args:
-            x: [B, T, D] inputs of frames offset .. offset + T - 1.
-            text_kv: from `text_kv`; text_mask: [B, L] bool.
-            caches: one `KVCache` per block (step-by-step sampling), or None.
-            timing: [B, T, 2] `clip_timing` of those frames; used (and needed) only with
-                `duration_conditioning`.
-
-        Returns:
-            h: [B, T, D], normalised temporal outputs.
-        """
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        pos = sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)  # [T, D]
-        if self.duration is not None:
-            if timing is None:
-                raise ValueError("run_temporal: this expert is duration-conditioned; pass timing")
-            pos = pos + self.duration(timing).to(x.dtype)  # [B, T, D]
-        for i, block in enumerate(self.temporal):
-            x = x + pos
-            cache = None if caches is None else caches[i]
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, text_kv[i], text_mask, use_reentrant=False)
-            else:
-                x = block(x, text_kv[i], text_mask, cache)
-        return self.temporal_norm(x)
-
-    def decode(self, tokens: Tensor, last_only: bool = False) -> Tensor:
+    def decode(self, tokens: Tensor) -> Tensor:
         """Per-frame decoder over `[h_t, before, before + e_gk, ...]`.
 
         Args:
             tokens: [N, n, D] with 2 <= n <= g + 1 (a prefix of the full sequence).
-            last_only: apply only the last head (sampling).
 
         Returns:
-            [N, n - 1, K]: head i applied to output token i + 1 ([N, 1, K] if last_only).
+            [N, n - 1, K]: head i applied to output token i + 1.
         """
         n = tokens.shape[1]
         pos = self.decoder_positions[:n]  # [n, D]
-        first = n - 2 if last_only else 0  # the first head applied
         x = tokens
         for i, block in enumerate(self.decoder):
             x = x + pos.to(x.dtype)
-            # The heads read tokens first + 1 .. n - 1: the last block computes those alone.
-            keep = first + 1 if i == len(self.decoder) - 1 else 0
+            # The heads read tokens 1 .. n - 1: the last block computes those alone.
+            keep = 1 if i == len(self.decoder) - 1 else 0
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, keep, use_reentrant=False)
             else:
                 x = block(x, keep)
-        x = self.decoder_norm(x)  # [N, n - first - 1, D]: token first + 1 + j in row j
-        return torch.stack([self.heads[first + j](x[:, j]) for j in range(n - first - 1)], dim=1)
+        x = self.decoder_norm(x)  # [N, n - 1, D]: token 1 + j in row j
+        return torch.stack([self.heads[j](x[:, j]) for j in range(n - 1)], dim=1)
 
     def forward(
         self,
@@ -323,7 +257,7 @@ class ResidualGroupTransformer(nn.Module):
         total = lower + own.sum(1) + rest
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
-        h = self.run_temporal(x, self.text_kv(text_states), text_mask, timing=timing)
+        h = self.run_stack(x, self.text_kv(text_states), text_mask, timing=timing)
         before = self.text_summary(text_states, text_mask)[:, None] + lower
         tokens = [h, before]
         for i in range(g - 1):
@@ -333,7 +267,155 @@ class ResidualGroupTransformer(nn.Module):
         return logits.view(b, t, g, -1).transpose(1, 2)  # [B, g, T, K]
 
 
-class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
+class CachedDecoders:
+    """Every expert's per-frame decoder on the sampling path, one token at a time.
+
+    The same math as `ResidualGroupTransformer.decode` in eval mode, computed incrementally:
+    each decoder block keeps the keys/values of the frame's earlier tokens, so a new token runs
+    through the blocks once (one row per matmul) instead of its whole prefix again. Token 0
+    (`h_t`, the temporal output) is known for every expert before any code of the frame is
+    drawn, so `start` runs it through all experts' blocks at once (weights stacked on an axis G,
+    as in `StackedTemporal`); attending to itself alone, its attention output is its value.
+    Only tokens 1 .. g, which need the codes drawn so far, run expert by expert in `step`. At
+    batch 1 on a CPU the sampler's cost is the count of small operators, and this halves the
+    count per code. `tests/models/test_generation_layout.py` checks it against `decode`.
+
+    Args:
+        experts: the G `ResidualGroupTransformer`s.
+        rows: N, the rows sampled together (2B with classifier-free guidance).
+        dtype: of the activations.
+    """
+
+    def __init__(
+        self, experts: list[ResidualGroupTransformer], rows: int, dtype: torch.dtype
+    ) -> None:
+        c = experts[0].config
+        self.heads_count, self.eps, self.width = c.num_heads, c.norm_eps, c.width
+        self.g, self.rows = len(experts), rows
+
+        # Per expert, per block: (norm1, qkv, out, norm2, gate_up, down) for `step`.
+        self.blocks = [
+            [
+                (
+                    block.self_norm.weight.detach(),
+                    fused_operand([block.attn.qkv]),
+                    fused_operand([block.attn.out]),
+                    block.mlp_norm.weight.detach(),
+                    fused_operand([block.mlp.gate, block.mlp.up]),
+                    fused_operand([block.mlp.down]),
+                )
+                for block in expert.decoder
+            ]
+            for expert in experts
+        ]
+        # Per block, stacked over the experts, for token 0 in `start`: its query is never used.
+        self.stacked = []
+        for blocks in zip(*(expert.decoder for expert in experts)):
+            self.stacked.append(
+                (
+                    torch.stack([b.self_norm.weight.detach() for b in blocks]).unsqueeze(1),
+                    # keys and values only: outputs D.. of the qkv projection
+                    stack_linears([[b.attn.qkv] for b in blocks], outputs_from=c.width),
+                    stack_linears([[b.attn.out] for b in blocks]),
+                    torch.stack([b.mlp_norm.weight.detach() for b in blocks]).unsqueeze(1),
+                    stack_linears([[b.mlp.gate, b.mlp.up] for b in blocks]),
+                    stack_linears([[b.mlp.down] for b in blocks]),
+                )
+            )
+        self.final_norms = [expert.decoder_norm.weight.detach() for expert in experts]
+        self.heads = [[fused_operand([head]) for head in expert.heads] for expert in experts]
+        self.positions = experts[0].decoder_positions.to(dtype)  # [g + 1, D], same in every expert
+        # Keys and values of the frame's tokens: per block [G, N, H, g + 1, D/H].
+        shape = (self.g, rows, c.num_heads, c.group + 1, c.width // c.num_heads)
+        self.keys = [self.positions.new_zeros(shape) for _ in self.stacked]
+        self.values = [self.positions.new_zeros(shape) for _ in self.stacked]
+
+    def start(self, hidden: Tensor) -> None:
+        """Token 0 of every expert: hidden [G, N, D] temporal outputs of the frame."""
+        x, last = hidden, len(self.stacked) - 1
+        for i, (norm1, kv, out, norm2, gate_up, down) in enumerate(self.stacked):
+            x = x + self.positions[0]
+            h = rms_norm_stacked(x, norm1, self.eps)
+            k, v = apply_operand(h, *kv).view(self.g, self.rows, 2, self.heads_count, -1).unbind(2)
+            self.keys[i][:, :, :, 0] = k
+            self.values[i][:, :, :, 0] = v
+            if i == last:  # the last block's output at token 0 is never read
+                break
+            x = x + apply_operand(v.reshape(x.shape), *out)  # attention over itself alone: v
+            h = rms_norm_stacked(x, norm2, self.eps)
+            gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
+            x = x + apply_operand(F.silu(gate) * up, *down)
+
+    def step(self, k: int, token: Tensor, i: int) -> Tensor:
+        """token [N, D], token i (1 .. g) of expert k -> [N, K] logits of its head i - 1.
+
+        Tokens 0 .. i - 1 of the frame must have run (`start`, then `step` in order).
+        """
+        x, n, d = token, self.rows, self.width
+        for b, (norm1, qkv, out, norm2, gate_up, down) in enumerate(self.blocks[k]):
+            x = x + self.positions[i]
+            h = F.rms_norm(x, (d,), norm1, self.eps)
+            q, key, value = apply_operand(h, *qkv).view(n, 3, self.heads_count, -1).unbind(1)
+            keys, values = self.keys[b][k], self.values[b][k]  # [N, H, g + 1, D/H]
+            keys[:, :, i] = key
+            values[:, :, i] = value
+            y = F.scaled_dot_product_attention(
+                q[:, :, None], keys[:, :, : i + 1], values[:, :, : i + 1]
+            )  # [N, H, 1, D/H]: token i sees tokens 0 .. i
+            x = x + apply_operand(y.view(n, d), *out)
+            h = F.rms_norm(x, (d,), norm2, self.eps)
+            gate, up = apply_operand(h, *gate_up).chunk(2, dim=-1)
+            x = x + apply_operand(F.silu(gate) * up, *down)
+        h = F.rms_norm(x, (d,), self.final_norms[k], self.eps)
+        return apply_operand(h, *self.heads[k][i - 1])
+
+
+@dataclass
+class SirenGeneration:
+    """What `SirenLM.begin` prepares and every `SirenLM.step` reads and advances.
+
+    Attributes:
+        prompts: the text conditioning (N rows).
+        summaries: [G, N, D] every expert's prompt summary.
+        tables: [G, r, K, D] every expert's projected vector of every code (`code_tables`).
+        decoders: the experts' per-frame decoders, cached token by token.
+        stacked: the experts' temporal stacks as one (cached, batched layout), or None.
+        text_kv: each expert's cross-attention keys/values when the experts step one by one.
+        history: without a cache, each expert's inputs so far (recomputed every frame).
+        prompt_codes: [B, r, P] codes the clips start with, or None.
+        frame: the next frame t; previous: [B, r] codes of frame t - 1.
+    """
+
+    prompts: Prompts
+    summaries: Tensor
+    tables: Tensor
+    decoders: CachedDecoders
+    stacked: StackedTemporal | None
+    text_kv: list[list[tuple[Tensor, Tensor]]]
+    history: list[list[Tensor]] | None
+    prompt_codes: Tensor | None
+    frame: int = 0
+    previous: Tensor | None = None
+    flat_tables: Tensor = field(init=False)  # [G * r * K, D], row (k * r + j) * K + code
+    offsets: Tensor = field(init=False)  # [G, r], (k * r + j) * K
+    codebooks: Tensor = field(init=False)  # [r], 0 .. r-1
+
+    def __post_init__(self) -> None:
+        g, r, size, d = self.tables.shape
+        self.flat_tables = self.tables.view(-1, d)
+        self.codebooks = torch.arange(r, device=self.tables.device)
+        self.offsets = torch.arange(g * r, device=self.tables.device).view(g, r) * size
+
+    def embed(self, k: int, codes: Tensor, first: int) -> Tensor:
+        """Sum of expert k's vectors of [B, m] codes of codebooks first .. first+m-1: [N, D]."""
+        b, m = codes.shape
+        rows = (codes + self.offsets[k, first : first + m]).view(-1)
+        e = self.flat_tables.index_select(0, rows)  # [B * m, D]
+        e = e if m == 1 else e.view(b, m, -1).sum(1)  # [B, D]
+        return torch.cat([e, e]) if self.prompts.guided else e  # [N, D]
+
+
+class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
     """r/g isolated experts over a frozen codec codebook table (DESIGN.md sections 1, 5).
 
     `save_pretrained(folder)` / `SirenLM.from_pretrained(folder_or_hub_id, strict=True)` come from
@@ -352,31 +434,25 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
         super().__init__()
         if isinstance(config, dict):
             config = SirenConfig.from_dict(config)
-        self.config = config
-        c = config
-        self.register_buffer(
-            "codebook_table", torch.zeros(c.num_codebooks, c.codebook_size, c.latent_dim)
-        )
-        if codebook_table is not None:
-            self.set_codebook_table(codebook_table)
+        self.config = c = config
+        self.init_codebook_table(codebook_table)
         self.experts = nn.ModuleList(ResidualGroupTransformer(c, k) for k in range(c.num_groups))
 
-    def set_codebook_table(self, table: Tensor) -> None:
-        """Copy the codec's [r, K, D_lat] vectors into the frozen buffer (shapes must agree)."""
-        c = self.config
-        expected = (c.num_codebooks, c.codebook_size, c.latent_dim)
-        if tuple(table.shape) != expected:
-            raise ValueError(
-                f"SirenLM: codebook_table has shape {tuple(table.shape)} (r, K, D_lat) but the "
-                f"config expects {expected}"
-            )
-        with torch.no_grad():
-            self.codebook_table.copy_(table.detach())
+    config_class = SirenConfig
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Recompute block activations in the backward pass (saves memory, costs time)."""
-        for expert in self.experts:
-            expert.gradient_checkpointing = enabled
+    @property
+    def num_groups(self) -> int:
+        """r/g experts, each trainable on its own."""
+        return self.config.num_groups
+
+    def group_module(self, group: int) -> nn.Module:
+        """Expert `group`: the part that makes (and alone trains) its codebooks."""
+        return self.experts[group]
+
+    def codebooks_of(self, group: int) -> list[int]:
+        """The codebooks expert `group` predicts, in order: g*group .. g*group + g - 1."""
+        g = self.config.group
+        return list(range(group * g, group * g + g))
 
     def codebook_vectors(self, codes: Tensor, codebooks: range | list[int] | None = None) -> Tensor:
         """Look codes up in the frozen table.
@@ -418,21 +494,8 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
             `SirenOutput` with logits [B, n, T, K], mask [B, n, T] and the n codebook indices.
         """
         c = self.config
-        if codes.dim() != 3 or codes.shape[1] != c.num_codebooks:
-            raise ValueError(
-                f"SirenLM.forward: codes must be [B, r={c.num_codebooks}, T], got {tuple(codes.shape)}"
-            )
+        self.check_inputs(codes, text_states, text_mask)
         b, _, t = codes.shape
-        if text_states.dim() != 3 or text_states.shape[-1] != c.text_dim:
-            raise ValueError(
-                f"SirenLM.forward: text_states must be [B, L, Dt={c.text_dim}], "
-                f"got {tuple(text_states.shape)}"
-            )
-        if text_states.shape[0] != b or text_mask.shape != text_states.shape[:2]:
-            raise ValueError(
-                f"SirenLM.forward: batch mismatch: codes {tuple(codes.shape)}, text_states "
-                f"{tuple(text_states.shape)}, text_mask {tuple(text_mask.shape)}"
-            )
         groups = list(range(c.num_groups)) if groups is None else list(groups)
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
@@ -444,8 +507,142 @@ class SirenLM(nn.Module, PyTorchModelHubMixin, library_name="siren-lightning"):
         logits = torch.cat(
             [self.experts[k](vectors, text_states, text_mask, timing) for k in groups], dim=1
         )  # [B, n, T, K]
-        codebooks = [k * c.group + i for k in groups for i in range(c.group)]
+        codebooks = [j for k in groups for j in self.codebooks_of(k)]
         return SirenOutput(logits, mask[:, None].expand(b, len(codebooks), t), codebooks)
+
+    # Generation: `models.sampling.generate_frames` calls begin, then step once per frame.
+
+    def code_tables(self, dtype: torch.dtype) -> Tensor:
+        """Every expert's projected vector of every code, to look up instead of projecting.
+
+        Returns:
+            [G, r, K, D]: entry (k, j, c) is expert k's projector j applied to code c of
+            codebook j.
+        """
+        table = self.codebook_table.to(dtype)
+        r, size, _ = table.shape
+        out = table.new_empty(len(self.experts), r, size, self.config.width)
+        for k, expert in enumerate(self.experts):
+            weight = torch.stack([p.weight.detach() for p in expert.projectors]).to(dtype)
+            if expert.projectors[0].bias is None:  # [r, K, D_lat] @ [r, D_lat, D]
+                torch.bmm(table, weight.transpose(1, 2), out=out[k])
+            else:
+                bias = torch.stack([p.bias.detach() for p in expert.projectors]).to(dtype)
+                torch.baddbmm(bias[:, None], table, weight.transpose(1, 2), out=out[k])
+        return out
+
+    @torch.no_grad()
+    def begin(
+        self,
+        prompts: Prompts,
+        num_frames: int,
+        use_cache: bool = True,
+        batch_experts: bool = True,
+        prompt_codes: Tensor | None = None,
+    ) -> SirenGeneration:
+        """Prepare a generation of num_frames frames (caches, text keys/values, tables).
+
+        Args:
+            prompts: from `models.sampling.prepare_prompts` (N rows).
+            use_cache: False recomputes the temporal transformers over the whole prefix at
+                every frame (the reference path).
+            batch_experts: with the cache, run all experts' temporal steps as one batched step
+                (`StackedTemporal`); False steps the experts' own blocks one by one, each
+                self-attention holding its cache.
+            prompt_codes: [B, r, P] codes frames 0 .. P-1 are set to instead of drawn.
+        """
+        if self.training:
+            raise ValueError("SirenLM.begin: put the model in eval mode (no dropout)")
+        c, experts = self.config, list(self.experts)
+        states, mask = prompts.states, prompts.mask
+        stacked = None
+        if use_cache and batch_experts:
+            stacked = StackedTemporal(
+                [e.temporal for e in experts],
+                [e.temporal_norm for e in experts],
+                states,
+                mask,
+                num_frames,
+                [e.duration for e in experts] if c.duration_conditioning else None,
+                prompts.total_frames,
+            )
+        elif use_cache:
+            for expert in experts:
+                expert.set_kv_cache(num_frames)
+        return SirenGeneration(
+            prompts=prompts,
+            summaries=torch.stack([e.text_summary(states, mask) for e in experts]),
+            tables=self.code_tables(states.dtype),
+            decoders=CachedDecoders(experts, states.shape[0], states.dtype),
+            stacked=stacked,
+            text_kv=[] if stacked is not None else [e.text_kv(states) for e in experts],
+            history=None if use_cache else [[] for _ in experts],
+            prompt_codes=prompt_codes,
+        )
+
+    @torch.no_grad()
+    def step(self, state: SirenGeneration, sampler: Callable[[Tensor], Tensor]) -> Tensor:
+        """Generate frame t = state.frame.
+
+        1. Every expert's temporal transformer steps on frame t-1's codes. The steps are
+           independent (they read only frame t-1), so they all run before any decoder.
+        2. The per-frame decoders run in expert order; expert k draws its codebooks one at a
+           time with `sampler` ([N, K] logits -> [B] codes) and sees the codes that earlier
+           experts drew for this frame. Token 0 of every decoder, h_t, needs no code of the
+           frame: it runs for all experts at once (`CachedDecoders.start`).
+
+        Returns:
+            [B, r] long codes of frame t.
+        """
+        t, p = state.frame, state.prompts
+        experts = list(self.experts)
+        n, dtype = p.states.shape[0], p.states.dtype
+        if state.previous is None:
+            inputs = torch.stack([e.start.to(dtype).expand(n, -1) for e in experts])  # [G, N, D]
+        else:
+            inputs = state.tables[:, state.codebooks, state.previous].sum(
+                2
+            )  # [G, B, r, D] -> [G, B, D]
+            inputs = torch.cat([inputs, inputs], 1) if p.guided else inputs  # [G, N, D]
+        if state.stacked is not None:
+            hidden = state.stacked.step(inputs, t)  # [G, N, D]
+        else:
+            hidden = torch.stack(
+                [self._temporal_step(k, inputs[k][:, None], state) for k in range(len(experts))]
+            )
+        state.frame += 1
+        if state.prompt_codes is not None and t < state.prompt_codes.shape[-1]:
+            state.previous = state.prompt_codes[:, :, t]  # given, not drawn: no decoder runs
+            return state.previous
+        state.decoders.start(hidden)
+        drawn: list[Tensor] = []  # [B] per codebook, in order
+        for k in range(len(experts)):
+            books = self.codebooks_of(k)
+            token = state.summaries[k]  # before = summary + e_j of the codes j < first
+            if books[0] > 0:
+                token = token + state.embed(k, torch.stack(drawn, 1), 0)  # [N, D]
+            for i, j in enumerate(books):
+                drawn.append(sampler(state.decoders.step(k, token, i + 1)))
+                if i < len(books) - 1:
+                    token = token + state.embed(k, drawn[-1][:, None], j)
+        state.previous = torch.stack(drawn, 1)  # [B, r]
+        return state.previous
+
+    def _temporal_step(self, k: int, x: Tensor, state: SirenGeneration) -> Tensor:
+        """Expert k's temporal output of frame state.frame from its own blocks: [N, 1, D] ->
+        [N, D] (cached in its self-attentions, or recomputed over the prefix)."""
+        expert, p, t = self.experts[k], state.prompts, state.frame
+        conditioned = self.config.duration_conditioning
+        if state.history is None:
+            timing = clip_timing(p.total_frames, 1, t) if conditioned else None
+            h = expert.run_stack(x, state.text_kv[k], p.mask, offset=t, timing=timing)
+        else:
+            state.history[k].append(x)
+            timing = clip_timing(p.total_frames, t + 1) if conditioned else None
+            h = expert.run_stack(
+                torch.cat(state.history[k], 1), state.text_kv[k], p.mask, timing=timing
+            )
+        return h[:, -1]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

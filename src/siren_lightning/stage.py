@@ -1,0 +1,139 @@
+"""What the LM training stages share (`PretrainModule`, `AlignModule`): one chassis.
+
+- the frozen text encoder is never saved in checkpoints, and is put back before weights load;
+- the codec may be given as a spec string and is loaded (in eval mode) on first use;
+- the `siren` checkpoint record that `siren export` rebuilds the LM from, and the check that a
+  checkpoint holds this architecture before its weights load;
+- freezing every group of codebooks but the trained ones (asking the LM which part makes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+
+def check_codec_fits(codec: nn.Module, config: Any) -> None:
+    """Raise one clear error when a codec's r and K are not those an LM config was built for."""
+    if (codec.n_codebooks, codec.codebook_size) != (config.num_codebooks, config.codebook_size):
+        raise ValueError(
+            f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
+            f"K={codec.codebook_size}, the LM was built for r={config.num_codebooks}, "
+            f"K={config.codebook_size}"
+        )
+
+
+# Config fields a resumed run may change: they do not change what the weights mean.
+RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
+
+
+def check_same_architecture(
+    recorded: dict[str, Any] | None,
+    recorded_class: str | None,
+    network: nn.Module,
+    source: str | Path,
+) -> None:
+    """Refuse weights recorded for another LM than `network`, naming every differing field.
+
+    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
+    a strict `load_state_dict` would take the weights without a word.
+
+    Args:
+        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
+            (an old checkpoint without one) skips the check.
+        recorded_class: the LM class name it recorded, if any.
+        source: the file or folder, for the message.
+    """
+    here = type(network).__name__
+    if recorded_class is not None and recorded_class != here:
+        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
+    if recorded is None:
+        return
+    current = network.config.to_dict()
+    differ = [
+        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
+        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
+        if recorded[name] != current[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
+            "build the model with the checkpoint's values, or start a new run"
+        )
+
+
+class StageModule(L.LightningModule):
+    """Chassis of a stage that trains a `models.base.CodecLM` held as `self.network`.
+
+    A subclass sets `self.network` and `self.text_encoder` and calls `init_codec`.
+    """
+
+    network: Any
+    text_encoder: Any
+
+    def init_codec(self, codec: nn.Module | str | None) -> None:
+        """Keep the codec (or its spec, loaded on first use) out of `nn.Module` bookkeeping:
+        never moved with the module, never saved in its checkpoints."""
+        self.codec_spec = codec if isinstance(codec, str) else None
+        self._codec = [codec]  # a list hides it from nn.Module
+
+    @property
+    def codec(self) -> Any:
+        """The codec (loaded on first use when given as a spec; None when none was given)."""
+        if isinstance(self._codec[0], str):
+            from siren_lightning.codec.checkpoint import load_codec
+
+            self._codec[0] = load_codec(self._codec[0]).eval()
+        return self._codec[0]
+
+    def train_only(self, groups: list[int]) -> None:
+        """Freeze every group of codebooks of the LM but `groups`."""
+        for k in range(self.network.num_groups):
+            self.network.group_module(k).requires_grad_(k in groups)
+
+    # Checkpoints hold the LM, not the frozen pretrained text encoder.
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
+        if self.text_encoder is not None:
+            own = self.text_encoder.state_dict(prefix="text_encoder.")
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+    def checkpoint_record(
+        self, codec_spec: Any, codec_sha256: str | None, train_groups: list[int]
+    ) -> dict[str, Any]:
+        """The `siren` record: what `siren export` needs to rebuild the LM without Lightning."""
+        codec, enc = self.codec, self.text_encoder
+        return {
+            "model_class": type(self.network).__name__,
+            "model_config": self.network.config.to_dict(),
+            "codec": codec_spec,
+            "codec_sha256": codec_sha256,
+            "sample_rate": getattr(codec, "sample_rate", None),
+            "hop_length": getattr(codec, "hop_length", None),
+            "text_encoder": None
+            if enc is None
+            else {
+                "backend": getattr(enc, "backend", None),
+                "name_or_path": getattr(enc, "name_or_path", None),
+                "source": getattr(enc, "source", None),
+                "max_length": getattr(enc, "max_length", None),
+            },
+            "train_groups": train_groups,
+        }
+
+    def check_checkpoint_architecture(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture (before its weights load)."""
+        meta = checkpoint.get("siren") or {}
+        source = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        check_same_architecture(
+            meta.get("model_config"), meta.get("model_class"), self.network, source
+        )
