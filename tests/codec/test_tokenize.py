@@ -423,7 +423,7 @@ def test_long_clips_are_batched_with_fewer_clips_and_warned(tmp_path, caplog, mo
     assert frames == [math.ceil(n / 320) for n in [*LENGTHS[:4], 12000]]  # all whole
 
 
-def test_shards_get_the_mode_the_umask_gives(tmp_path):
+def test_cache_files_get_the_mode_the_umask_gives(tmp_path):
     import os
     import stat
 
@@ -435,5 +435,7 @@ def test_shards_get_the_mode_the_umask_gives(tmp_path):
             tok.tokenize_manifest(manifest, codec(), out, progress=False)
         finally:
             os.umask(old)
-        for path in out.iterdir():
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert {p.name for p in files} >= {"index.json", "chunk-0-0.bin", "part-00000.json"}
+        for path in files:
             assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
