@@ -4,6 +4,8 @@ bucketing that keeps batches aligned across chunks, and exact resume from the lo
 
 from __future__ import annotations
 
+from itertools import islice
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,30 @@ def test_loader_resumes_exactly_from_the_consumed_batches(cache, bucket):
     for (_, got), (_, want) in zip(rest, reference[4:], strict=True):  # same crops too
         assert torch.equal(got, want)
     assert len([b for b in resumed]) == len(reference)  # the next epoch is whole again
+
+
+def test_the_epoch_after_a_resumed_one_is_the_next_epoch_when_epochs_stop_at_len(cache):
+    """Lightning takes len(loader) batches an epoch and drops the iterator (it never sees the
+    generator end): a resumed run's next epoch must still be the uninterrupted run's."""
+    consumed = {"n": 0}
+
+    def epochs(loader, n, skip=0):
+        out = []
+        for e in range(n):
+            take = len(loader) - (skip if e == 0 else 0)
+            out.append([b["ids"] for b in islice(iter(loader), take)])
+        return out
+
+    full = _loader(_stream(cache, bucket=3), 3, lambda: consumed["n"])
+    reference = epochs(full, 3)
+    assert reference[1] != reference[0]
+    first = _loader(_stream(cache, bucket=3), 3, lambda: consumed["n"])
+    it = iter(first)
+    assert [next(it)["ids"] for _ in range(3)] == reference[0][:3]  # one fetched ahead
+    consumed["n"] = 2
+    state = first.state_dict()
+    resumed = _loader(_stream(cache, bucket=3), 3, lambda: consumed["n"])
+    resumed.load_state_dict(state)
+    got = epochs(resumed, 3, skip=2)
+    assert got[0] == reference[0][2:]
+    assert got[1:] == reference[1:]

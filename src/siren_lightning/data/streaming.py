@@ -15,7 +15,8 @@
 - Exact resume: litdata's loader state (epoch, samples yielded) is saved in checkpoints, with the
   samples yielded counted from the batches the training loop *consumed* (Lightning fetches one
   batch ahead, so the loader's own count runs ahead); the resumed stream replays the same order
-  and skips exactly those.
+  and skips exactly those, and the epoch after it starts afresh even though Lightning never runs
+  an epoch's generator to its end.
 
 Letters: B batch, r codebooks, T frames.
 """
@@ -170,6 +171,20 @@ class ResumableStreamingLoader(StreamingDataLoader):
     ) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.consumed_batches = consumed_batches
+        self._replay_pending = False
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._replay_pending = self.restore
+
+    def __iter__(self) -> Any:
+        # litdata clears `restore` only when an epoch's generator runs to its end, but Lightning
+        # takes len(loader) batches and drops the generator: without this, the epoch after a
+        # restored one would replay the restored position instead of starting the next epoch.
+        if self.restore and not self._replay_pending:
+            self.restore = False
+        self._replay_pending = False
+        yield from super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
         if self.consumed_batches is None:
