@@ -366,7 +366,9 @@ class CodeCache(Sequence):
         stream_cache_dir: str | None = None,
     ) -> None:
         self.root = str(root)
-        self.dataset, self.index = open_streaming(root, stream_cache_dir=stream_cache_dir)
+        self.dataset, self.index = open_streaming(
+            root, stream_cache_dir=stream_cache_dir, batch_decode=0
+        )
         check_codec(self.index, root, expected_codec_sha256)
         if len(self.dataset) != len(self.index["ids"]):
             raise CodeCacheError(

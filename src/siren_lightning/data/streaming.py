@@ -125,7 +125,13 @@ class CodeStream(StreamingDataset):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            input_dir, cache_dir=cache_dir, shuffle=True, seed=seed, item_shuffle_window=0, **kwargs
+            input_dir,
+            cache_dir=cache_dir,
+            shuffle=True,
+            seed=seed,
+            item_shuffle_window=0,
+            batch_decode=0,  # items come in shuffled order: decode each alone, not its window
+            **kwargs,
         )
         self.uri = str(input_dir)
         self.siren = streamed_index(self, self.uri)
