@@ -175,3 +175,30 @@ def test_the_epoch_after_a_resumed_one_is_the_next_epoch_when_epochs_stop_at_len
     got = epochs(resumed, 3, skip=2)
     assert got[0] == reference[0][2:]
     assert got[1:] == reference[1:]
+
+
+def test_two_loader_workers_cover_every_clip_and_resume_exactly(cache):
+    """The large YAMLs read with loader workers: litdata splits the chunks between them and
+    alternates their batches; a resumed loader continues that interleaving exactly."""
+    consumed = {"n": 0}
+
+    def loader():
+        ds = _stream(cache, bucket=3)
+        return ResumableStreamingLoader(
+            ds,
+            batch_size=3,
+            num_workers=2,
+            collate_fn=collate_codes,
+            consumed_batches=lambda: consumed["n"],
+        )
+
+    full = loader()
+    reference = [b["ids"] for b in islice(iter(full), len(full))]
+    assert sorted(i for b in reference for i in b) == [f"c{i:02d}" for i in range(sum(PARTS))]
+    first = loader()
+    it = iter(first)
+    [next(it) for _ in range(4)]
+    consumed["n"] = 3
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert [b["ids"] for b in islice(iter(resumed), len(reference) - 3)] == reference[3:]
