@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 SIREN := $(VENV)/bin/siren
 # The embedded default (DESIGN.md section 4). The codec asset is committed; `make codec` retrains it.
 CODEC ?= assets/codec_tiny
-CODES := data/synthcaps/codes
+CODES := data/synthcaps/codes_litdata
 RUN := runs/siren_tiny
 # Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget;
 # experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).

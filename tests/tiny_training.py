@@ -25,7 +25,7 @@ from siren_testing import make_model  # noqa: E402
 from siren_lightning.callbacks.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from siren_lightning.callbacks.guards import NaNGuard  # noqa: E402
 from siren_lightning.callbacks.seeding import StepSeed  # noqa: E402
-from siren_lightning.data.code_cache import FORMAT, shard_name, write_index, write_shard  # noqa: E402
+from siren_lightning.data.code_cache import finish_cache, read_part, write_part  # noqa: E402
 from siren_lightning.data.datamodule import SirenDataModule  # noqa: E402
 from siren_lightning.pretrain import PretrainModule  # noqa: E402
 
@@ -49,23 +49,11 @@ def make_cache(root: Path, clips: int = 24, frames: int = 20, r: int = 6, k: int
         for i in range(clips)
     ]
     half = clips // 2
-    shards = []
     for s, part in enumerate((items[:half], items[half:])):
-        write_shard(root / shard_name(s), part, "test-codec")
-        shards.append({"file": shard_name(s), "num_clips": len(part)})
-    write_index(
-        root,
-        {
-            "format": FORMAT,
-            "codec_sha256": "test-codec",
-            "sample_rate": SAMPLE_RATE,
-            "hop_length": HOP,
-            "n_codebooks": r,
-            "codebook_size": k,
-            "num_clips": clips,
-            "shards": shards,
-        },
-    )
+        write_part(root, s, part, {"codec_sha256": "test-codec"})
+    meta = {"codec_sha256": "test-codec", "sample_rate": SAMPLE_RATE, "hop_length": HOP}
+    parts = [read_part(root, s) for s in range(2)]
+    finish_cache(root, parts, {**meta, "n_codebooks": r, "codebook_size": k})
 
 
 class LossLog(L.Callback):

@@ -8,7 +8,7 @@ also reports the text gap per codebook. The WAVs stay in `<out>/seed<S>/` for `s
 (CLAP, FD) on the same generations.
 
     siren adherence --model runs/siren_tiny/model --manifest data/synthcaps/test.jsonl \\
-        --codes data/synthcaps/codes/test --limit 200 --seeds 0 1 2 --out runs/siren_tiny/follow
+        --codes data/synthcaps/codes_litdata/test --limit 200 --seeds 0 1 2 --out runs/siren_tiny/follow
 """
 
 from __future__ import annotations

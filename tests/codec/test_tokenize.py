@@ -39,7 +39,7 @@ def test_cache_round_trip_is_exact(tmp_path):
     index = tok.tokenize_manifest(
         manifest, c, tmp_path / "cache", shard_size=3, batch_size=2, progress=False
     )
-    assert index["num_clips"] == len(LENGTHS) and len(index["shards"]) == 3
+    assert index["num_clips"] == len(LENGTHS) and len(index["parts"]) == 3
     assert (index["sample_rate"], index["hop_length"], index["n_codebooks"]) == (SR, 320, 12)
     cache = CodeCache(tmp_path / "cache", expected_codec_sha256=c.sha256())
     assert len(cache) == len(LENGTHS)
@@ -59,7 +59,7 @@ def test_cache_round_trip_is_exact(tmp_path):
 
 
 def _same_cache(a, b):
-    """Same index and same items (safetensors' metadata order is not byte-stable)."""
+    """Same index and same items."""
     assert (a / "index.json").read_text() == (b / "index.json").read_text()
     ca, cb = CodeCache(a), CodeCache(b)
     assert len(ca) == len(cb)
@@ -74,31 +74,29 @@ def test_interrupt_and_resume_equals_one_run(tmp_path, monkeypatch):
     c = codec()
     tok.tokenize_manifest(manifest, c, tmp_path / "once", shard_size=2, progress=False)
 
-    real_write = tok.write_shard
+    real_write = tok.write_part
     calls = {"n": 0}
 
-    def dying_write(path, clips, sha, **kwargs):
+    def dying_write(root, k, clips, record):
         calls["n"] += 1
-        if calls["n"] == 3:  # killed half-way through the third shard
-            path.with_name(path.name + ".tmp").write_bytes(b"half a shard")
+        if calls["n"] == 3:  # killed half-way through the third part
+            (root / f".part-{k:05d}.tmp").mkdir()
+            (root / f".part-{k:05d}.tmp" / "chunk-0-2.bin").write_bytes(b"half a chunk")
+            (root / "chunk-0-2.bin").write_bytes(b"half a chunk")
             raise KeyboardInterrupt
-        real_write(path, clips, sha, **kwargs)
+        real_write(root, k, clips, record)
 
-    monkeypatch.setattr(tok, "write_shard", dying_write)
+    monkeypatch.setattr(tok, "write_part", dying_write)
     with pytest.raises(KeyboardInterrupt):
         tok.tokenize_manifest(manifest, c, tmp_path / "resumed", shard_size=2, progress=False)
     with pytest.raises(CodeCacheError, match="index.json missing"):
         CodeCache(tmp_path / "resumed")  # an interrupted cache is never read
-    monkeypatch.setattr(tok, "write_shard", real_write)
     written = []
     monkeypatch.setattr(
-        tok, "write_shard", lambda p, *a, **k: (written.append(p.name), real_write(p, *a, **k))
+        tok, "write_part", lambda r, k, *a: (written.append(k), real_write(r, k, *a))
     )
     tok.tokenize_manifest(manifest, c, tmp_path / "resumed", shard_size=2, progress=False)
-    assert written == [
-        "shard-00002.safetensors",
-        "shard-00003.safetensors",
-    ]  # finished ones skipped
+    assert written == [2, 3]  # finished parts kept
     _same_cache(tmp_path / "resumed", tmp_path / "once")
 
 
@@ -321,42 +319,34 @@ def test_a_manifest_of_only_bad_clips_is_an_error_at_every_step(tmp_path, capsys
     with pytest.raises(ValueError, match="max_skip_fraction"):
         tok.tokenize_manifest(manifest, codec(), tmp_path / "c", max_skip_fraction=1.0)
 
-    # A cache without clips (as an older tokenize wrote them) is refused before training.
+    # A cache without clips (no tokenize writes one) is refused before training.
     empty = tmp_path / "empty_cache"
     empty.mkdir()
-    index = {"format": "siren-code-cache/1", "codec_sha256": "x", "n_codebooks": 12}
-    (empty / "index.json").write_text(json.dumps({**index, "codebook_size": 8, "shards": []}))
+    siren = {"format": "siren-code-cache/2", "codec_sha256": "x", "n_codebooks": 12}
+    siren |= {"codebook_size": 8, "ids": [], "frames": []}
+    (empty / "index.json").write_text(json.dumps({"chunks": [], "config": {}, "siren": siren}))
     dm = SirenDataModule(mode="codes", train_cache=str(empty))
     with pytest.raises(CodeCacheError, match=f"{empty} \\(train_cache\\) holds no clips"):
         dm.setup("fit")
 
 
-def _rewrite(path, edit):
-    """Rewrites a safetensors shard with `edit(tensors)` applied, keeping its metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    edit(tensors)
-    save_file(tensors, str(path), metadata=meta)
-
-
-def test_corrupt_codes_name_the_shard_and_clip_and_resume_repairs_them(tmp_path):
+def test_corrupt_codes_name_the_clip_and_resume_repairs_them(tmp_path):
     manifest = make_manifest(tmp_path, LENGTHS)
     c = codec()
     tok.tokenize_manifest(manifest, c, tmp_path / "cache", shard_size=3, progress=False)
-    shard = tmp_path / "cache" / "shard-00001.safetensors"  # clips c3, c4, c5
-
-    def poke(tensors):
-        first = int(tensors["frames"][0])  # c3's frames come first
-        tensors["codes"][5, first + 2] = 32639  # in c4, codebook 5
-
-    _rewrite(shard, poke)
+    chunk = tmp_path / "cache" / "chunk-0-1.bin"  # clips c3, c4, c5
+    c4 = CodeCache(tmp_path / "cache")[4]["codes"]  # int16 [r, T], stored as is in the chunk
+    data = chunk.read_bytes()
+    at = data.index(c4.numpy().tobytes())
+    poked = c4.clone()
+    poked[5, 2] = 32639
+    chunk.write_bytes(
+        data[:at] + poked.numpy().tobytes() + data[at + len(poked.numpy().tobytes()) :]
+    )
     with pytest.raises(CodeCacheError) as info:
         read_back(tmp_path / "cache")
     message = str(info.value)
-    assert str(shard) in message and "'c4'" in message and "32639" in message
+    assert "'c4'" in message and "32639 (codebook 5, frame 2)" in message
     assert f"outside [0, {c.codebook_size})" in message
 
     tok.tokenize_manifest(manifest, c, tmp_path / "cache", shard_size=3, progress=False)
@@ -364,12 +354,12 @@ def test_corrupt_codes_name_the_shard_and_clip_and_resume_repairs_them(tmp_path)
     assert_same_clips(read_back(tmp_path / "cache"), read_back(tmp_path / "fresh"))
 
 
-def test_a_truncated_shard_names_its_file(tmp_path):
+def test_a_truncated_chunk_names_its_file(tmp_path):
     manifest = make_manifest(tmp_path, LENGTHS)
     tok.tokenize_manifest(manifest, codec(), tmp_path / "cache", shard_size=3, progress=False)
-    shard = tmp_path / "cache" / "shard-00002.safetensors"
-    shard.write_bytes(shard.read_bytes()[:-40])
-    with pytest.raises(CodeCacheError, match=f"shard {shard} is unreadable"):
+    chunk = tmp_path / "cache" / "chunk-0-2.bin"
+    chunk.write_bytes(chunk.read_bytes()[:-40])
+    with pytest.raises(CodeCacheError, match=f"chunk {chunk} is missing or truncated"):
         read_back(tmp_path / "cache")
 
 
@@ -433,7 +423,7 @@ def test_long_clips_are_batched_with_fewer_clips_and_warned(tmp_path, caplog, mo
     assert frames == [math.ceil(n / 320) for n in [*LENGTHS[:4], 12000]]  # all whole
 
 
-def test_shards_get_the_mode_the_umask_gives(tmp_path):
+def test_cache_files_get_the_mode_the_umask_gives(tmp_path):
     import os
     import stat
 
@@ -445,5 +435,7 @@ def test_shards_get_the_mode_the_umask_gives(tmp_path):
             tok.tokenize_manifest(manifest, codec(), out, progress=False)
         finally:
             os.umask(old)
-        for path in out.iterdir():
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert {p.name for p in files} >= {"index.json", "chunk-0-0.bin", "part-00000.json"}
+        for path in files:
             assert stat.S_IMODE(path.stat().st_mode) == mode, path.name

@@ -1,5 +1,6 @@
-"""The resumable sampler: seeded order, DDP shards that tile the global batch, exact skipping,
-and per-item draws that do not depend on the process-wide generator."""
+"""The resumable sampler of the manifest modes: seeded order, DDP shards that tile the global
+batch, exact skipping, and per-item draws that do not depend on the process-wide generator.
+(The code-cache stream and its length bucketing: tests/data/test_streaming.py.)"""
 
 from __future__ import annotations
 
@@ -94,56 +95,3 @@ def test_audio_crops_and_captions_follow_the_key_too(synthcaps_small):
     b = ds[ItemKey(3, 7)]
     assert torch.equal(a["audio"], b["audio"]) and a["caption"] == b["caption"]
     assert not torch.equal(ds[ItemKey(3, 8)]["audio"], a["audio"])
-
-
-def test_bucketing_groups_similar_lengths_keeps_every_item_and_tiles_ranks():
-    lengths = [(7 * i) % 23 + 1 for i in range(48)]
-    ds = list(range(48))
-    whole = [k.index for k in ResumableSampler(ds, seed=3, lengths=lengths, batch_size=4)]
-    assert sorted(whole) == ds  # a permutation: nothing dropped or repeated
-    # Each batch of 4 spans at most the lengths of one sorted pool slice: far less than random.
-    spread = [max(lengths[i] for i in whole[j : j + 4]) - min(lengths[i] for i in whole[j : j + 4])
-              for j in range(0, 48, 4)]  # fmt: skip
-    plain = [k.index for k in ResumableSampler(ds, seed=3)]
-    random_spread = [
-        max(lengths[i] for i in plain[j : j + 4]) - min(lengths[i] for i in plain[j : j + 4])
-        for j in range(0, 48, 4)
-    ]
-    assert max(spread) <= 4 < max(random_spread)
-    # The batches still come in a seeded random order, not shortest first.
-    firsts = [lengths[whole[j]] for j in range(0, 48, 4)]
-    assert firsts != sorted(firsts)
-    # Two ranks of batch 2 tile the one-process batches of 4.
-    ranks = [
-        [k.index for k in ResumableSampler(ds, 2, r, seed=3, lengths=lengths, batch_size=2)]
-        for r in (0, 1)
-    ]
-    for step in range(12):
-        together = ranks[0][2 * step : 2 * step + 2] + ranks[1][2 * step : 2 * step + 2]
-        assert sorted(together) == sorted(whole[4 * step : 4 * step + 4])
-
-
-def test_bucketed_loader_resumes_exactly():
-    ds = CodeClipDataset(
-        [{**item, "codes": item["codes"][:, : 5 + i]} for i, item in enumerate(_items(12))],
-        crop_frames=8,
-        train=True,
-    )
-    consumed = {"n": 0}
-
-    def loader():
-        sampler = ResumableSampler(ds, seed=0, lengths=ds.window_lengths(), batch_size=3)
-        return ResumableDataLoader(
-            ds,
-            batch_size=3,
-            sampler=sampler,
-            consumed_batches=lambda: consumed["n"],
-            collate_fn=lambda items: [it["id"] for it in items],
-        )
-
-    full = loader()
-    reference = list(full)
-    consumed["n"] = 2
-    resumed = loader()
-    resumed.load_state_dict(full.state_dict())
-    assert list(resumed) == reference[2:]

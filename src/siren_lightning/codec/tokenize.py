@@ -1,16 +1,18 @@
 """`siren tokenize`: encode every clip of a manifest once into a code cache (DESIGN.md section 3).
 
-Batched, with a progress bar, resumable and safe to interrupt (shards and the index are written to
-temporary names and renamed; the index comes last). A resumed run keeps a finished shard only if
-the same codec wrote it, with the same settings (batch size, crop, minimum length, text encoder),
-from the same manifest entries (their SHA-256), and it is whole; any other shard is re-encoded
-with a logged line, so an edited manifest never leaves stale clips in the cache. Bad clips
-(missing, unreadable, empty, silent, NaN, shorter than `min_seconds`) are skipped with one logged
-line and counted in the index (with their reasons); the run fails if more than
+The cache is a litdata chunked dataset (`data.code_cache`): part k (clips [k*S, (k+1)*S) of the
+manifest) is one chunk, written with litdata's `BinaryWriter`, then a part record, and index.json
+last. Batched, with a progress bar, resumable and safe to interrupt (an unfinished run leaves no
+index.json, so nothing reads it). A resumed run keeps a finished part only if the same codec wrote
+it, with the same settings (batch size, crop, minimum length, text encoder), from the same
+manifest entries (their SHA-256), and its chunk is whole (its SHA-256); any other part is
+re-encoded with a logged line, so an edited manifest never leaves stale clips in the cache. Bad
+clips (missing, unreadable, empty, silent, NaN, shorter than `min_seconds`) are skipped with one
+logged line and counted in the index (with their reasons); the run fails if more than
 `max_skip_fraction` of the clips are bad. A batch holds at most `batch_size x LONG_CLIP_SECONDS`
 of padded audio, so a long clip is batched with fewer clips, or alone; clips longer than
 `LONG_CLIP_SECONDS` are encoded whole with a warning (memory grows with their length;
-`--max-seconds` bounds it).
+`--max-seconds` bounds it). `--convert OLD` rewrites a cache of the old safetensors format.
 
 Letters: B batch, r codebooks, T frames, N samples.
 """
@@ -32,14 +34,13 @@ from tqdm import tqdm
 from siren_lightning.codec.base import RVQCodec
 from siren_lightning.data.audio import MIN_SECONDS
 from siren_lightning.data.code_cache import (
-    FORMAT,
     INDEX_FILE,
+    OLD_FORMAT,
     CodeCacheError,
-    open_shard,
-    shard_metadata,
-    shard_name,
-    write_index,
-    write_shard,
+    finish_cache,
+    old_format_message,
+    read_part,
+    write_part,
 )
 
 log = logging.getLogger(__name__)
@@ -136,56 +137,71 @@ def _part_sha256(part: list[Any], root: Path) -> str:
 
 
 def _reusable(
-    path: Path,
+    out: Path,
+    k: int,
     part: list[Any],
-    codec: RVQCodec,
+    codec_sha: str,
     settings: str,
     part_sha: str,
     overwrite: bool,
-) -> dict[str, str] | None:
-    """The skip reasons of a finished shard that can be kept as it is, else None.
+) -> dict[str, Any] | None:
+    """The record of finished part `k` if it can be kept as it is, else None.
 
-    A shard is kept only when it was written by the same codec, with the same settings, from
-    the same manifest entries, and is whole; otherwise it is re-encoded (with a logged line).
-    A shard of another codec is refused unless `overwrite`.
+    A part is kept only when it was written by the same codec, with the same settings, from
+    the same manifest entries, and its chunk is whole; otherwise it is re-encoded (with a logged
+    line). A part of another codec is refused unless `overwrite`.
     """
-    if not path.is_file():
+    record = read_part(out, k)
+    if record is None:
+        if (out / "parts" / f"part-{k:05d}.json").exists():
+            log.warning("tokenize: re-encoding part %d: its record or chunk is damaged", k)
         return None
-    meta = shard_metadata(path)
-    sha = codec.sha256()
-    done_sha = meta.get("codec_sha256") if meta is not None else None
-    if done_sha is not None and done_sha != sha and not overwrite:
+    done_sha = record.get("codec_sha256")
+    if done_sha != codec_sha and not overwrite:
         raise CodeCacheError(
-            f"{path} was written by codec {done_sha[:16]}..., not {sha[:16]}...; "
+            f"{out} part {k} was written by codec {str(done_sha)[:16]}..., not {codec_sha[:16]}...; "
             f"use another --out or --overwrite"
         )
-    if meta is None:
-        reason = "the file is unreadable"
-    elif done_sha != sha:
+    if done_sha != codec_sha:
         reason = "it was written by another codec (--overwrite)"
-    elif meta.get("settings") != settings:
+    elif record.get("settings") != settings:
         try:
-            before = json.loads(meta.get("settings", "{}"))
+            before = json.loads(record.get("settings") or "{}")
         except json.JSONDecodeError:
             before = {}
         now = json.loads(settings)
         changed = [f"{k} {before.get(k, '?')} -> {v}" for k, v in now.items() if before.get(k) != v]
         reason = f"its settings changed ({', '.join(changed)})"
-    elif meta.get("manifest_sha256") != part_sha:
+    elif record.get("manifest_sha256") != part_sha:
         reason = "its clips in the manifest changed since it was written"
+    elif record["ids"] != [c.id for c in part if c.id not in record.get("skipped", {})]:
+        reason = "its clip ids differ from the manifest's"
     else:
-        try:
-            data = open_shard(path, codec.n_codebooks, codec.codebook_size)
-        except CodeCacheError as err:
-            reason = str(err)
-        else:
-            skipped = json.loads(meta.get("skipped", "{}"))
-            wanted = [c.id for c in part if c.id not in skipped]
-            if [c["id"] for c in data["clips"]] == wanted:
-                return skipped
-            reason = "its clip ids differ from the manifest's"
-    log.warning("tokenize: re-encoding %s: %s", path.name, reason)
+        return record
+    log.warning("tokenize: re-encoding part %d: %s", k, reason)
     return None
+
+
+def _manifest_sha256(clips: list[Any], root: Path) -> str:
+    """SHA-256 of all manifest entries (paths relative), as the cache's index records it."""
+    entries = [clip.to_json(root) for clip in clips]
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+
+
+def _refuse_other_cache(out: Path, codec_sha: str, overwrite: bool) -> None:
+    """Refuse to write into a folder that holds another codec's cache, or an old-format one."""
+    index_path = out / INDEX_FILE
+    if not index_path.is_file():
+        return
+    old = json.loads(index_path.read_text())
+    if old.get("format") == OLD_FORMAT:
+        raise CodeCacheError(old_format_message(out) + "; or use another --out")
+    found = (old.get("siren") or {}).get("codec_sha256", "?")
+    if found != codec_sha and not overwrite:
+        raise CodeCacheError(
+            f"{out} holds a cache written by codec {found[:16]}..., not {codec_sha[:16]}...; use "
+            f"another --out or --overwrite"
+        )
 
 
 def tokenize_manifest(
@@ -203,20 +219,24 @@ def tokenize_manifest(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode every clip of `manifest` into a code cache at `out` and return its index.
+    """Encode every clip of `manifest` into a code cache at `out` and return its index entry.
 
     Args:
         codec: the codec (its `sha256()` keys the cache).
-        shard_size: clips per shard (manifest order; shard k holds clips [k*S, (k+1)*S)).
+        shard_size: clips per part (one litdata chunk; manifest order: part k holds clips
+            [k*S, (k+1)*S)).
         batch_size: clips encoded together (zero-padded to the longest of them).
         max_seconds: keep only the first `max_seconds` of longer clips (None: whole clips).
         min_seconds: shorter clips are skipped as too short.
         text_encoder: optional object with `encode(list[str]) -> (states [B, L, Dt], mask [B, L])`
             attributes; its states are stored per caption.
-        overwrite: rewrite shards written by another codec instead of refusing.
+        overwrite: rewrite parts written by another codec instead of refusing.
 
-    Resuming into a folder keeps a finished shard only if the same codec wrote it with the same
-    settings from the same manifest entries; any other shard is re-encoded.
+    Resuming into a folder keeps a finished part only if the same codec wrote it with the same
+    settings from the same manifest entries; any other part is re-encoded.
+
+    Returns:
+        the index's "siren" entry (codec, r, K, ids, frames, skips, ...).
 
     Raises:
         ValueError: on a setting out of range (before any work).
@@ -241,35 +261,25 @@ def tokenize_manifest(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sha = codec.sha256()
-    index_path = out / INDEX_FILE
-    if index_path.is_file() and not overwrite:
-        old = json.loads(index_path.read_text())
-        if old.get("codec_sha256") != sha:
-            raise CodeCacheError(
-                f"{out} holds a cache written by codec {old.get('codec_sha256', '?')[:16]}..., not "
-                f"{sha[:16]}...; use another --out or --overwrite"
-            )
-    index_path.unlink(missing_ok=True)  # the index is rewritten once every shard is done
+    _refuse_other_cache(out, sha, overwrite)
+    (out / INDEX_FILE).unlink(missing_ok=True)  # written again once every part is done
     settings = _settings(
         shard_size, batch_size, max_seconds, min_seconds, text_encoder, text_encoder_name
     )
     settings_json = json.dumps(settings, sort_keys=True)
 
     codec.eval()
-    n_shards = math.ceil(len(clips) / shard_size)
-    shards: list[dict[str, Any]] = []
+    n_parts = math.ceil(len(clips) / shard_size)
+    parts: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}  # clip id -> reason, in manifest order
     bar = tqdm(total=len(clips), desc="tokenize", unit="clip", disable=not progress)
-    for s in range(n_shards):
-        part = clips[s * shard_size : (s + 1) * shard_size]
-        path = out / shard_name(s)
+    for k in range(n_parts):
+        part = clips[k * shard_size : (k + 1) * shard_size]
         part_sha = _part_sha256(part, root)
-        done = _reusable(path, part, codec, settings_json, part_sha, overwrite)
+        done = _reusable(out, k, part, sha, settings_json, part_sha, overwrite)
         if done is not None:
-            skipped |= done
-            shards.append(
-                {"file": path.name, "num_clips": len(part) - len(done), "manifest_sha256": part_sha}
-            )
+            skipped |= done.get("skipped", {})
+            parts.append(done)
             bar.update(len(part))
             continue
         audios, good, bad = [], [], {}
@@ -306,18 +316,19 @@ def tokenize_manifest(
                 "captions": clip.captions,
                 "codes": code,
                 "samples": audio.numel(),
-                "text_states": states[k] if states else None,
+                "text_states": states[i] if states else None,
             }
-            for k, (clip, code, audio) in enumerate(zip(good, codes, audios))
+            for i, (clip, code, audio) in enumerate(zip(good, codes, audios))
         ]
-        metadata = {
+        record = {
+            "codec_sha256": sha,
             "settings": settings_json,
             "manifest_sha256": part_sha,
-            "skipped": json.dumps(bad),
+            "skipped": bad,
         }
-        write_shard(path, items, sha, n_codebooks=codec.n_codebooks, metadata=metadata)
+        write_part(out, k, items, record)
+        parts.append(read_part(out, k))
         skipped |= bad
-        shards.append({"file": path.name, "num_clips": len(items), "manifest_sha256": part_sha})
         bar.update(len(part))
     bar.close()
     if len(skipped) > max_skip_fraction * len(clips):
@@ -328,25 +339,98 @@ def tokenize_manifest(
             f"--min-seconds {min_seconds:g}` writes a manifest without them, or raise "
             f"--max-skip-fraction"
         )
-    index = {
-        "format": FORMAT,
-        "codec_sha256": sha,
-        "codec": codec.spec()["class_path"],
-        "sample_rate": codec.sample_rate,
-        "hop_length": codec.hop_length,
-        "n_codebooks": codec.n_codebooks,
-        "codebook_size": codec.codebook_size,
-        "manifest": str(Path(manifest)),
-        "text_encoder": text_encoder_name,
-        "shard_size": shard_size,
-        "settings": settings,
-        "num_clips": sum(sh["num_clips"] for sh in shards),
-        "skipped": list(skipped),
-        "skip_reasons": skipped,
-        "shards": shards,
+    return finish_cache(
+        out,
+        parts,
+        {
+            "codec_sha256": sha,
+            "codec": codec.spec()["class_path"],
+            "sample_rate": codec.sample_rate,
+            "hop_length": codec.hop_length,
+            "n_codebooks": codec.n_codebooks,
+            "codebook_size": codec.codebook_size,
+            "manifest": str(Path(manifest)),
+            "manifest_sha256": _manifest_sha256(clips, root),
+            "text_encoder": text_encoder_name,
+            "shard_size": shard_size,
+            "settings": settings,
+            "skipped": list(skipped),
+            "skip_reasons": skipped,
+        },
+    )
+
+
+def convert_old_cache(old: str | Path, out: str | Path) -> dict[str, Any]:
+    """Rewrite a cache of the old safetensors format (`siren-code-cache/1`) as a litdata cache.
+
+    Each old shard becomes one part with the same clips, codes, text states, skips, settings
+    and manifest SHA-256, so a later `siren tokenize` of the same manifest with the same codec
+    and settings into `out` keeps every part. Needs neither the audio nor the codec.
+
+    Returns:
+        the new index's "siren" entry.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    old, out = Path(old), Path(out)
+    index_path = old / INDEX_FILE
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    if index.get("format") != OLD_FORMAT:
+        raise CodeCacheError(f"{old} holds no finished cache of the old format ({OLD_FORMAT})")
+    if out.resolve() == old.resolve():
+        raise CodeCacheError("--convert writes a new folder: give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _refuse_other_cache(out, index["codec_sha256"], overwrite=False)
+    (out / INDEX_FILE).unlink(missing_ok=True)
+    parts = []
+    for k, entry in enumerate(index["shards"]):
+        path = old / entry["file"]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                keys = set(f.keys())
+                codes = f.get_tensor("codes")  # [r, sum T]
+                frames = f.get_tensor("frames").tolist()
+                samples = f.get_tensor("samples").tolist()
+                states = f.get_tensor("text_states") if "text_states" in keys else None
+                lengths = f.get_tensor("text_lengths").tolist() if states is not None else None
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise CodeCacheError(f"old cache shard {path} is unreadable ({exc})") from None
+        clips = json.loads(meta["clips"])
+        if len(clips) != entry["num_clips"] or meta.get("manifest_sha256") != entry.get(
+            "manifest_sha256", meta.get("manifest_sha256")
+        ):
+            raise CodeCacheError(f"old cache shard {path} does not match {index_path} (stale)")
+        offsets = [0, *torch.tensor(lengths or [], dtype=torch.int64).cumsum(0).tolist()]
+        items, start, row = [], 0, 0
+        for clip, t, n in zip(clips, frames, samples, strict=True):
+            item = {**clip, "codes": codes[:, start : start + t], "samples": n}
+            start += t
+            if states is not None:
+                caps = len(clip["captions"])
+                item["text_states"] = [
+                    states[offsets[row + j] : offsets[row + j + 1]] for j in range(caps)
+                ]
+                row += caps
+            items.append(item)
+        record = {
+            "codec_sha256": meta.get("codec_sha256", index["codec_sha256"]),
+            "settings": meta.get("settings"),
+            "manifest_sha256": meta.get("manifest_sha256"),
+            "skipped": json.loads(meta.get("skipped", "{}")),
+        }
+        write_part(out, k, items, record)
+        parts.append(read_part(out, k))
+    keep = ("codec_sha256", "codec", "sample_rate", "hop_length", "n_codebooks", "codebook_size")
+    siren = {key: index.get(key) for key in keep}
+    siren |= {
+        key: index.get(key)
+        for key in ("manifest", "text_encoder", "shard_size", "settings", "skipped")
     }
-    write_index(out, index)
-    return index
+    siren["skip_reasons"] = index.get("skip_reasons", {})
+    siren["manifest_sha256"] = None  # the old format kept per-shard hashes only
+    siren["converted_from"] = str(old)
+    return finish_cache(out, parts, siren)
 
 
 def _positive_int(text: str) -> int:
@@ -387,13 +471,18 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="siren tokenize", description="Encode a manifest's clips into a code cache."
     )
-    parser.add_argument("--manifest", required=True, help="JSONL manifest")
+    parser.add_argument("--manifest", help="JSONL manifest")
     parser.add_argument(
         "--codec",
-        required=True,
         help="codec folder (e.g. assets/codec_tiny), CodecModule .ckpt, DAC .pth, or dac:16khz",
     )
     parser.add_argument("--out", required=True, help="cache folder")
+    parser.add_argument(
+        "--convert",
+        metavar="OLD_CACHE",
+        default=None,
+        help="instead of encoding: rewrite a cache of the old safetensors format into --out",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=16)
     parser.add_argument("--shard-size", type=_positive_int, default=256)
     parser.add_argument(
@@ -423,6 +512,16 @@ def main(argv: list[str]) -> int:
     if not 0 <= args.min_seconds < math.inf:
         parser.error(f"argument --min-seconds: must be >= 0, got {args.min_seconds}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.convert is not None:
+        try:
+            index = convert_old_cache(args.convert, args.out)
+        except CodeCacheError as err:
+            print(f"siren tokenize: {err}", file=sys.stderr)
+            return 2
+        print(f"{index['num_clips']} clips of {args.convert} converted into {args.out}")
+        return 0
+    if args.manifest is None or args.codec is None:
+        parser.error("--manifest and --codec are required (unless --convert)")
     codec = load_codec(args.codec).to(args.device)
     text_encoder = None
     if args.text_encoder:
@@ -448,7 +547,7 @@ def main(argv: list[str]) -> int:
         print(f"siren tokenize: {err}", file=sys.stderr)
         return 2
     print(
-        f"{index['num_clips']} clips in {len(index['shards'])} shards at {args.out} "
+        f"{index['num_clips']} clips in {len(index['parts'])} parts at {args.out} "
         f"({len(index['skipped'])} skipped); codec {index['codec_sha256']}"
     )
     return 0

@@ -1,301 +1,398 @@
-"""Code cache: pre-tokenized clips in safetensors shards plus a JSON index (DESIGN.md section 3).
+"""Code cache: pre-tokenized clips as a litdata chunked dataset (DESIGN.md section 3).
 
-Layout of a cache folder:
-    index.json                 format, codec SHA-256, sample rate, hop, r, K, shard list, counts
-    shard-00000.safetensors    tensors: "codes" int16 [r, sum T], "frames" int64 [n],
-                               "samples" int64 [n] (clip length in samples); optional
-                               "text_states" float16 [sum L, Dt] and "text_lengths" int64 [n_caps];
-                               metadata: "clips" (JSON list of {"id", "captions"}), "codec_sha256",
-                               and from `siren tokenize`: "settings" and "manifest_sha256" (what
-                               a resumed run compares), "skipped" (JSON {id: reason})
+Layout of a cache folder (local, or the same files under an object-storage prefix):
+    index.json          litdata's index ("chunks", "config") plus "siren": the codec SHA-256,
+                        sample rate, hop, r, K, text encoder, tokenize settings, the manifest's
+                        SHA-256, every clip's id and frame count in cache order, the skipped ids
+                        and their reasons, and one entry per part
+    chunk-0-<k>.bin     part k (clips [k*S, (k+1)*S) of the manifest, bad ones left out), one
+                        litdata chunk of items {"id": str, "meta": JSON str {"captions",
+                        "samples", "text_lengths"?}, "codes": int16 [r, T], "text_states"?:
+                        float16 [sum L, Dt]}
+    parts/part-<k>.json what `siren tokenize` needs to resume: part k's codec, settings,
+                        manifest-entries SHA-256, ids, frames, skips and chunk (not read by
+                        training)
 
-Shards are written to a temporary name and renamed (`os.replace`), and index.json is written last,
-so a reader never sees a half-written shard and an interrupted run leaves no index. A shard is
-checked whole when it is opened (`open_shard`: readable, consistent, every code in [0, K)), so
-a damaged or stale file fails with its path (and clip) rather than deep inside a training step. Why
-safetensors: installed already, no pickle (safe to read), exact dtypes, memory-mapped loads; the
-shard counts here are small, so litdata / webdataset (not installed) would add a dependency
-without a gain.
+`siren tokenize` writes each chunk under a temporary folder and renames it, a part record after
+its chunk, and index.json last (renamed from a temporary name), so an interrupted run leaves no
+index and is never read. Readers (`CodeCache` for map-style access, `data.streaming.CodeStream`
+for training) go through litdata's `StreamingDataset`, so a cache is read the same way from a
+local folder or from s3:// / gs:// / `local:` URIs (docs/data.md). Each item read is checked: its
+id must be the index's id at that place (a chunk replaced after the index was written is stale)
+and every code must be in [0, K).
 
 Letters: r codebooks, T frames, L text tokens, Dt text width.
 """
 
 from __future__ import annotations
 
-import bisect
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 INDEX_FILE = "index.json"
-FORMAT = "siren-code-cache/1"
+FORMAT = "siren-code-cache/2"
+OLD_FORMAT = "siren-code-cache/1"
+PARTS_DIR = "parts"
+REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "hf://", "local:")
 
 
 class CodeCacheError(RuntimeError):
-    """A code cache is missing, incomplete, or was written by another codec."""
+    """A code cache is missing, incomplete, stale, corrupt, or was written by another codec."""
 
 
-def shard_name(i: int) -> str:
-    return f"shard-{i:05d}.safetensors"
+def is_remote(uri: str | Path) -> bool:
+    """Whether `uri` names object storage (or litdata's `local:` stand-in), not a plain folder."""
+    return str(uri).startswith(REMOTE_PREFIXES)
 
 
-def _ordinary_mode(path: Path) -> None:
-    """Gives a file the mode a plain open() would (0666 & ~umask); safetensors writes 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def old_format_message(root: str | Path) -> str:
+    return (
+        f"{root} is a code cache in the old safetensors format ({OLD_FORMAT}); convert it with "
+        f"`siren tokenize --convert {root} --out NEW_FOLDER` (no audio or codec needed), or "
+        f"re-run `siren tokenize` into a new folder"
+    )
 
 
-def write_shard(
-    path: Path,
-    clips: list[dict[str, Any]],
-    codec_sha256: str,
-    *,
-    n_codebooks: int | None = None,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Atomically write one shard.
+# ------------------------------------------------------------------------------------------
+# Writing
+
+
+def encode_item(clip: dict[str, Any]) -> dict[str, Any]:
+    """One clip as stored in a chunk.
 
     Args:
-        path: final shard path (a `.tmp` sibling is written first, then renamed).
-        clips: dicts with "id", "captions" (list[str]), "codes" (int [r, T]), "samples" (int) and
-            optionally "text_states" (one float [L, Dt] tensor per caption). May be empty (a
-            shard whose clips were all bad), which needs `n_codebooks`.
-        codec_sha256: stored in the shard's metadata so resumed runs can check it.
-        metadata: more string entries for the shard's metadata.
+        clip: {"id", "captions" (list[str]), "codes" (int [r, T]), "samples" (int)} and
+            optionally "text_states" (one float [L, Dt] tensor per caption).
     """
-    codes = [torch.as_tensor(c["codes"]) for c in clips]
-    if not codes and n_codebooks is None:
-        raise ValueError("write_shard: an empty shard needs n_codebooks")
-    if any(
-        int(c.min()) < torch.iinfo(torch.int16).min or int(c.max()) > torch.iinfo(torch.int16).max
-        for c in codes
-    ):
-        raise CodeCacheError("codes do not fit int16")
-    r = codes[0].shape[0] if codes else n_codebooks
-    tensors = {
-        "codes": (torch.cat(codes, dim=1) if codes else torch.zeros(r, 0))
-        .to(torch.int16)
-        .contiguous(),  # [r, sum T]
-        "frames": torch.tensor([c.shape[1] for c in codes], dtype=torch.int64),
-        "samples": torch.tensor([int(c["samples"]) for c in clips], dtype=torch.int64),
+    codes = torch.as_tensor(clip["codes"])
+    info = torch.iinfo(torch.int16)
+    if codes.numel() and (int(codes.min()) < info.min or int(codes.max()) > info.max):
+        raise CodeCacheError(f"codes of clip {clip['id']!r} do not fit int16")
+    meta: dict[str, Any] = {"captions": list(clip["captions"]), "samples": int(clip["samples"])}
+    item: dict[str, Any] = {"id": str(clip["id"])}
+    if clip.get("text_states") is not None:
+        states = list(clip["text_states"])
+        meta["text_lengths"] = [int(s.shape[0]) for s in states]
+        item["text_states"] = torch.cat(states).to(torch.float16).contiguous()  # [sum L, Dt]
+    item["meta"] = json.dumps(meta)
+    item["codes"] = codes.to(torch.int16).contiguous()  # [r, T]
+    return item
+
+
+def decode_item(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored item back as {"id", "codes" int16 [r, T], "captions", "samples"[, "text_states"]}."""
+    meta = json.loads(raw["meta"])
+    item = {
+        "id": raw["id"],
+        "codes": raw["codes"],
+        "captions": meta["captions"],
+        "samples": int(meta["samples"]),
     }
-    if clips and clips[0].get("text_states") is not None:
-        states = [s for c in clips for s in c["text_states"]]
-        tensors["text_states"] = torch.cat(states).to(torch.float16).contiguous()  # [sum L, Dt]
-        tensors["text_lengths"] = torch.tensor([s.shape[0] for s in states], dtype=torch.int64)
-    meta = {
-        "clips": json.dumps([{"id": c["id"], "captions": list(c["captions"])} for c in clips]),
-        "codec_sha256": codec_sha256,
-        **(metadata or {}),
-    }
+    if "text_lengths" in meta:
+        offsets = [0, *torch.tensor(meta["text_lengths"]).cumsum(0).tolist()]
+        states = raw["text_states"]
+        item["text_states"] = [states[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return item
+
+
+def chunk_name(k: int) -> str:
+    return f"chunk-0-{k}.bin"
+
+
+def part_record_path(root: Path, k: int) -> Path:
+    return root / PARTS_DIR / f"part-{k:05d}.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomically write JSON (a temporary sibling, then `os.replace`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    _ordinary_mode(tmp)
+    tmp.write_text(json.dumps(obj) + "\n")
     os.replace(tmp, path)
 
 
-def shard_metadata(path: Path) -> dict[str, str] | None:
-    """A shard's metadata, read from its header only (None if the file is unreadable)."""
+def write_part(root: Path, k: int, clips: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """Atomically write part `k`: its chunk (if it has clips), then its record.
+
+    Args:
+        clips: as `encode_item` takes them, in order.
+        record: what resuming compares (codec, settings, manifest SHA-256, skips); the chunk's
+            litdata entry and config, ids, frames and the chunk file's SHA-256 are added.
+    """
+    from litdata.streaming.writer import BinaryWriter
+
+    root = Path(root)
+    part_record_path(root, k).unlink(missing_ok=True)
+    chunk: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    if clips:
+        staging = root / f".part-{k:05d}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        writer = BinaryWriter(str(staging), chunk_size=len(clips), chunk_index=k)
+        for i, clip in enumerate(clips):
+            writer[i] = encode_item(clip)
+        (written,) = writer.done()
+        (local_index,) = staging.glob(f"*.{INDEX_FILE}")
+        written_index = json.loads(local_index.read_text())
+        (chunk,) = written_index["chunks"]
+        config = written_index["config"]
+        chunk["filename"] = chunk_name(k)
+        os.replace(written, root / chunk_name(k))
+        shutil.rmtree(staging)
+    full = {
+        **record,
+        "ids": [str(c["id"]) for c in clips],
+        "frames": [int(torch.as_tensor(c["codes"]).shape[-1]) for c in clips],
+        "chunk": chunk,
+        "config": config,
+        "chunk_sha256": file_sha256(root / chunk_name(k)) if clips else None,
+    }
+    _write_json(part_record_path(root, k), full)
+
+
+def read_part(root: Path, k: int) -> dict[str, Any] | None:
+    """Part k's record if it and its chunk are whole (the chunk's SHA-256 matches), else None."""
+    path = part_record_path(root, k)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if record.get("chunk") is not None:
+        chunk = Path(root) / record["chunk"]["filename"]
+        if not chunk.is_file() or file_sha256(chunk) != record.get("chunk_sha256"):
+            return None
+    return record
 
 
-def open_shard(path: Path, n_codebooks: int, codebook_size: int) -> dict[str, Any]:
-    """Opens a shard and checks it whole: readable, consistent, every code in [0, codebook_size).
+def finish_cache(root: Path, parts: list[dict[str, Any]], siren: dict[str, Any]) -> dict[str, Any]:
+    """Write index.json (litdata's chunks and config plus `siren`) from the part records, last.
 
-    Reads the codes once (a shard is a few MB); items later read their slices through the
-    returned reader.
+    Chunks of earlier runs that no part lists (a manifest that shrank) are removed first.
 
     Returns:
-        {"reader": open safe_open, "keys": tensor names, "metadata", "clips" (list of
-        {"id", "captions"}), "offsets" (n + 1 frame offsets), "samples" (n ints), and with
-        caption states "text_offsets" and "caption_starts"}.
+        the "siren" entry as written (with ids, frames and per-part entries added).
+    """
+    root = Path(root)
+    chunks = [p["chunk"] for p in parts if p["chunk"] is not None]
+    configs = [p["config"] for p in parts if p["config"] is not None]
+    if not chunks:
+        raise CodeCacheError(f"code cache {root}: no clip to write")
+    layout = [{k: v for k, v in c.items() if k != "chunk_size"} for c in configs]
+    if any(c != layout[0] for c in layout):  # chunk_size is each part's clip count
+        raise CodeCacheError(f"code cache {root}: parts of different item layouts")
+    config = {**configs[0], "chunk_size": max(c["chunk_size"] for c in configs)}
+    keep = {c["filename"] for c in chunks}
+    for stale in root.glob("chunk-*.bin"):
+        if stale.name not in keep:
+            stale.unlink()
+    for record in root.glob(f"{PARTS_DIR}/part-*.json"):
+        if int(record.stem.split("-")[1]) >= len(parts):
+            record.unlink()
+    siren = {
+        "format": FORMAT,
+        **siren,
+        "num_clips": sum(len(p["ids"]) for p in parts),
+        "ids": [i for p in parts for i in p["ids"]],
+        "frames": [f for p in parts for f in p["frames"]],
+        "parts": [
+            {"chunk": p["chunk"] and p["chunk"]["filename"], "num_clips": len(p["ids"])}
+            | {"manifest_sha256": p.get("manifest_sha256")}
+            for p in parts
+        ],
+    }
+    _write_json(root / INDEX_FILE, {"chunks": chunks, "config": config, "siren": siren})
+    return siren
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_index(root: str | Path) -> dict[str, Any]:
+    """The "siren" entry of a local cache's index.json, after format and chunk-size checks.
 
     Raises:
-        CodeCacheError: naming the file, and the clip for a code out of range.
+        CodeCacheError: no index (never finished), the old format, no siren entry, or a chunk
+            missing or of another size than the index lists.
     """
-    rewrite = "re-run `siren tokenize` with the same arguments to rewrite it"
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        raise CodeCacheError(
+            f"no code cache at {root} ({INDEX_FILE} missing: run `siren tokenize`, or let an "
+            f"interrupted run finish)"
+        )
+    index = json.loads(path.read_text())
+    siren = siren_entry(index, root)
+    for chunk in index.get("chunks", []):  # a stat each: a truncated chunk fails here, by name
+        file = Path(root) / chunk["filename"]
+        size = file.stat().st_size if file.is_file() else None
+        if size != chunk["chunk_bytes"]:
+            raise CodeCacheError(
+                f"code cache chunk {file} is missing or truncated ({size} bytes, index.json lists "
+                f"{chunk['chunk_bytes']}); re-run `siren tokenize` with the same arguments to "
+                f"rewrite it"
+            )
+    return siren
+
+
+def siren_entry(index: dict[str, Any], root: str | Path) -> dict[str, Any]:
+    """The "siren" entry of a parsed index.json, after format checks (see `read_index`)."""
+    if index.get("format") == OLD_FORMAT:
+        raise CodeCacheError(old_format_message(root))
+    siren = index.get("siren")
+    if not isinstance(siren, dict) or siren.get("format") != FORMAT:
+        raise CodeCacheError(
+            f"{root}/{INDEX_FILE} is not a siren code cache (format {FORMAT}); run `siren tokenize`"
+        )
+    missing = [
+        k
+        for k in ("codec_sha256", "n_codebooks", "codebook_size", "ids", "frames")
+        if k not in siren
+    ]
+    if missing:
+        raise CodeCacheError(f"{root}/{INDEX_FILE}: lacks {missing}; re-run `siren tokenize`")
+    return siren
+
+
+def check_codec(siren: dict[str, Any], root: str | Path, expected: str | None) -> None:
+    """Refuse a cache written by another codec than `expected` (a SHA-256), when given."""
+    found = siren["codec_sha256"]
+    if expected is not None and found != expected:
+        raise CodeCacheError(
+            f"code cache {root} was written by codec {found[:16]}..., but the configured codec is "
+            f"{expected[:16]}...; re-run `siren tokenize` with this codec or point to the "
+            f"matching cache"
+        )
+
+
+def open_streaming(
+    uri: str | Path,
+    *,
+    dataset_class: type | None = None,
+    stream_cache_dir: str | None = None,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Opens a cache with litdata and reads its "siren" entry.
+
+    Args:
+        uri: a local folder, or s3:// gs:// azure:// or `local:/path` (litdata copies its chunks
+            into `stream_cache_dir`, as from object storage).
+        dataset_class: `StreamingDataset` or a subclass.
+        kwargs: passed to the dataset class.
+
+    Returns:
+        (the dataset, the index's "siren" entry).
+    """
+    from litdata import StreamingDataset
+
+    uri = str(uri)
+    if not is_remote(uri):
+        read_index(uri)  # a clear message for a missing, unfinished or old-format cache
+    cls = dataset_class or StreamingDataset
     try:
-        reader = safe_open(str(path), framework="pt")
-        metadata = reader.metadata() or {}
-        clips = json.loads(metadata["clips"])
-        keys = set(reader.keys())
-        frames = reader.get_tensor("frames")  # [n]
-        samples = reader.get_tensor("samples")  # [n]
-        codes = reader.get_tensor("codes").to(torch.int32)  # [r, sum T]
-        text_lengths = reader.get_tensor("text_lengths") if "text_lengths" in keys else None
-        text_rows = (
-            reader.get_slice("text_states").get_shape()[0] if text_lengths is not None else 0
-        )
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
+        dataset = cls(uri, cache_dir=stream_cache_dir, **kwargs)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
         raise CodeCacheError(
-            f"code cache shard {path} is unreadable ({type(exc).__name__}: {exc}); {rewrite}"
+            f"cannot open code cache {uri} ({type(exc).__name__}: {exc}); is it a finished "
+            f"`siren tokenize` output?"
         ) from None
-    n = len(clips)
-    problem = None
-    if codes.dim() != 2 or codes.shape[0] != n_codebooks:
-        problem = f"codes of shape {tuple(codes.shape)}, not [{n_codebooks}, T]"
-    elif len(frames) != n or len(samples) != n:
-        problem = f"{n} clips but {len(frames)} frame counts and {len(samples)} sample counts"
-    elif int(frames.sum()) != codes.shape[1] or bool((frames < 0).any()):
-        problem = f"frame counts summing to {int(frames.sum())} for {codes.shape[1]} frames"
-    elif text_lengths is not None and (
-        len(text_lengths) != sum(len(c["captions"]) for c in clips)
-        or int(text_lengths.sum()) != text_rows
-    ):
-        problem = "caption states that do not match the captions"
-    if problem is not None:
-        raise CodeCacheError(f"code cache shard {path} is inconsistent ({problem}); {rewrite}")
-    offsets = [0, *torch.cumsum(frames, 0).tolist()]
-    bad = (codes < 0) | (codes >= codebook_size)  # [r, sum T]
-    if bool(bad.any()):
-        col = int(bad.any(0).nonzero()[0])
-        row = int(bad[:, col].nonzero()[0])
-        j = bisect.bisect_right(offsets, col) - 1
+    return dataset, streamed_index(dataset, uri)
+
+
+def streamed_index(dataset: Any, uri: str) -> dict[str, Any]:
+    """The "siren" entry of the index.json litdata read for `dataset` (its local copy if remote)."""
+    local_index = Path(dataset.input_dir.path or uri) / INDEX_FILE
+    return siren_entry(json.loads(local_index.read_text()), uri)
+
+
+def check_item(raw: dict[str, Any], index: int, siren: dict[str, Any], uri: str) -> None:
+    """Refuse an item that is not the index's clip at `index`, or holds a code outside [0, K)."""
+    want = siren["ids"][index]
+    if raw["id"] != want:
         raise CodeCacheError(
-            f"code cache shard {path}: clip {clips[j]['id']!r} holds code {int(codes[row, col])} "
-            f"(codebook {row}, frame {col - offsets[j]}), outside [0, {codebook_size}): the "
-            f"shard is corrupt; {rewrite}"
+            f"code cache {uri}: item {index} is clip {raw['id']!r}, but index.json lists {want!r} "
+            f"there: a chunk was replaced after the cache was finished (stale); re-run "
+            f"`siren tokenize`"
         )
-    data: dict[str, Any] = {
-        "reader": reader,
-        "keys": keys,
-        "metadata": metadata,
-        "clips": clips,
-        "offsets": offsets,
-        "samples": samples.tolist(),
-    }
-    if text_lengths is not None:
-        data["text_offsets"] = [0, *torch.cumsum(text_lengths, 0).tolist()]
-        caps = [len(c["captions"]) for c in clips]
-        data["caption_starts"] = [sum(caps[:i]) for i in range(len(caps))]
-    return data
-
-
-def write_index(root: Path, index: dict[str, Any]) -> None:
-    """Atomically write index.json."""
-    tmp = root / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, root / INDEX_FILE)
+    codes = raw["codes"]  # int16 [r, T]
+    k = siren["codebook_size"]
+    if codes.dim() != 2 or codes.shape[0] != siren["n_codebooks"]:
+        raise CodeCacheError(
+            f"code cache {uri}: clip {want!r} has codes of shape {tuple(codes.shape)}, not "
+            f"[{siren['n_codebooks']}, T]; re-run `siren tokenize`"
+        )
+    bad = (codes < 0) | (codes >= k)
+    if bool(bad.any()):
+        row, col = (int(x) for x in bad.nonzero()[0])
+        raise CodeCacheError(
+            f"code cache {uri}: clip {want!r} holds code {int(codes[row, col])} (codebook {row}, "
+            f"frame {col}), outside [0, {k}): the cache is corrupt; re-run `siren tokenize` with "
+            f"the same arguments to rewrite it"
+        )
 
 
 class CodeCache(Sequence):
-    """Reads a finished code cache.
+    """Map-style reader of a finished code cache (evaluation, tools), through litdata.
 
     Args:
-        root: the cache folder (with index.json).
+        root: the cache folder or URI.
         expected_codec_sha256: if given, a cache written by another codec is refused.
+        stream_cache_dir: where litdata keeps chunks of a remote cache.
 
     Items: {"id": str, "codes": int16 [r, T], "captions": list[str], "samples": int} and
-    "text_states": list of float [L, Dt] (one per caption) when the cache holds them.
+    "text_states": list of float16 [L, Dt] (one per caption) when the cache holds them.
+    `index` is the index's "siren" entry (codec, r, K, ids, frames, skips...).
     """
 
-    def __init__(self, root: str | Path, expected_codec_sha256: str | None = None) -> None:
-        self.root = Path(root)
-        index_path = self.root / INDEX_FILE
-        if not index_path.is_file():
+    def __init__(
+        self,
+        root: str | Path,
+        expected_codec_sha256: str | None = None,
+        stream_cache_dir: str | None = None,
+    ) -> None:
+        self.root = str(root)
+        self.dataset, self.index = open_streaming(
+            root, stream_cache_dir=stream_cache_dir, batch_decode=0
+        )
+        check_codec(self.index, root, expected_codec_sha256)
+        if len(self.dataset) != len(self.index["ids"]):
             raise CodeCacheError(
-                f"no code cache at {self.root} ({INDEX_FILE} missing: run `siren tokenize`, or "
-                f"let an interrupted run finish)"
+                f"code cache {root}: litdata reads {len(self.dataset)} clips, index.json lists "
+                f"{len(self.index['ids'])}; re-run `siren tokenize`"
             )
-        self.index: dict[str, Any] = json.loads(index_path.read_text())
-        if self.index.get("format") != FORMAT:
-            raise CodeCacheError(f"{index_path}: unknown format {self.index.get('format')!r}")
-        missing = [
-            k
-            for k in ("codec_sha256", "n_codebooks", "codebook_size", "shards")
-            if k not in self.index
-        ]
-        if missing:
-            raise CodeCacheError(f"{index_path}: lacks {missing}; re-run `siren tokenize`")
-        found = self.index["codec_sha256"]
-        if expected_codec_sha256 is not None and found != expected_codec_sha256:
-            raise CodeCacheError(
-                f"code cache {self.root} was written by codec {found[:16]}..., but the configured "
-                f"codec is {expected_codec_sha256[:16]}...; re-run `siren tokenize` with this codec "
-                f"or point to the matching cache"
-            )
-        self._starts: list[int] = []
-        total = 0
-        for shard in self.index["shards"]:
-            self._starts.append(total)
-            total += shard["num_clips"]
-        self._len = total
-        self._loaded: dict[int, dict[str, Any]] = {}
 
     @property
     def codec_sha256(self) -> str:
         return self.index["codec_sha256"]
 
+    @property
+    def frames(self) -> list[int]:
+        """Frames of every clip, in cache order (from the index: no chunk is read)."""
+        return self.index["frames"]
+
     def __len__(self) -> int:
-        return self._len
-
-    def _shard(self, s: int) -> dict[str, Any]:
-        """A shard's small metadata (offsets, clip ids, captions) and an open reader.
-
-        Codes and text states stay in the file: each item reads its slice through the
-        memory-mapped reader, so every process (DDP ranks, loader workers) reads the same files
-        and shares the operating system's page cache instead of holding a copy of the cache.
-        The shard is checked whole when it is first opened (`open_shard`).
-        """
-        if s not in self._loaded:
-            entry = self.index["shards"][s]
-            path = self.root / entry["file"]
-            if not path.is_file():
-                raise CodeCacheError(f"code cache shard missing: {path}")
-            data = open_shard(path, self.index["n_codebooks"], self.index["codebook_size"])
-            # The index lists what the shard held when the cache was finished; a shard that
-            # differs was replaced since, and reading it would mix two caches.
-            stale = len(data["clips"]) != entry["num_clips"] or (
-                "manifest_sha256" in entry
-                and data["metadata"].get("manifest_sha256") != entry["manifest_sha256"]
-            )
-            if stale:
-                raise CodeCacheError(
-                    f"code cache shard {path} does not match {self.root / INDEX_FILE} (it holds "
-                    f"{len(data['clips'])} clips, the index lists {entry['num_clips']}, or its "
-                    f"manifest hash differs): it was replaced after the cache was finished; "
-                    f"re-run `siren tokenize`"
-                )
-            self._loaded[s] = data
-        return self._loaded[s]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Open readers do not pickle (spawned loader workers): each process opens its own.
-        state = self.__dict__.copy()
-        state["_loaded"] = {}
-        return state
+        return len(self.index["ids"])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if not -self._len <= i < self._len:
-            raise IndexError(f"code cache index {i} out of range ({self._len} clips)")
-        i %= self._len
-        s = bisect.bisect_right(self._starts, i) - 1
-        j = i - self._starts[s]
-        data = self._shard(s)
-        a, b = data["offsets"][j], data["offsets"][j + 1]
-        clip = data["clips"][j]
-        reader = data["reader"]
-        item = {
-            "id": clip["id"],
-            "codes": reader.get_slice("codes")[:, a:b],  # int16 [r, T]
-            "captions": clip["captions"],
-            "samples": int(data["samples"][j]),
-        }
-        if "text_states" in data["keys"]:
-            c0, offs = data["caption_starts"][j], data["text_offsets"]
-            states = reader.get_slice("text_states")
-            item["text_states"] = [
-                states[offs[c0 + k] : offs[c0 + k + 1]] for k in range(len(clip["captions"]))
-            ]
-        return item
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"code cache index {i} out of range ({n} clips)")
+        i %= n
+        raw = self.dataset[i]
+        check_item(raw, i, self.index, self.root)
+        return decode_item(raw)

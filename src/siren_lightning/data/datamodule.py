@@ -1,7 +1,8 @@
 """`SirenDataModule`: the one DataModule of all three stages.
 
 `mode` picks the batch: "audio" (codec training), "codes" (Siren pretraining, read from code
-caches written by `siren tokenize`) or "captions" (alignment rollouts and generation). Bad clips
+caches written by `siren tokenize`: litdata chunked datasets, in a local folder or under an
+object-storage URI) or "captions" (alignment rollouts and generation). Bad clips
 are skipped with one logged line each and counted per split; a split whose skipped clips exceed
 `max_skip_fraction` of it stops the run with a message naming them.
 """
@@ -76,7 +77,10 @@ class SirenDataModule(L.LightningDataModule):
     Args:
         train_manifest / val_manifest / test_manifest / predict_manifest: JSONL manifests.
         mode: "audio", "codes" or "captions".
-        train_cache / val_cache / test_cache: code cache folders (mode "codes").
+        train_cache / val_cache / test_cache: code caches (mode "codes"): folders, or URIs that
+            litdata streams (s3://..., gs://..., azure://..., or `local:/path`, which copies
+            chunks as from object storage; docs/data.md).
+        stream_cache_dir: where litdata keeps the chunks of a remote cache (default: litdata's).
         codec_sha256: if set, caches written by another codec are refused.
         sample_rate: audio rate (mode "audio").
         hop_length: codec hop in samples; the crop must be a whole number of frames.
@@ -90,10 +94,12 @@ class SirenDataModule(L.LightningDataModule):
         seed: seeds the training order and each clip's crop and caption draw; default: the
             seed of `seed_everything` (PL_GLOBAL_SEED), else 0.
         bucket_by_length: codes mode: draw each training batch from clips of similar length
-            (`data.resumable.bucket_by_length`), so little of a step is spent on padding.
+            (`data.streaming.bucket_order`), so little of a step is spent on padding.
 
-    The training loader is a `ResumableDataLoader` (`data.resumable`): sharded over the
-    processes under DDP, and restored mid-epoch from a checkpoint.
+    The training loader streams code caches through litdata (`data.streaming`: a
+    `StreamingDataLoader` over a `StreamingDataset`) and reads manifests through a
+    `ResumableDataLoader` (`data.resumable`); both shard over the processes under DDP and are
+    restored mid-epoch from a checkpoint.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class SirenDataModule(L.LightningDataModule):
         check_files: bool = True,
         seed: int | None = None,
         bucket_by_length: bool = False,
+        stream_cache_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -172,14 +179,41 @@ class SirenDataModule(L.LightningDataModule):
             good.append(clip)
         return good
 
-    def _codes(self, split: str, cache_path: str) -> Any:
-        from siren_lightning.data.code_cache import CodeCache, CodeCacheError
+    def _codes(self, split: str, cache_path: str) -> Dataset:
+        """The training stream (`CodeStream`) or an evaluation split's windows of a code cache."""
+        from siren_lightning.data.code_cache import (
+            CodeCache,
+            CodeCacheError,
+            check_codec,
+            is_remote,
+            read_index,
+        )
+        from siren_lightning.data.streaming import CodeStream
 
-        cache = CodeCache(cache_path, expected_codec_sha256=self.hparams.codec_sha256)
-        if len(cache) == 0:  # a run on nothing would end "successfully" without a checkpoint
+        hp = self.hparams
+        if not is_remote(cache_path):  # a clear message before litdata opens anything
+            index = read_index(cache_path)
+            if not index["ids"]:  # a run on nothing would end "successfully" without a checkpoint
+                raise CodeCacheError(f"code cache {cache_path} ({split}_cache) holds no clips")
+            check_codec(index, cache_path, hp.codec_sha256)
+        if split == "train":
+            ds: Any = CodeStream(
+                cache_path,
+                hp.stream_cache_dir,
+                crop_frames=self.crop_frames,
+                seed=global_seed() if hp.seed is None else hp.seed,
+                bucket_batch=hp.batch_size if hp.bucket_by_length else None,
+            )
+            index = ds.siren
+            check_codec(index, cache_path, hp.codec_sha256)
+        else:
+            cache = CodeCache(cache_path, hp.codec_sha256, stream_cache_dir=hp.stream_cache_dir)
+            index = cache.index
+            ds = CodeClipDataset(cache, self.eval_crop_frames, train=False)
+        if not index["ids"]:
             raise CodeCacheError(f"code cache {cache_path} ({split}_cache) holds no clips")
-        self.skips.total[split] = len(cache)
-        return cache
+        self.skips.total[split] = len(index["ids"])
+        return ds
 
     def _build(self, split: str) -> Dataset | None:
         hp = self.hparams
@@ -188,8 +222,7 @@ class SirenDataModule(L.LightningDataModule):
             cache = getattr(hp, f"{split}_cache")
             if cache is None:
                 return None
-            frames = self.crop_frames if train else self.eval_crop_frames
-            return CodeClipDataset(self._codes(split, cache), frames, train=train)
+            return self._codes(split, cache)
         manifest = getattr(hp, f"{split}_manifest")
         if manifest is None:
             return None
@@ -235,22 +268,23 @@ class SirenDataModule(L.LightningDataModule):
         )
         if split != "train":
             return DataLoader(ds, batch_size=hp.eval_batch_size or hp.batch_size, **common)
+        if hp.mode == "codes":
+            from siren_lightning.data.streaming import ResumableStreamingLoader
+
+            return ResumableStreamingLoader(
+                ds,
+                batch_size=hp.batch_size,
+                num_workers=hp.num_workers,
+                collate_fn=collate,
+                drop_last=len(ds) >= hp.batch_size,
+                consumed_batches=self._consumed_train_batches,
+            )
+        if hp.bucket_by_length:
+            raise ValueError(f"bucket_by_length needs code batches (mode: codes), not {hp.mode}")
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        lengths = None
-        if hp.bucket_by_length:
-            if not hasattr(ds, "window_lengths"):
-                raise ValueError(
-                    f"bucket_by_length needs code batches (mode: codes), not {hp.mode}"
-                )
-            lengths = ds.window_lengths()
         sampler = ResumableSampler(
-            ds,
-            world,
-            rank,
-            seed=global_seed() if hp.seed is None else hp.seed,
-            lengths=lengths,
-            batch_size=hp.batch_size,
+            ds, world, rank, seed=global_seed() if hp.seed is None else hp.seed
         )
         return ResumableDataLoader(
             ds,
@@ -273,10 +307,14 @@ class SirenDataModule(L.LightningDataModule):
         """Per code-cache split: the index's codec SHA-256, r and K (for the module's checks)."""
         out = {}
         for split, ds in self.datasets.items():
-            index = getattr(getattr(ds, "items", None), "index", None)
+            if hasattr(ds, "siren"):  # the training stream
+                index, path = ds.siren, ds.uri
+            else:
+                index = getattr(getattr(ds, "items", None), "index", None)
+                path = getattr(getattr(ds, "items", None), "root", "")
             if isinstance(index, dict):
                 out[split] = {
-                    "path": str(getattr(ds.items, "root", "")),
+                    "path": str(path),
                     "codec_sha256": index.get("codec_sha256"),
                     "n_codebooks": index.get("n_codebooks"),
                     "codebook_size": index.get("codebook_size"),

@@ -7,9 +7,10 @@
 - caption batches (alignment rollouts, generation): {"captions", "ids"}
 
 Randomness (crops, caption choice): an item asked for by an `ItemKey` (what the training
-sampler of `data.resumable` yields) draws from a generator seeded for that item, so the batches
-depend only on (seed, epoch, clip) and a resumed or multi-process run sees the same ones; an item
-asked for by a plain index draws from torch's global generator.
+sampler of `data.resumable` yields for manifests) draws from a generator seeded for that item, so
+the batches depend only on (seed, epoch, clip) and a resumed or multi-process run sees the same
+ones; an item asked for by a plain index draws from torch's global generator. Code batches for
+training stream through `data.streaming`, which seeds `crop_codes` the same way.
 """
 
 from __future__ import annotations
@@ -91,12 +92,45 @@ def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class CodeClipDataset(Dataset):
-    """Crops pre-tokenized clips (any sequence of {"id", "codes" [r, T], "captions"} items).
+def crop_codes(
+    item: dict[str, Any], crop_frames: int, train: bool, generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """A window of a pre-tokenized clip and one of its captions.
 
     Args:
-        items: e.g. a `CodeCache`; "text_states" [L, Dt] are passed on when present.
+        item: {"id", "codes" [r, T], "captions"} and optionally "text_states" (one [L, Dt]
+            tensor per caption).
         crop_frames: the longest window returned (300 frames = 6 s at 50 frames/s).
+        train: a random window and caption (drawn from `generator`); otherwise the first window
+            and first caption.
+
+    Returns:
+        {"id", "codes" long [r, <=crop_frames], "caption", "frame_offset", "total_frames"} and
+        "text_states" float [L, Dt] of the chosen caption when the item has them.
+    """
+    codes = torch.as_tensor(item["codes"]).long()  # [r, T]
+    spare = max(codes.shape[-1] - crop_frames, 0)
+    start = int(torch.randint(spare + 1, (), generator=generator)) if train and spare else 0
+    captions = item["captions"]
+    which = _choose(len(captions), train, generator)
+    out = {
+        "id": item["id"],
+        "codes": codes[:, start : start + crop_frames],
+        "caption": captions[which],
+        "frame_offset": start,  # where the window sits in its clip (timing conditioning)
+        "total_frames": codes.shape[-1],
+    }
+    if item.get("text_states") is not None:  # one [L, Dt] tensor per caption
+        out["text_states"] = torch.as_tensor(item["text_states"][which]).float()
+    return out
+
+
+class CodeClipDataset(Dataset):
+    """Map-style windows of pre-tokenized clips (evaluation; training streams `data.streaming`).
+
+    Args:
+        items: any sequence of {"id", "codes" [r, T], "captions"} items, e.g. a `CodeCache`.
+        crop_frames: the longest window returned.
         train: random window and random caption; otherwise the first window and first caption.
     """
 
@@ -108,28 +142,9 @@ class CodeClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def window_lengths(self) -> list[int]:
-        """Frames of each item's window (its clip's, at most `crop_frames`), for bucketing."""
-        return [min(int(item["codes"].shape[-1]), self.crop_frames) for item in self.items]
-
     def __getitem__(self, key: Any) -> dict[str, Any]:
         i, gen = item_generator(key)
-        item = self.items[i]
-        codes = torch.as_tensor(item["codes"]).long()  # [r, T]
-        spare = max(codes.shape[-1] - self.crop_frames, 0)
-        start = int(torch.randint(spare + 1, (), generator=gen)) if self.train and spare else 0
-        captions = item["captions"]
-        which = _choose(len(captions), self.train, gen)
-        out = {
-            "id": item["id"],
-            "codes": codes[:, start : start + self.crop_frames],
-            "caption": captions[which],
-            "frame_offset": start,  # where the window sits in its clip (timing conditioning)
-            "total_frames": codes.shape[-1],
-        }
-        if item.get("text_states") is not None:  # one [L, Dt] tensor per caption
-            out["text_states"] = torch.as_tensor(item["text_states"][which]).float()
-        return out
+        return crop_codes(self.items[i], self.crop_frames, self.train, gen)
 
 
 def collate_codes(items: list[dict[str, Any]]) -> dict[str, Any]:

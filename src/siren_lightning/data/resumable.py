@@ -1,4 +1,9 @@
-"""A training sampler and loader that resume exactly where a killed run stopped.
+"""A training sampler and loader over manifests that resume exactly where a killed run stopped.
+
+Used by the audio (codec training) and caption (alignment) modes, whose datasets read manifests
+and audio files; code batches from a code cache stream through litdata instead
+(`data.streaming`), which does the same job for chunked datasets. `mix_seed` and `global_seed`
+seed both.
 
 Why: Lightning restores its loop counters from a checkpoint but starts a fresh iterator over
 the data, so a run resumed mid-epoch would see other batches than the run it continues. Here
@@ -16,9 +21,8 @@ The sampler yields `ItemKey`s (index, seed) that the datasets in `data.datasets`
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -44,37 +48,6 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def bucket_by_length(
-    order: list[int],
-    lengths: Sequence[int],
-    batch: int,
-    generator: torch.Generator,
-    pool_batches: int = 32,
-) -> list[int]:
-    """Reorder a random order so that each run of `batch` items has similar lengths.
-
-    The order is cut into pools of `pool_batches` batches; each pool is sorted by length, cut
-    into batches, and its batches are shuffled. Clips still meet random neighbours across
-    epochs, and a batch's padding shrinks to the spread of lengths within one pool's slice.
-
-    Args:
-        order: a permutation (possibly padded with repeats) of item indices.
-        lengths: length of every item.
-        batch: items per global batch.
-        generator: draws the order of the batches within each pool.
-    """
-    out: list[int] = []
-    pool = batch * pool_batches
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches = [chunk[j : j + batch] for j in range(0, len(chunk), batch)]
-        full = [b for b in batches if len(b) == batch]
-        perm = torch.randperm(len(full), generator=generator).tolist()
-        out += [i for k in perm for i in full[k]]
-        out += [i for b in batches if len(b) < batch for i in b]  # a short tail stays last
-    return out
-
-
 class ResumableSampler(DistributedSampler):
     """Seeded, sharded, resumable order of a map-style dataset.
 
@@ -87,10 +60,6 @@ class ResumableSampler(DistributedSampler):
         num_replicas, rank: processes and this one's rank (1 and 0 outside DDP).
         seed: seeds the order and the per-item draws.
         shuffle: permute (training) or keep the dataset order.
-        lengths: each item's length; with `batch_size`, every global batch (the union of the
-            ranks' k-th batches) is drawn from clips of similar length, so padding is not
-            computed (`bucket_by_length`). The batches still come in a random order.
-        batch_size: per-process batch size (needed with `lengths`).
     """
 
     def __init__(
@@ -100,35 +69,16 @@ class ResumableSampler(DistributedSampler):
         rank: int = 0,
         seed: int = 0,
         shuffle: bool = True,
-        lengths: Sequence[int] | None = None,
-        batch_size: int | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        if lengths is not None and (len(lengths) != len(dataset) or not batch_size):
-            raise ValueError(
-                f"ResumableSampler: need one length per item ({len(lengths)} for "
-                f"{len(dataset)}) and a batch_size to bucket by length"
-            )
-        self.lengths = None if lengths is None else list(lengths)
-        self.global_batch = (batch_size or 1) * num_replicas
         self._resume: tuple[int, int] | None = None  # (epoch, items to skip)
 
     def resume_at(self, epoch: int, items: int) -> None:
         """Skip the first `items` of this rank's order the next time epoch `epoch` is iterated."""
         self._resume = (epoch, items)
 
-    def _rank_order(self) -> list[int]:
-        """This rank's indices of the epoch: `DistributedSampler`'s, or bucketed by length."""
-        if self.lengths is None or not self.shuffle:
-            return list(super().__iter__())
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()
-        order += (order * math.ceil(self.total_size / len(order)))[: self.total_size - len(order)]
-        order = bucket_by_length(order, self.lengths, self.global_batch, g)
-        return order[self.rank : self.total_size : self.num_replicas]
-
     def __iter__(self) -> Iterator[ItemKey]:
-        indices = self._rank_order()
+        indices = list(super().__iter__())
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
