@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from siren_testing import make_model
 
 from siren_lightning.align.module import AlignModule
 from siren_lightning.align.rewards import LoudnessReward, Reward
@@ -87,12 +88,14 @@ def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator,
     assert end > start + 1.0, (start, end)  # dB
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_teacher_forced_guided_logits_are_what_the_sampler_drew_from(tiny_parts, cfg_scale):
+@pytest.mark.parametrize(("cfg_scale", "timed"), [(1.0, False), (3.0, False), (3.0, True)])
+def test_teacher_forced_guided_logits_are_what_the_sampler_drew_from(tiny_parts, cfg_scale, timed):
     from siren_lightning.align.heldout import group_logits
     from siren_lightning.models.sampling import generate
 
     network, _, text = tiny_parts
+    if timed:  # a duration-conditioned model (the reference tiny Siren is one)
+        network = make_model(seed=0, duration_conditioning=True)
     prompts, empty = text.encode(["a loud low hum", "two quiet beeps"]), text.encode([""])
     codes = generate(
         network,
