@@ -88,6 +88,21 @@ def test_report_table(tiny_parts, tmp_path):
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| adherence, mean of 3 (higher) |" in table and "Trained with: loudness-db" in table
     assert "CLAP score" not in table  # no evaluator: no grader rows
+    # with a cache, a second report reuses each model's per-seed metrics (no new WAVs)
+    kwargs = dict(seeds=[0, 1], reward=LoudnessReward(), batch_size=2, kl_clips=0)
+    models = {"before": network, "after": perturbed(network)}
+    first = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r1", cache=tmp_path / "c", **kwargs
+    )
+    again = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r2", cache=tmp_path / "c", **kwargs
+    )
+    assert (
+        first["rows"]
+        == again["rows"]
+        == {k: {m: v for m, v in rows[k].items() if m != "kl_ref"} for k in rows}
+    )
+    assert not (tmp_path / "r2" / "before").exists() and "before_cached" in again["seconds"]
 
 
 def test_report_differences_by_hand():

@@ -20,12 +20,17 @@ captions (2 s, seed 0) says how far the policy moved.
 `report.json` and `report.md` record the reward that trained the `after` model (its sidecar's
 `align` entry), the grader, the manifest and the clip ids.
 
+With `--cache DIR`, each model's per-seed metrics are kept in `DIR/align_report/<key>.json`, the
+key hashing the model's weights, the clip ids, seeds, sampling, batch size, grader and reward:
+the `before` rows of one stage-1 model are computed once for every report that compares with it.
+
 Letters: B clips, N samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -101,6 +106,16 @@ def seed_metrics(
     return values
 
 
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
     """metric -> {"mean", "spread" (sample sd), "per_seed"}."""
     out = {}
@@ -144,6 +159,7 @@ def compare(
     kl_seconds: float = 2.0,
     trained_with: dict[str, Any] | None = None,
     grader: dict[str, Any] | None = None,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Grade each model on the same held-out clips and seeds; write `report.json` / `report.md`.
 
@@ -158,6 +174,7 @@ def compare(
             reference (0: none).
         trained_with: the `after` model's `align` record (its training reward's provenance).
         grader: what grades (recorded as given).
+        cache: folder of per-model metrics (see the module's docstring), or None.
 
     Returns:
         the report dict (also written as JSON).
@@ -168,20 +185,41 @@ def compare(
     rows, timing = {}, {}
     for name, model in models.items():
         start = time.perf_counter()
-        values = seed_metrics(
-            model,
-            text_encoder,
-            codec,
-            clips,
-            out / name,
-            seeds,
-            reward=reward,
-            evaluator=evaluator,
-            sampling=sampling,
-            batch_size=batch_size,
-        )
+        key = {
+            "model_sha256": model_digest(model),
+            "clip_ids": [c.id for c in clips],
+            "seeds": list(seeds),
+            "sampling": sampling,
+            "batch_size": batch_size,
+            "grader": None if evaluator is None else evaluator.protocol.name,
+            "grader_clap": (grader or {}).get("clap"),
+            "reward": None if reward is None else reward.provenance(),
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        saved = None if cache is None else Path(cache) / "align_report" / f"{digest}.json"
+        if saved is not None and saved.is_file():
+            values = json.loads(saved.read_text())["values"]
+            timing[f"{name}_cached"] = str(saved)
+        else:
+            values = seed_metrics(
+                model,
+                text_encoder,
+                codec,
+                clips,
+                out / name,
+                seeds,
+                reward=reward,
+                evaluator=evaluator,
+                sampling=sampling,
+                batch_size=batch_size,
+            )
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps({"key": key, "values": values}) + "\n")
         rows[name] = summarize(values)
-        if kl_clips:
+        if kl_clips and model is reference:  # KL of the reference to itself
+            rows[name]["kl_ref"] = {"mean": 0.0, "spread": 0.0, "per_seed": [0.0]}
+        elif kl_clips:
             short = [HeldoutClip(c.id, c.captions[0], Path(c.audio)) for c in clips[:kl_clips]]
             kl, _ = evaluate_policy(
                 model,
@@ -347,6 +385,7 @@ def main(argv: list[str]) -> int:
         kl_clips=args.kl_clips,
         trained_with=trained_with,
         grader=grader,
+        cache=args.cache,
     )
     print(markdown_table(report))
     print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}")
