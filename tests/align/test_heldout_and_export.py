@@ -102,7 +102,16 @@ def test_report_table(tiny_parts, tmp_path):
         == again["rows"]
         == {k: {m: v for m, v in rows[k].items() if m != "kl_ref"} for k in rows}
     )
-    assert not (tmp_path / "r2" / "before").exists() and "before_cached" in again["seconds"]
+    assert not (tmp_path / "r2" / "before").exists() and "before_seed1_cached" in again["seconds"]
+    # seeds computed apart add up to the report of both
+    one = dict(kwargs, seeds=[1])
+    report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r3", cache=tmp_path / "d", **one
+    )
+    both = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r4", cache=tmp_path / "d", **kwargs
+    )
+    assert both["rows"] == first["rows"] and not (tmp_path / "r4" / "before" / "seed1").exists()
 
 
 def test_report_differences_by_hand():

@@ -20,9 +20,10 @@ captions (2 s, seed 0) says how far the policy moved.
 `report.json` and `report.md` record the reward that trained the `after` model (its sidecar's
 `align` entry), the grader, the manifest and the clip ids.
 
-With `--cache DIR`, each model's per-seed metrics are kept in `DIR/align_report/<key>.json`, the
-key hashing the model's weights, the clip ids, seeds, sampling, batch size, grader and reward:
-the `before` rows of one stage-1 model are computed once for every report that compares with it.
+With `--cache DIR`, each model's metrics of each seed are kept in `DIR/align_report/<key>.json`,
+the key hashing the model's weights, the clip ids, the seed, sampling, batch size, grader and
+reward: the `before` rows of one stage-1 model are computed once for every report that compares
+with it, and seeds run as separate processes (`--seeds 0`, `--seeds 1`, ...) add up.
 
 Letters: B clips, N samples.
 """
@@ -185,37 +186,46 @@ def compare(
     rows, timing = {}, {}
     for name, model in models.items():
         start = time.perf_counter()
-        key = {
-            "model_sha256": model_digest(model),
-            "clip_ids": [c.id for c in clips],
-            "seeds": list(seeds),
-            "sampling": sampling,
-            "batch_size": batch_size,
-            "grader": None if evaluator is None else evaluator.protocol.name,
-            "grader_clap": (grader or {}).get("clap"),
-            "reward": None if reward is None else reward.provenance(),
-        }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        saved = None if cache is None else Path(cache) / "align_report" / f"{digest}.json"
-        if saved is not None and saved.is_file():
-            values = json.loads(saved.read_text())["values"]
-            timing[f"{name}_cached"] = str(saved)
-        else:
+        digest = model_digest(model)
+        per_seed: dict[int, dict[str, float]] = {}
+        files: dict[int, Path] = {}
+        for seed in seeds:
+            key = {
+                "model_sha256": digest,
+                "clip_ids": [c.id for c in clips],
+                "seed": seed,
+                "sampling": sampling,
+                "batch_size": batch_size,
+                "grader": None if evaluator is None else evaluator.protocol.name,
+                "grader_clap": (grader or {}).get("clap"),
+                "reward": None if reward is None else reward.provenance(),
+            }
+            name_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+            if cache is not None:
+                files[seed] = Path(cache) / "align_report" / f"{name_hash}.json"
+                if files[seed].is_file():
+                    per_seed[seed] = json.loads(files[seed].read_text())["values"]
+                    timing[f"{name}_seed{seed}_cached"] = str(files[seed])
+        missing = [seed for seed in seeds if seed not in per_seed]
+        if missing:
             values = seed_metrics(
                 model,
                 text_encoder,
                 codec,
                 clips,
                 out / name,
-                seeds,
+                missing,
                 reward=reward,
                 evaluator=evaluator,
                 sampling=sampling,
                 batch_size=batch_size,
             )
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(json.dumps({"key": key, "values": values}) + "\n")
+            for i, seed in enumerate(missing):
+                per_seed[seed] = {k: v[i] for k, v in values.items()}
+                if seed in files:
+                    files[seed].parent.mkdir(parents=True, exist_ok=True)
+                    files[seed].write_text(json.dumps({"values": per_seed[seed]}) + "\n")
+        values = {k: [per_seed[seed][k] for seed in seeds] for k in per_seed[seeds[0]]}
         rows[name] = summarize(values)
         if kl_clips and model is reference:  # KL of the reference to itself
             rows[name]["kl_ref"] = {"mean": 0.0, "spread": 0.0, "per_seed": [0.0]}
