@@ -320,7 +320,11 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
     p.add_argument("--before", required=True, help="stage-1 model folder (`siren export`)")
-    p.add_argument("--after", required=True, help="aligned model folder (`siren export`)")
+    p.add_argument(
+        "--after",
+        help="aligned model folder (`siren export`); without it only --before is graded (with "
+        "--cache: its rows for a later report, e.g. while the alignment trains)",
+    )
     p.add_argument("--manifest", required=True, help="held-out JSONL manifest with attributes")
     p.add_argument("--limit", type=int, default=200, help="first N clips of the manifest")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
@@ -344,7 +348,7 @@ def main(argv: list[str]) -> int:
 
     try:
         before, sidecar = load_exported(args.before)
-        after, after_sidecar = load_exported(args.after)
+        after, after_sidecar = load_exported(args.after) if args.after else (None, {})
     except ExportError as err:
         print(err)
         return 1
@@ -363,7 +367,9 @@ def main(argv: list[str]) -> int:
         print(f"siren align-report: {args.manifest} has no SynthCaps attributes to grade by")
         return 2
     groups = after_sidecar.get("train_groups") or [0]
-    codec_spec = exported_codec(after_sidecar, args.after) or exported_codec(sidecar, args.before)
+    codec_spec = exported_codec(sidecar, args.before)
+    if after is not None:
+        codec_spec = exported_codec(after_sidecar, args.after) or codec_spec
     codec = load_codec(codec_spec).eval()
     text_info = after_sidecar.get("text_encoder") or sidecar.get("text_encoder") or {}
     text_encoder = TextEncoder(
@@ -379,8 +385,9 @@ def main(argv: list[str]) -> int:
         "same_family": family == "tiny-clap",
         "adherence": "measure_attributes (signal processing)",
     }
+    models = {"before": before} if after is None else {"before": before, "after": after}
     report = compare(
-        {"before": before, "after": after},
+        models,
         before,
         groups,
         text_encoder,
