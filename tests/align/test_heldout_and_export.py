@@ -115,8 +115,8 @@ def test_report_table(tiny_parts, tmp_path):
 
 
 def test_report_differences_by_hand():
-    def row(mean, sd):
-        return {"mean": mean, "spread": sd, "per_seed": []}
+    def row(mean, sd, seeds=3):
+        return {"mean": mean, "spread": sd, "per_seed": [mean] * seeds}
 
     before = {"adherence_mean": row(0.40, 0.01), "fd": row(0.30, 0.01), "clap_score": row(35, 2)}
     after = {"adherence_mean": row(0.45, 0.02), "fd": row(0.40, 0.01), "clap_score": row(38, 1)}
@@ -125,6 +125,11 @@ def test_report_differences_by_hand():
     assert d["adherence_mean"]["verdict"] == "better"
     assert d["adherence_mean"]["noise"] == pytest.approx(0.04)
     assert d["fd"]["verdict"] == "worse" and d["clap_score"]["verdict"] == "within noise"
+    one = report.differences(
+        {"fd": row(0.3, 0.0, 1), "kl_ref": row(0, 0)},
+        {"fd": row(0.4, 0.0, 1), "kl_ref": row(0.1, 0)},
+    )
+    assert one["fd"]["verdict"] == "one seed: no spread" and one["kl_ref"]["verdict"] == "-"
 
 
 def test_report_cli_names_a_missing_model(tmp_path, capsys):

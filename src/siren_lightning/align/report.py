@@ -128,14 +128,19 @@ def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
 
 def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """after - before per metric, the noise threshold (2 x the larger sd) and the verdict:
-    "better" / "worse" beyond the noise (by the metric's direction), else "within noise"."""
+    "better" / "worse" beyond the noise (by the metric's direction), else "within noise"; "-"
+    for a metric without a direction, "one seed: no spread" when a row has a single seed."""
     better = {key: way for key, _, way in COLUMNS}
     out = {}
     for key in before.keys() & after.keys():
         delta = after[key]["mean"] - before[key]["mean"]
         noise = NOISE_SDS * max(before[key]["spread"], after[key]["spread"])
         verdict = "within noise"
-        if abs(delta) > noise:
+        if key not in better:  # no better direction (the KL to the reference)
+            verdict = "-"
+        elif min(len(before[key]["per_seed"]), len(after[key]["per_seed"])) < 2:
+            verdict = "one seed: no spread"
+        elif abs(delta) > noise:
             up = delta > 0 if better.get(key, "higher") == "higher" else delta < 0
             verdict = "better" if up else "worse"
         out[key] = {"delta": delta, "noise": noise, "verdict": verdict}
