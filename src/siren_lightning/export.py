@@ -126,6 +126,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
         "text_encoder": text,
         "train_groups": meta.get("train_groups"),
     }
+    if meta.get("align") is not None:  # stage 2: what trained the policy (not the sampler state)
+        sidecar["align"] = {k: v for k, v in meta["align"].items() if k != "rollout_rng"}
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
 

@@ -3,6 +3,7 @@ import json
 
 import lightning as L
 import pytest
+import soundfile as sf
 import torch
 
 from siren_lightning.align import report
@@ -51,8 +52,15 @@ def test_heldout_evaluation_grades_with_the_eval_clap(
 
 
 def test_report_table(tiny_parts, tmp_path):
+    from siren_lightning.data.manifest import Clip
+
     network, codec, text = tiny_parts
-    clips = [report.HeldoutClip(f"c{i}", c, tmp_path / "x.wav") for i, c in enumerate("abcd")]
+    stated = {"pitch": "low", "count": "once", "envelope": "steady"}
+    clips = [
+        Clip(f"c{i}", tmp_path / "x.wav", [c], duration=0.2 + 0.1 * i, attributes=stated)
+        for i, c in enumerate(["a hum", "a beep", "two clicks", "a chirp"])
+    ]
+    trained = {"strategy": "grpo", "reward": LoudnessReward().provenance()}
     out = report.compare(
         {"before": network, "after": perturbed(network)},
         network,
@@ -61,14 +69,67 @@ def test_report_table(tiny_parts, tmp_path):
         codec,
         clips,
         tmp_path / "report",
+        seeds=[0, 1],
         reward=LoudnessReward(),
-        seconds=0.2,
+        batch_size=2,
+        kl_clips=2,
+        kl_seconds=0.3,
+        trained_with=trained,
     )
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert saved["rows"]["before"]["kl_ref"] == 0.0 < saved["rows"]["after"]["kl_ref"]
-    assert saved["clip_ids"] == ["c0", "c1", "c2", "c3"] and out["reward"] == "loudness-db"
+    rows = saved["rows"]
+    assert rows["before"]["kl_ref"]["mean"] == 0.0 < rows["after"]["kl_ref"]["mean"]
+    assert saved["clip_ids"] == ["c0", "c1", "c2", "c3"] and saved["seeds"] == [0, 1]
+    assert saved["trained_with"]["reward"]["name"] == "loudness-db" == out["report_reward"]["name"]
+    for key in ("adherence_mean", "adherence_pitch", "adherence_all", "reward"):
+        assert len(rows["before"][key]["per_seed"]) == 2, key
+    # each seed's clips are on disk at their own durations (1600 Hz codec)
+    assert sf.info(str(tmp_path / "report" / "after" / "seed1" / "c3.wav")).frames == 800
     table = (tmp_path / "report" / "report.md").read_text()
-    assert "| before |" in table and "KL to reference" in table and "CLAP score" not in table
+    assert "| adherence, mean of 3 (higher) |" in table and "Trained with: loudness-db" in table
+    assert "CLAP score" not in table  # no evaluator: no grader rows
+    # with a cache, a second report reuses each model's per-seed metrics (no new WAVs)
+    kwargs = dict(seeds=[0, 1], reward=LoudnessReward(), batch_size=2, kl_clips=0)
+    models = {"before": network, "after": perturbed(network)}
+    first = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r1", cache=tmp_path / "c", **kwargs
+    )
+    again = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r2", cache=tmp_path / "c", **kwargs
+    )
+    assert (
+        first["rows"]
+        == again["rows"]
+        == {k: {m: v for m, v in rows[k].items() if m != "kl_ref"} for k in rows}
+    )
+    assert not (tmp_path / "r2" / "before").exists() and "before_seed1_cached" in again["seconds"]
+    # seeds computed apart add up to the report of both
+    one = dict(kwargs, seeds=[1])
+    report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r3", cache=tmp_path / "d", **one
+    )
+    both = report.compare(
+        models, network, [0], text, codec, clips, tmp_path / "r4", cache=tmp_path / "d", **kwargs
+    )
+    assert both["rows"] == first["rows"] and not (tmp_path / "r4" / "before" / "seed1").exists()
+
+
+def test_report_differences_by_hand():
+    def row(mean, sd, seeds=3):
+        return {"mean": mean, "spread": sd, "per_seed": [mean] * seeds}
+
+    before = {"adherence_mean": row(0.40, 0.01), "fd": row(0.30, 0.01), "clap_score": row(35, 2)}
+    after = {"adherence_mean": row(0.45, 0.02), "fd": row(0.40, 0.01), "clap_score": row(38, 1)}
+    d = report.differences(before, after)
+    # 0.05 > 2 x 0.02: better; FD up by 0.1 > 2 x 0.01: worse (lower is better); 3 < 2 x 2
+    assert d["adherence_mean"]["verdict"] == "better"
+    assert d["adherence_mean"]["noise"] == pytest.approx(0.04)
+    assert d["fd"]["verdict"] == "worse" and d["clap_score"]["verdict"] == "within noise"
+    one = report.differences(
+        {"fd": row(0.3, 0.0, 1), "kl_ref": row(0, 0)},
+        {"fd": row(0.4, 0.0, 1), "kl_ref": row(0.1, 0)},
+    )
+    assert one["fd"]["verdict"] == "one seed: no spread" and one["kl_ref"]["verdict"] == "-"
 
 
 def test_report_cli_names_a_missing_model(tmp_path, capsys):
@@ -124,6 +185,10 @@ def test_fit_with_heldout_evaluation_then_export(
     folder = export_checkpoint(ckpt, tmp_path / "model")
     model, sidecar = load_exported(folder)
     assert sidecar["train_groups"] == [0]
+    # it records the reward that trained it (and not the sampler's state)
+    assert sidecar["align"]["reward"] == LoudnessReward().provenance()
+    assert sidecar["align"]["grader"]["clap"] == "tiny-clap-eval"
+    assert "rollout_rng" not in sidecar["align"]
     for name, value in m.network.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 

@@ -105,3 +105,31 @@ def test_laion_reward_is_the_cosine_of_the_metrics_backbone():
     a, t = backbone.embed(audio[:, 0], 16000), backbone.embed_text(captions)
     expected = 100 * torch.nn.functional.cosine_similarity(a, t, dim=-1)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_rewards_record_their_provenance(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    tiny = TinyCLAPReward("tiny-clap-reward").provenance()
+    readme = Path(__file__).parents[2] / "assets" / "tiny-clap-reward" / "README.md"
+    assert tiny["family"] == "tiny-clap" and tiny["checkpoint"] == "tiny-clap-reward"
+    assert tiny["sha256"] in readme.read_text()  # the SHA-256 its README states
+    laion = LaionCLAPReward("laion/larger_clap_general").provenance()
+    assert laion == {
+        "name": "laion-clap:laion/larger_clap_general",
+        "family": "laion-clap",
+        "class": "LaionCLAPReward",
+        "checkpoint": "laion/larger_clap_general",
+    }
+    (tmp_path / "my_embeddings.py").write_text(
+        "import torch\n"
+        "def audio(audio, sample_rate):\n    return torch.ones(len(audio), 2)\n"
+        "def text(captions):\n    return torch.ones(len(captions), 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cosine = build_reward("embedding-cosine:my_embeddings.audio,my_embeddings.text")
+    assert cosine.provenance()["family"] == "embedding-cosine"
+    assert cosine.provenance()["embed_text"] == "my_embeddings.text"
+    torch.testing.assert_close(
+        cosine(torch.zeros(2, 1, 8), 16000, ["a", "b"]), torch.full((2,), 100.0)
+    )

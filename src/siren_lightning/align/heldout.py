@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from siren_lightning.align.objectives import kl_exact
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.data.manifest import check_file_ids
+from siren_lightning.models.blocks import clip_timing
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, generate, guide
 
 # `siren generate`'s defaults: held-out clips are sampled the way users sample.
@@ -61,6 +62,7 @@ def group_logits(
     uncond: tuple[Tensor, Tensor] | None = None,
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
+    total_frames: Tensor | None = None,
 ) -> Tensor:
     """Teacher-forced logits of the given experts' codebooks, as the sampler draws from them.
 
@@ -74,21 +76,28 @@ def group_logits(
         cfg_scale: classifier-free guidance (`models.sampling.guide`, the function the sampler
             mixes its logits with).
         temperature: the logits are divided by it (as the sampler does).
+        total_frames: [B] clip lengths the sampler was asked for (T when None); duration-
+            conditioned networks are told each frame's place in its clip, as when sampling.
 
     Returns:
         [B, n, T, K], n = g x len(experts).
     """
     vectors = network.codebook_vectors(codes)  # [B, r, T, D_lat]
+    b, _, t = codes.shape
+    timing = None
+    if network.config.duration_conditioning:
+        if total_frames is None:
+            total_frames = torch.full((b,), t, device=codes.device)
+        timing = clip_timing(total_frames, t)  # [B, T, 2]
 
     def run(states: Tensor, mask: Tensor) -> Tensor:
         states = states.to(vectors.dtype)
-        return torch.cat([e(vectors, states, mask) for e in experts.values()], dim=1)
+        return torch.cat([e(vectors, states, mask, timing) for e in experts.values()], dim=1)
 
     logits = run(text_states, text_mask)
     if cfg_scale != 1.0:
         if uncond is None:
             raise ValueError("group_logits: cfg_scale != 1 needs the empty caption's states")
-        b = codes.shape[0]
         empty = run(uncond[0].expand(b, -1, -1), uncond[1].expand(b, -1))
         logits = guide(logits, empty, cfg_scale)
     return logits / temperature if temperature != 1.0 else logits

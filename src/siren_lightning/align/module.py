@@ -13,7 +13,12 @@ One training step (manual optimisation):
 3. `strategy: grpo`: group-relative advantages, PPO's clipped surrogate (the rollout batch is
    reused for `ppo_epochs` updates; with one epoch the ratios are 1 and nothing is clipped), a
    per-token KL penalty to the reference (`kl_estimator`: k3 by default, or exact) and an
-   optional entropy bonus. `strategy: dpo`: DPO on the best and the worst sample of each group.
+   optional entropy bonus. `strategy: dpo`: DPO on the best and the worst sample of each group
+   (`ppo_epochs` updates per rollout batch). `strategy: crpo`, an online preference method in the
+   style of TangoFlux's CLAP-ranked preference optimisation: each rollout batch (fresh groups
+   from the current policy) gives the best and the worst sample of each group, and one update
+   of DPO plus `crpo_nll_coef` x the chosen samples' negative log-likelihood per token (TangoFlux
+   adds the winner's own training loss to DPO's, so that the chosen likelihood does not fall).
 
 The policy is the distribution the sampler draws from: with classifier-free guidance (rollouts
 use `cfg_scale` 3 by default, as `siren generate` does) the log-probabilities, the KL and the
@@ -31,7 +36,8 @@ reference audio; or preset `audioldm_eval` on real data) and `heldout/kl_ref` to
 with a few clips.
 
 Checkpoints carry the same `siren` record as stage 1's, so `siren export` turns one into a model
-folder that `siren generate` reads.
+folder that `siren generate` reads; its `align` entry records the reward that trained the policy
+(`Reward.provenance()`: name, family, checkpoint and weights hash) and the held-out grader.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from siren_lightning.align.heldout import (
 )
 from siren_lightning.align.objectives import (
     KL_ESTIMATORS,
+    STRATEGIES,
     best_and_worst,
     clipped_surrogate,
     dpo_loss,
@@ -61,6 +68,7 @@ from siren_lightning.align.objectives import (
     group_advantages,
     kl_exact,
     kl_k3,
+    masked_mean,
     token_log_probs,
 )
 from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
@@ -120,7 +128,7 @@ class AlignModule(StageModule):
         text_encoder: frozen caption encoder (default: the one recorded by stage 1).
         codec: a codec module or spec (default: the one recorded by stage 1).
         policy_groups: experts that are trained (default [0]: codebooks 0 and 1).
-        strategy: "grpo" or "dpo".
+        strategy: "grpo", "dpo" or "crpo" (see the module's docstring).
         group_size: G samples per caption.
         seconds: length of each rollout clip.
         rollout_sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` of the rollouts
@@ -132,7 +140,8 @@ class AlignModule(StageModule):
         clip_eps: PPO ratio clip.
         ppo_epochs: updates per rollout batch.
         entropy_coef: weight of the entropy bonus (GRPO).
-        dpo_beta: DPO's inverse temperature.
+        dpo_beta: DPO's inverse temperature (DPO and CRPO).
+        crpo_nll_coef: weight of the chosen samples' per-token NLL in CRPO's loss.
         eval_every_n_steps: held-out evaluation every N rollout batches (0: never in the loop).
         eval_clips: how many val captions the held-out evaluation uses.
         eval_seconds: held-out clip length (default `seconds`).
@@ -154,7 +163,7 @@ class AlignModule(StageModule):
         text_encoder: nn.Module | None = None,
         codec: nn.Module | str | None = None,
         policy_groups: Sequence[int] = (0,),
-        strategy: Literal["grpo", "dpo"] = "grpo",
+        strategy: Literal["grpo", "dpo", "crpo"] = "grpo",
         group_size: int = 8,
         seconds: float = 2.0,
         rollout_sampling: dict[str, Any] | None = None,
@@ -168,6 +177,7 @@ class AlignModule(StageModule):
         ppo_epochs: int = 1,
         entropy_coef: float = 0.0,
         dpo_beta: float = 0.1,
+        crpo_nll_coef: float = 1.0,
         eval_every_n_steps: int = 20,
         eval_clips: int = 32,
         eval_seconds: float | None = None,
@@ -184,8 +194,13 @@ class AlignModule(StageModule):
         self.automatic_optimization = False
         if (init_from is None) == (network is None):
             raise ValueError("AlignModule: give exactly one of init_from and network")
-        if strategy not in ("grpo", "dpo"):
-            raise ValueError(f"AlignModule: strategy must be 'grpo' or 'dpo', got {strategy!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"AlignModule: strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy == "crpo" and ppo_epochs != 1:
+            raise ValueError(
+                f"AlignModule: crpo makes one update per rollout batch; set ppo_epochs 1, got "
+                f"{ppo_epochs}"
+            )
         if kl_estimator not in KL_ESTIMATORS:
             raise ValueError(
                 f"AlignModule: kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}"
@@ -288,7 +303,8 @@ class AlignModule(StageModule):
         record["align"] = {
             "init_from": self.hparams.init_from,
             "strategy": self.hparams.strategy,
-            "reward": getattr(self._reward[0], "name", None),
+            "reward": self.reward.provenance(),
+            "grader": self.grader(),
             "rollout_batches": self._rollout_batches,
             # The sampler's position, so a resumed run draws the rollouts it would have.
             "rollout_rng": None if self._generator is None else self._generator.get_state(),
@@ -400,7 +416,7 @@ class AlignModule(StageModule):
         r = self.rollout(captions)
         rewards = r["rewards"]  # [B]
         rows = None
-        if hp.strategy == "dpo":
+        if hp.strategy in ("dpo", "crpo"):
             chosen, rejected, valid = best_and_worst(rewards.view(p, g))
             rows = torch.cat([chosen, rejected])  # [2P]
         targets = (
@@ -431,6 +447,10 @@ class AlignModule(StageModule):
                     seq[:p], seq[p:], ref_seq[:p], ref_seq[p:], hp.dpo_beta, valid
                 )
                 stats = {"dpo_accuracy": accuracy, "entropy": entropy(logits).mean()}
+                if hp.strategy == "crpo":  # the chosen samples' own likelihood, per token
+                    nll = masked_mean(-logp[:p].mean((1, 2)), valid)
+                    loss = loss + hp.crpo_nll_coef * nll
+                    stats["chosen_nll"] = nll
             optimizer.zero_grad()
             self.manual_backward(loss)
             if hp.grad_clip > 0:
@@ -467,6 +487,27 @@ class AlignModule(StageModule):
             )
         return heldout_clips(val.clips, hp.eval_clips)
 
+    def grader(self) -> dict[str, Any]:
+        """The held-out grader (JSON-able): preset, its CLAP, and how it relates to the reward.
+
+        `same_family` is True when the grader's CLAP is of the reward's model family (another
+        checkpoint of it, never the same one): its CLAP score then shares the reward's biases,
+        and the independent evidence is what no such model computes (adherence, FD on another
+        backbone)."""
+        hp = self.hparams
+        if hp.eval_preset == "tiny":
+            clap, family = hp.eval_tiny_clap, "tiny-clap"
+        else:
+            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
+
+            clap, family = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT, "laion-clap"
+        return {
+            "preset": hp.eval_preset,
+            "clap": clap,
+            "clap_family": family,
+            "same_family": family == self.reward.family,
+        }
+
     def evaluator(self) -> Any:
         """The held-out evaluator (`eval_preset`), refused when it would grade with the reward
         model: the tiny preset's CLAP must not be the reward's tiny CLAP, and the audioldm_eval
@@ -489,6 +530,13 @@ class AlignModule(StageModule):
                 raise ValueError(
                     f"AlignModule: the {hp.eval_preset} evaluation would grade with the reward "
                     f"model ({grader}); held-out scores must come from another scorer"
+                )
+            if self.grader()["same_family"]:
+                log.warning(
+                    "AlignModule: the reward (%s) and the held-out CLAP (%s) are one model family: "
+                    "read heldout/clap_score with that in mind",
+                    self.reward.name,
+                    self.grader()["clap"],
                 )
             self._evaluator = build_evaluator(
                 hp.eval_preset,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KL_ESTIMATORS = ("k3", "exact")
+STRATEGIES = ("grpo", "dpo", "crpo")
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:

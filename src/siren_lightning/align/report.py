@@ -1,33 +1,150 @@
-"""`siren align-report`: before/after table of an alignment on held-out captions.
+"""`siren align-report`: before/after table of an alignment on held-out captions, over seeds.
 
-`siren align-report --before runs/siren_tiny/model --after runs/align_tiny/model
---manifest data/synthcaps/val.jsonl --limit 64 --out runs/align_tiny/report` generates one clip
-per held-out caption with each model (same seed, `siren generate`'s sampling), and writes
-`report.json` and `report.md` with, per model: the training reward, the held-out CLAP score
-(`tiny-clap-eval`, never the reward model), FD in the `tiny` preset against the clips' reference
-audio, and the mean exact per-token KL to the reference (the `before` model's experts) on the
-aligned experts' codebooks.
+    siren align-report --before assets/siren_tiny_reference --after runs/align_tiny/model \\
+        --manifest data/synthcaps/test.jsonl --limit 200 --seeds 0 1 2 --out runs/align_tiny/report
+
+For each model and each sampling seed, one clip per held-out caption is generated at its clip's
+own duration with `siren generate`'s sampling (`text_following.score_model`, as `siren
+adherence` does: the same seeds and batch size give the same clips), then graded by what did
+not train the policy:
+- adherence (`measure_attributes`: pitch band, onset count, envelope; signal processing, another
+  family than any CLAP), per attribute, their mean and all-three-right;
+- CLAP score and FD of the `tiny` preset (`tiny-clap-eval`, never the reward's checkpoint; the
+  report says when it is of the reward's model family);
+- and, for reference, the training reward of the clips (`--reward`).
+Each metric is the mean and sample sd over the seeds. A difference counts as beyond the noise
+when |after - before| > 2 x the larger of the two sds. The mean exact per-token KL of the
+aligned experts' guided distributions to the `before` model's on the first `--kl-clips`
+captions (2 s, seed 0) says how far the policy moved.
+
+`report.json` and `report.md` record the reward that trained the `after` model (its sidecar's
+`align` entry), the grader, the manifest and the clip ids.
+
+With `--cache DIR`, each model's metrics of each seed are kept in `DIR/align_report/<key>.json`,
+the key hashing the model's weights, the clip ids, the seed, sampling, batch size, grader and
+reward: the `before` rows of one stage-1 model are computed once for every report that compares
+with it, and seeds run as separate processes (`--seeds 0`, `--seeds 1`, ...) add up.
+
+Letters: B clips, N samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+import torch
 from torch import nn
 
 from siren_lightning.align.heldout import EVAL_SAMPLING, HeldoutClip, evaluate_policy
+from siren_lightning.metrics.adherence import mean_and_spread
 
+# (key, title, which way is better)
 COLUMNS = (
-    ("reward", "reward (train scorer)", "higher"),
-    ("clap_score", "CLAP score (tiny-clap-eval)", "higher"),
+    ("adherence_mean", "adherence, mean of 3", "higher"),
+    ("adherence_pitch", "pitch", "higher"),
+    ("adherence_count", "count", "higher"),
+    ("adherence_envelope", "envelope", "higher"),
+    ("adherence_all", "all three", "higher"),
+    ("clap_score", "CLAP score (grader)", "higher"),
     ("fd", "FD (tiny preset)", "lower"),
-    ("kl_ref", "KL to reference (nats/token)", "-"),
+    ("reward", "training reward", "higher"),
 )
+# A difference is beyond the noise when larger than this many seed sds.
+NOISE_SDS = 2.0
+
+
+def read_audio(path: str | Path) -> torch.Tensor:
+    """A WAV file as float32 [N]."""
+    return torch.from_numpy(sf.read(str(path), dtype="float32")[0])
+
+
+def seed_metrics(
+    model: nn.Module,
+    text_encoder: Any,
+    codec: Any,
+    clips: Sequence[Any],
+    out: Path,
+    seeds: Sequence[int],
+    *,
+    reward: Any = None,
+    evaluator: Any = None,
+    sampling: dict[str, Any] | None = None,
+    batch_size: int = 50,
+) -> dict[str, list[float]]:
+    """Per-seed metrics of one model: metric name -> one value per seed.
+
+    Args:
+        clips: manifest `Clip`s with SynthCaps `attributes`, a first caption, audio and duration.
+        out: the WAVs go to `out/seed<S>/<id>.wav`.
+    """
+    from siren_lightning.text_following import score_model
+
+    adherence = score_model(
+        model, text_encoder, codec, list(clips), out, list(seeds), sampling, batch_size
+    )["adherence"]
+    values = {f"adherence_{k}": adherence[k]["per_seed"] for k in adherence}
+    captions = {c.id: c.captions[0] for c in clips}
+    for seed in seeds:
+        files = {c.id: out / f"seed{seed}" / f"{c.id}.wav" for c in clips}
+        if evaluator is not None:
+            results = evaluator.evaluate(files, {c.id: Path(c.audio) for c in clips}, captions)
+            for key in ("clap_score", "fd"):
+                if results["metrics"].get(key) is not None:
+                    values.setdefault(key, []).append(float(results["metrics"][key]))
+        if reward is not None:  # one clip at a time: the clips differ in length
+            scores = [
+                float(reward(read_audio(files[i])[None, None], codec.sample_rate, [captions[i]]))
+                for i in files
+            ]
+            values.setdefault("reward", []).append(sum(scores) / len(scores))
+    return values
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """metric -> {"mean", "spread" (sample sd), "per_seed"}."""
+    out = {}
+    for key, per_seed in values.items():
+        mean, spread = mean_and_spread(per_seed)
+        out[key] = {"mean": mean, "spread": spread, "per_seed": per_seed}
+    return out
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """after - before per metric, the noise threshold (2 x the larger sd) and the verdict:
+    "better" / "worse" beyond the noise (by the metric's direction), else "within noise"; "-"
+    for a metric without a direction, "one seed: no spread" when a row has a single seed."""
+    better = {key: way for key, _, way in COLUMNS}
+    out = {}
+    for key in before.keys() & after.keys():
+        delta = after[key]["mean"] - before[key]["mean"]
+        noise = NOISE_SDS * max(before[key]["spread"], after[key]["spread"])
+        verdict = "within noise"
+        if key not in better:  # no better direction (the KL to the reference)
+            verdict = "-"
+        elif min(len(before[key]["per_seed"]), len(after[key]["per_seed"])) < 2:
+            verdict = "one seed: no spread"
+        elif abs(delta) > noise:
+            up = delta > 0 if better.get(key, "higher") == "higher" else delta < 0
+            verdict = "better" if up else "worse"
+        out[key] = {"delta": delta, "noise": noise, "verdict": verdict}
+    return out
 
 
 def compare(
@@ -36,55 +153,119 @@ def compare(
     policy_groups: Sequence[int],
     text_encoder: Any,
     codec: Any,
-    clips: Sequence[HeldoutClip],
+    clips: Sequence[Any],
     out: str | Path,
     *,
+    seeds: Sequence[int] = (0, 1, 2),
     reward: Any = None,
     evaluator: Any = None,
-    seconds: float = 2.0,
     sampling: dict[str, Any] | None = None,
-    seed: int = 0,
+    batch_size: int = 50,
+    kl_clips: int = 32,
+    kl_seconds: float = 2.0,
+    trained_with: dict[str, Any] | None = None,
+    grader: dict[str, Any] | None = None,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate each model on the same held-out clips and write `report.json` / `report.md`.
+    """Grade each model on the same held-out clips and seeds; write `report.json` / `report.md`.
 
     Args:
-        models: row name -> eval-mode `SirenLM` (e.g. {"before": stage 1, "after": aligned}).
+        models: row name -> eval-mode `SirenLM`, e.g. {"before": stage 1, "after": aligned};
+            the first two are compared.
         reference: the model whose experts `policy_groups` are the KL reference.
         policy_groups: the aligned experts.
-        clips, reward, evaluator, seconds, sampling, seed: as `align.heldout.evaluate_policy`.
+        clips: held-out manifest `Clip`s with attributes (never used in rollouts).
+        seeds, reward, evaluator, sampling, batch_size: as `seed_metrics`.
+        kl_clips, kl_seconds: captions (clips of kl_seconds, seed 0) for the KL to the
+            reference (0: none).
+        trained_with: the `after` model's `align` record (its training reward's provenance).
+        grader: what grades (recorded as given).
+        cache: folder of per-model metrics (see the module's docstring), or None.
 
     Returns:
         the report dict (also written as JSON).
     """
     out = Path(out)
+    sampling = {**EVAL_SAMPLING, **(sampling or {})}
     ref_experts = {k: reference.experts[k] for k in policy_groups}
-    rows = {}
+    rows, timing = {}, {}
     for name, model in models.items():
         start = time.perf_counter()
-        metrics, _ = evaluate_policy(
-            model,
-            text_encoder,
-            codec,
-            clips,
-            out / name,
-            reward=reward,
-            evaluator=evaluator,
-            reference=ref_experts,
-            seconds=seconds,
-            sampling=sampling,
-            seed=seed,
-        )
-        rows[name] = {**metrics, "seconds": round(time.perf_counter() - start, 1)}
+        digest = model_digest(model)
+        per_seed: dict[int, dict[str, float]] = {}
+        files: dict[int, Path] = {}
+        for seed in seeds:
+            key = {
+                "model_sha256": digest,
+                "clip_ids": [c.id for c in clips],
+                "seed": seed,
+                "sampling": sampling,
+                "batch_size": batch_size,
+                "grader": None if evaluator is None else evaluator.protocol.name,
+                "grader_clap": (grader or {}).get("clap"),
+                "reward": None if reward is None else reward.provenance(),
+            }
+            name_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+            if cache is not None:
+                files[seed] = Path(cache) / "align_report" / f"{name_hash}.json"
+                if files[seed].is_file():
+                    per_seed[seed] = json.loads(files[seed].read_text())["values"]
+                    timing[f"{name}_seed{seed}_cached"] = str(files[seed])
+        missing = [seed for seed in seeds if seed not in per_seed]
+        if missing:
+            values = seed_metrics(
+                model,
+                text_encoder,
+                codec,
+                clips,
+                out / name,
+                missing,
+                reward=reward,
+                evaluator=evaluator,
+                sampling=sampling,
+                batch_size=batch_size,
+            )
+            for i, seed in enumerate(missing):
+                per_seed[seed] = {k: v[i] for k, v in values.items()}
+                if seed in files:
+                    files[seed].parent.mkdir(parents=True, exist_ok=True)
+                    files[seed].write_text(json.dumps({"values": per_seed[seed]}) + "\n")
+        values = {k: [per_seed[seed][k] for seed in seeds] for k in per_seed[seeds[0]]}
+        rows[name] = summarize(values)
+        if kl_clips and model is reference:  # KL of the reference to itself
+            rows[name]["kl_ref"] = {"mean": 0.0, "spread": 0.0, "per_seed": [0.0]}
+        elif kl_clips:
+            short = [HeldoutClip(c.id, c.captions[0], Path(c.audio)) for c in clips[:kl_clips]]
+            kl, _ = evaluate_policy(
+                model,
+                text_encoder,
+                codec,
+                short,
+                out / name / "kl",
+                reference=ref_experts,
+                seconds=kl_seconds,
+                sampling=sampling,
+                seed=0,
+            )
+            rows[name]["kl_ref"] = {"mean": kl["kl_ref"], "spread": 0.0, "per_seed": [kl["kl_ref"]]}
+        timing[name] = round(time.perf_counter() - start, 1)
+    names = list(models)
     report = {
         "rows": rows,
+        "differences": differences(rows[names[0]], rows[names[1]]) if len(names) > 1 else {},
+        "noise_rule": f"|after - before| > {NOISE_SDS:g} x the larger seed sd",
         "clips": len(clips),
         "clip_ids": [c.id for c in clips],
-        "seconds_per_clip": seconds,
-        "sampling": {**EVAL_SAMPLING, **(sampling or {})},
-        "seed": seed,
+        "seeds": list(seeds),
+        "sampling": sampling,
+        "batch_size": batch_size,
+        "kl_clips": kl_clips,
+        "kl_seconds": kl_seconds,
         "policy_groups": list(policy_groups),
-        "reward": getattr(reward, "name", None),
-        "evaluator": None if evaluator is None else evaluator.protocol.name,
+        "trained_with": trained_with,
+        "graded_by": grader,
+        "report_reward": None if reward is None else reward.provenance(),
+        "seconds": timing,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -93,47 +274,71 @@ def compare(
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The report's rows as a markdown table (missing metrics shown as '-')."""
-    names = [c for c in COLUMNS if any(c[0] in row for row in report["rows"].values())]
-    header = "| model | " + " | ".join(f"{title} ({better})" for _, title, better in names) + " |"
-    lines = [header, "| --- |" + " ---: |" * len(names)]
-    for model, row in report["rows"].items():
-        cells = [f"{row[key]:.3f}" if key in row else "-" for key, _, _ in names]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        f"{report['clips']} held-out clips of {report['seconds_per_clip']:g} s, seed "
-        f"{report['seed']}, sampling {report['sampling']}; reward {report['reward']}; "
-        f"evaluation preset {report['evaluator']}; KL over the codebooks of experts "
-        f"{report['policy_groups']}."
-    )
+    """The report as a markdown table: one row per metric, mean ± sd per model, the
+    difference and its verdict."""
+    rows = report["rows"]
+    names = list(rows)
+    every = (*COLUMNS, ("kl_ref", "KL to reference (nats/token)", "-"))
+    keys = [c for c in every if any(c[0] in r for r in rows.values())]
+    lines = [
+        "| metric | " + " | ".join(names) + " | after - before | beyond 2 sd? |",
+        "| --- |" + " ---: |" * len(names) + " ---: | --- |",
+    ]
+    for key, title, way in keys:
+        cells = []
+        for name in names:
+            s = rows[name].get(key)
+            cells.append("-" if s is None else f"{s['mean']:.3f} ± {s['spread']:.3f}")
+        d = report["differences"].get(key)
+        diff = "-" if d is None else f"{d['delta']:+.3f}"
+        verdict = "-" if d is None else d["verdict"]
+        lines.append(f"| {title} ({way}) | " + " | ".join(cells) + f" | {diff} | {verdict} |")
+    trained = (report.get("trained_with") or {}).get("reward") or {}
+    graded = report.get("graded_by") or {}
+    caveat = ""
+    if graded.get("same_family"):
+        caveat = ", the reward's family: its CLAP score is not independent evidence"
+    lines += [
+        "",
+        f"{report['clips']} held-out clips at their own durations, mean ± sd over sampling seeds "
+        f"{report['seeds']} (batch {report['batch_size']}), sampling {report['sampling']}; "
+        f"noise rule: {report['noise_rule']}. KL over the codebooks of experts "
+        f"{report['policy_groups']} on the first {report['kl_clips']} captions "
+        f"({report['kl_seconds']:g} s, seed 0).",
+        f"Trained with: {trained.get('name', 'unknown')} (family {trained.get('family', '?')}, "
+        f"sha256 {trained.get('sha256', '-')}). Graded by: {graded.get('clap', '?')} "
+        f"(family {graded.get('clap_family', '?')}{caveat}), adherence by signal processing.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    """Compare a stage-1 model and its aligned copy on held-out captions."""
-    import torch
-
-    from siren_lightning.align.heldout import heldout_clips
+    """Compare a stage-1 model and its aligned copy on held-out captions, over sampling seeds."""
     from siren_lightning.align.rewards import build_reward
     from siren_lightning.codec.checkpoint import load_codec
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError, exported_codec, load_exported
+    from siren_lightning.metrics.adherence import has_attributes
     from siren_lightning.metrics.protocol import build_evaluator
     from siren_lightning.models.sampling import check_sampling
     from siren_lightning.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
     p.add_argument("--before", required=True, help="stage-1 model folder (`siren export`)")
-    p.add_argument("--after", required=True, help="aligned model folder (`siren export`)")
-    p.add_argument("--manifest", required=True, help="held-out JSONL manifest (e.g. val)")
-    p.add_argument("--limit", type=int, default=64, help="first N clips of the manifest")
+    p.add_argument(
+        "--after",
+        help="aligned model folder (`siren export`); without it only --before is graded (with "
+        "--cache: its rows for a later report, e.g. while the alignment trains)",
+    )
+    p.add_argument("--manifest", required=True, help="held-out JSONL manifest with attributes")
+    p.add_argument("--limit", type=int, default=200, help="first N clips of the manifest")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
     p.add_argument("--out", required=True, help="folder for report.json, report.md and WAVs")
     p.add_argument("--reward", default="tiny-clap-reward", help="reward spec (build_reward)")
     p.add_argument("--tiny-clap", default="tiny-clap-eval", help="evaluation tiny CLAP")
     p.add_argument("--cache", default=None, help="evaluator feature cache folder")
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--kl-clips", type=int, default=32, help="captions for the KL (0: none)")
     p.add_argument("--cfg-scale", type=float, default=EVAL_SAMPLING["cfg_scale"])
     p.add_argument("--top-k", type=int, default=EVAL_SAMPLING["top_k"])
     p.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -141,22 +346,35 @@ def main(argv: list[str]) -> int:
     check_sampling("siren align-report", top_k=args.top_k, cfg_scale=args.cfg_scale)
     if args.limit < 1:
         raise ValueError(f"siren align-report: --limit must be >= 1, got {args.limit}")
-    if not args.seconds > 0:
-        raise ValueError(f"siren align-report: --seconds must be positive, got {args.seconds}")
+    if args.batch_size < 1 or args.kl_clips < 0:
+        raise ValueError("siren align-report: --batch-size must be >= 1 and --kl-clips >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     try:
         before, sidecar = load_exported(args.before)
-        after, after_sidecar = load_exported(args.after)
+        after, after_sidecar = load_exported(args.after) if args.after else (None, {})
     except ExportError as err:
         print(err)
         return 1
     if args.reward.removeprefix("tiny-clap:") == args.tiny_clap:
         print(f"siren align-report: the reward and the evaluation both use {args.tiny_clap}")
         return 2
+    trained_with = after_sidecar.get("align")
+    trained_reward = (trained_with or {}).get("reward") or {}
+    if trained_reward.get("checkpoint") == args.tiny_clap:
+        print(
+            f"siren align-report: {args.after} was trained with {args.tiny_clap}: it cannot grade"
+        )
+        return 2
+    clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
+    if not has_attributes([c.attributes for c in clips]):
+        print(f"siren align-report: {args.manifest} has no SynthCaps attributes to grade by")
+        return 2
     groups = after_sidecar.get("train_groups") or [0]
-    codec_spec = exported_codec(after_sidecar, args.after) or exported_codec(sidecar, args.before)
+    codec_spec = exported_codec(sidecar, args.before)
+    if after is not None:
+        codec_spec = exported_codec(after_sidecar, args.after) or codec_spec
     codec = load_codec(codec_spec).eval()
     text_info = after_sidecar.get("text_encoder") or sidecar.get("text_encoder") or {}
     text_encoder = TextEncoder(
@@ -164,20 +382,32 @@ def main(argv: list[str]) -> int:
         text_info.get("name_or_path"),
         max_length=text_info.get("max_length") or 64,
     )
-    clips = heldout_clips(read_manifest(args.manifest), args.limit)
+    family = trained_reward.get("family")
+    grader = {
+        "preset": "tiny",
+        "clap": args.tiny_clap,
+        "clap_family": "tiny-clap",
+        "same_family": family == "tiny-clap",
+        "adherence": "measure_attributes (signal processing)",
+    }
+    models = {"before": before} if after is None else {"before": before, "after": after}
     report = compare(
-        {"before": before, "after": after},
+        models,
         before,
         groups,
         text_encoder,
         codec,
         clips,
         args.out,
+        seeds=args.seeds,
         reward=build_reward(args.reward),
         evaluator=build_evaluator("tiny", tiny_clap=args.tiny_clap, cache_dir=args.cache),
-        seconds=args.seconds,
         sampling={"cfg_scale": args.cfg_scale, "top_k": args.top_k},
-        seed=args.seed,
+        batch_size=args.batch_size,
+        kl_clips=args.kl_clips,
+        trained_with=trained_with,
+        grader=grader,
+        cache=args.cache,
     )
     print(markdown_table(report))
     print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}")

@@ -20,6 +20,7 @@ checkpoint; `to(device)` moves whatever they hold.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -32,9 +33,14 @@ from torch import Tensor
 
 
 class Reward(ABC):
-    """Scores generated audio against its captions: ``(audio [B, 1, N], sr, captions) -> [B]``."""
+    """Scores generated audio against its captions: ``(audio [B, 1, N], sr, captions) -> [B]``.
+
+    `family` names the kind of model behind the score (e.g. "tiny-clap", "laion-clap"): a grader
+    of the same family as the reward is not independent evidence that an alignment helped.
+    """
 
     name: str = "reward"
+    family: str = "custom"
 
     def __call__(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         if audio.ndim != 3 or audio.shape[1] != 1:
@@ -58,6 +64,10 @@ class Reward(ABC):
         """Move the reward's networks (none by default)."""
         return self
 
+    def provenance(self) -> dict[str, Any]:
+        """What an aligned model records about the reward that trained it (JSON-able)."""
+        return {"name": self.name, "family": self.family, "class": type(self).__name__}
+
 
 def cosine_x100(audio_emb: Tensor, text_emb: Tensor) -> Tensor:
     """Row-wise cosine x 100 of [B, E] and [B, E] -> [B]."""
@@ -70,6 +80,8 @@ class TinyCLAPReward(Reward):
     Args:
         checkpoint: a bundled name (`tiny-clap-reward`, `tiny-clap-eval`) or a saved folder.
     """
+
+    family = "tiny-clap"
 
     def __init__(self, checkpoint: str = "tiny-clap-reward") -> None:
         from siren_lightning.metrics.tiny_clap import (
@@ -87,6 +99,11 @@ class TinyCLAPReward(Reward):
     def to(self, device: torch.device | str) -> TinyCLAPReward:
         self.model.to(device)
         return self
+
+    def provenance(self) -> dict[str, Any]:
+        weights = Path(self.path) / "model.safetensors"
+        sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        return {**super().provenance(), "checkpoint": self.checkpoint, "sha256": sha}
 
     def score(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         device = self.model.logit_scale.device
@@ -107,6 +124,8 @@ class LaionCLAPReward(Reward):
             are neither local nor downloadable.
     """
 
+    family = "laion-clap"
+
     def __init__(self, checkpoint: str = "laion/clap-htsat-unfused", backbone: Any = None):
         self.checkpoint = checkpoint
         self.name = f"laion-clap:{checkpoint}"
@@ -126,6 +145,9 @@ class LaionCLAPReward(Reward):
         if self._backbone is not None:
             self._backbone.to(device)
         return self
+
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "checkpoint": self.checkpoint}
 
     def score(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         audio_emb = self.backbone.embed(audio, sample_rate)  # [B, E]
@@ -155,12 +177,27 @@ class EmbeddingCosineReward(Reward):
     Args:
         embed_audio: ``(audio [B, N], sample_rate) -> [B, E]`` (a callable or its dotted path).
         embed_text: ``(captions) -> [B, E]`` (a callable or its dotted path).
+        family: the embedding model's family, recorded with every model it trains (e.g.
+            "imagebind"); "embedding-cosine" when not given.
     """
 
-    def __init__(self, embed_audio: str | Callable, embed_text: str | Callable) -> None:
+    def __init__(
+        self,
+        embed_audio: str | Callable,
+        embed_text: str | Callable,
+        family: str = "embedding-cosine",
+    ) -> None:
         self.embed_audio = resolve_callable(embed_audio)
         self.embed_text = resolve_callable(embed_text)
+        self.family = family
         self.name = f"embedding-cosine:{getattr(self.embed_audio, '__name__', 'audio')}"
+        self._paths = [embed_audio, embed_text]
+
+    def provenance(self) -> dict[str, Any]:
+        paths = [
+            p if isinstance(p, str) else getattr(p, "__qualname__", repr(p)) for p in self._paths
+        ]
+        return {**super().provenance(), "embed_audio": paths[0], "embed_text": paths[1]}
 
     def score(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         audio_emb = torch.as_tensor(self.embed_audio(audio, sample_rate))
@@ -185,6 +222,7 @@ class CallableReward(Reward):
         self.function = resolve_callable(function)
         self.kwargs = dict(kwargs or {})
         self.name = f"callable:{getattr(self.function, '__name__', str(function))}"
+        self.family = "callable"
 
     def score(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         return torch.as_tensor(self.function(audio[:, None], sample_rate, captions, **self.kwargs))
@@ -194,6 +232,7 @@ class LoudnessReward(Reward):
     """RMS level in dB (20 log10 RMS, floored at `floor_db`); ignores the captions. A toy."""
 
     name = "loudness-db"
+    family = "loudness"
 
     def __init__(self, floor_db: float = -100.0) -> None:
         self.floor_db = floor_db
@@ -207,7 +246,7 @@ def build_reward(spec: str) -> Reward:
     """A reward from a short spec (command-line tools).
 
     `loudness`; `tiny-clap:<name or folder>` or a bundled tiny CLAP name; `laion:<folder or hub
-    id>`; `callable:<dotted path>`.
+    id>`; `callable:<dotted path>`; `embedding-cosine:<audio fn>,<text fn>` (dotted paths).
     """
     from siren_lightning.metrics.tiny_clap import BUNDLED
 
@@ -222,7 +261,11 @@ def build_reward(spec: str) -> Reward:
         return LaionCLAPReward(arg or "laion/clap-htsat-unfused")
     if kind == "callable" and arg:
         return CallableReward(arg)
+    if kind == "embedding-cosine" and arg.count(",") == 1:
+        embed_audio, embed_text = arg.split(",")
+        return EmbeddingCosineReward(embed_audio, embed_text)
     raise ValueError(
         f"unknown reward spec {spec!r}; use loudness, tiny-clap-reward, tiny-clap:<folder>, "
-        "laion:<folder or hub id> or callable:<package.module.function>"
+        "laion:<folder or hub id>, callable:<package.module.function> or "
+        "embedding-cosine:<audio function>,<text function>"
     )
