@@ -20,8 +20,9 @@ codes, then every codebook q that holds a code at step s (frame s - q) is sample
 frame t is complete, and streamed out, after step t + r - 1.
 
 Classifier-free guidance mixes conditional and unconditional logits,
-`uncond + scale * (cond - uncond)`; the unconditional prompt is the empty caption's states. The
-prompt handling, guidance and filters are shared by both models.
+`uncond + scale * (cond - uncond)`; the unconditional prompt is the empty caption's states, or
+a negative caption's per clip (`generate_for_captions`). The prompt handling, guidance and
+filters are shared by both models.
 """
 
 from __future__ import annotations
@@ -720,16 +721,30 @@ def generate_for_captions(
     text_encoder: Any,
     captions: list[str],
     num_frames: int,
+    negative_captions: list[str] | None = None,
     **kwargs,
 ) -> Tensor:
-    """Generate codes for captions: encode them (and the empty caption that classifier-free
+    """Generate codes for captions: encode them (and the captions that classifier-free
     guidance contrasts them with) with `text_encoder.encode(list[str]) -> TextStates`, then
     `generate`; see `generate_frames` for `kwargs` (cfg_scale, sampling filters, generator).
+
+    Args:
+        negative_captions: one per caption, the text of its unconditional branch, so guidance
+            mixes `negative + scale * (cond - negative)` (a negative prompt: what to steer
+            away from); None, or "" for a clip, is the empty caption.
 
     Returns:
         [B, r, T] long.
     """
-    text, empty = text_encoder.encode(captions), text_encoder.encode([""])
+    text = text_encoder.encode(captions)
+    if negative_captions is None or not any(negative_captions):
+        empty = text_encoder.encode([""])  # [1, L', Dt]: the same for every clip
+    elif len(negative_captions) != len(captions):
+        raise ValueError(
+            f"generate: {len(negative_captions)} negative captions for {len(captions)} captions"
+        )
+    else:
+        empty = text_encoder.encode(list(negative_captions))  # [B, L', Dt]
     return generate(
         model,
         text.states,
