@@ -24,7 +24,7 @@ SIREN_MODEL ?= assets/siren_tiny_reference
 # Held-out test clips whose adherence `make pretrain` prints at its end.
 ADHERENCE_CLIPS ?= 48
 
-.PHONY: install test lint format data codec tokenize pretrain evaluate align bench gpu-check clean
+.PHONY: install browser test lint format data codec tokenize pretrain evaluate align bench gpu-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ $(STAMP): setup.cfg pyproject.toml
 	# OpenL3 for the stable_audio_metrics preset: --no-deps, it pins resampy<0.3 (ours is 0.4.3).
 	$(PY) -m pip install -q --no-deps torchopenl3==1.0.1
 	touch $(STAMP)
+
+# Headless chromium and its WebDriver from Debian's packages, for the demo page's browser test
+# (tests/test_demo.py); .ci/run installs them. Needs root, as apt-get does.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "chromium and chromedriver are installed"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 test: install
 	$(PY) -m pytest -q --durations=10

@@ -30,6 +30,7 @@ TOOLS: dict[str, str] = {
     "align-report": "siren_lightning.align.report:main",
     "adherence": "siren_lightning.text_following:main",
     "download-weights": "siren_lightning.metrics.weights:main",
+    "demo": "siren_lightning.demo:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -6,11 +6,18 @@ The folder holds what `huggingface_hub.PyTorchModelHubMixin.save_pretrained` wri
 codec's sample rate and hop, and the text encoder (backend, name or path, max length,
 transformers version) that the model was trained with. `load_exported(folder)` reads both back;
 `siren generate` uses it.
+
+A LoRA fine-tuning checkpoint (`PretrainModule(lora=...)`) exports either merged (`--merge`: a
+plain model folder as above, the adapters folded into the weights) or as its adapters alone:
+`adapter_model.safetensors` (the LoRA matrices only) and `siren.json`, whose `adapter` entry
+names the base export folder and its weights' SHA-256. `load_exported` loads the base, adds the
+adapters and merges them.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
 SIDECAR = "siren.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 
 
 class ExportError(ValueError):
@@ -79,7 +87,18 @@ def exported_codec(sidecar: dict[str, Any], folder: str | Path) -> str | None:
     )
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = False) -> Path:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, half: bool = False, merge: bool = False
+) -> Path:
     """Write the LM's weights, config and the `siren.json` sidecar from a Lightning checkpoint.
 
     Args:
@@ -87,6 +106,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
         out: destination folder (created).
         half: store the weights in float16 (half the size; `from_pretrained` loads them into
             the float32 model).
+        merge: for a LoRA checkpoint, fold the adapters into the weights and write a plain
+            model folder; else only the adapters are written (beside a pointer to the base).
 
     Returns:
         the folder.
@@ -102,10 +123,27 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
         )
     cls, config_cls = model_class(meta.get("model_class"))
     model = cls(config_cls.from_dict(meta["model_config"]))
+    lora = meta.get("lora")
+    if lora is not None:
+        from siren_lightning.lora import LoraSettings, add_lora
+
+        settings = {k: v for k, v in lora.items() if k != "base"}
+        add_lora(model, LoraSettings(**settings))
+    elif merge:
+        raise ExportError(f"siren export: --merge: {checkpoint} holds no LoRA adapters")
     model.load_state_dict(network_state(blob))
+    if lora is not None and merge:
+        from siren_lightning.lora import merge_lora
+
+        merge_lora(model)
     if half:
         model.half()
-    model.save_pretrained(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if lora is not None and not merge:
+        adapter = _write_adapter(model, lora, out)
+    else:
+        model.save_pretrained(out)
+        adapter = None
     import transformers
 
     text = meta.get("text_encoder")
@@ -128,8 +166,57 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, half: bool = Fals
     }
     if meta.get("align") is not None:  # stage 2: what trained the policy (not the sampler state)
         sidecar["align"] = {k: v for k, v in meta["align"].items() if k != "rollout_rng"}
+    if lora is not None:
+        sidecar["lora"] = {**lora, "merged": merge}
+    if adapter is not None:
+        sidecar["adapter"] = adapter
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
+
+
+def _write_adapter(model: Any, lora: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the adapters alone; return the sidecar's `adapter` entry (base folder and hash)."""
+    from safetensors.torch import save_file
+
+    from siren_lightning.lora import adapter_state
+
+    base = Path(lora["base"])
+    if not (base / "model.safetensors").is_file():
+        raise ExportError(
+            f"siren export: the LoRA base {base} is not an export folder (a .ckpt base has no "
+            "stable weights file to point to); export with --merge instead"
+        )
+    state = {k: v.contiguous() for k, v in adapter_state(model).items()}
+    save_file(state, str(out / ADAPTER_FILE))
+    return {"base": str(base), "base_sha256": file_sha256(base / "model.safetensors")}
+
+
+def _load_adapter(folder: Path, sidecar: dict[str, Any], device: str) -> SirenLM | DelayPatternLM:
+    """An adapter-only export: its base export with the adapters added and merged."""
+    from safetensors.torch import load_file
+
+    from siren_lightning.lora import LoraSettings, add_lora, merge_lora
+
+    adapter = sidecar["adapter"]
+    base = Path(adapter["base"])
+    model, _ = load_exported(base, device=device)
+    found = file_sha256(base / "model.safetensors")
+    if found != adapter["base_sha256"]:
+        raise ExportError(
+            f"{folder} adapts {base} whose model.safetensors had SHA-256 "
+            f"{adapter['base_sha256'][:16]}..., now {found[:16]}...: not the same base model"
+        )
+    settings = {k: v for k, v in sidecar["lora"].items() if k not in ("base", "merged")}
+    add_lora(model, LoraSettings(**settings))
+    state = load_file(str(folder / ADAPTER_FILE), device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    lora_missing = [k for k in missing if ".lora_" in k]
+    if unexpected or lora_missing:
+        raise ExportError(
+            f"{folder}/{ADAPTER_FILE} does not fit {base}: unexpected {unexpected[:3]}, "
+            f"missing {lora_missing[:3]}"
+        )
+    return merge_lora(model).eval()
 
 
 def load_exported(
@@ -137,10 +224,16 @@ def load_exported(
 ) -> tuple[SirenLM | DelayPatternLM, dict[str, Any]]:
     """Load an exported model (eval mode) and its sidecar.
 
+    An adapter-only LoRA export loads its base, adds the adapters and merges them.
+
     Raises:
         ExportError: naming the folder when a file is missing.
     """
     folder = Path(folder)
+    adapter_sidecar = folder / SIDECAR
+    if (folder / ADAPTER_FILE).is_file() and adapter_sidecar.is_file():
+        sidecar = json.loads(adapter_sidecar.read_text())
+        return _load_adapter(folder, sidecar, device), sidecar
     for name in ("config.json", "model.safetensors", SIDECAR):
         if not (folder / name).is_file():
             raise ExportError(f"{folder} has no {name}: not a folder written by `siren export`")
@@ -156,11 +249,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="Lightning .ckpt of a PretrainModule run")
     parser.add_argument("--out", required=True, help="destination folder")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA checkpoints: write the model with the adapters merged into its weights "
+        f"(default: the adapters alone, {ADAPTER_FILE}, beside a pointer to the base export)",
+    )
     args = parser.parse_args(argv)
     try:
-        folder = export_checkpoint(args.checkpoint, args.out, half=args.half)
+        folder = export_checkpoint(args.checkpoint, args.out, half=args.half, merge=args.merge)
     except ExportError as err:
         print(err)
         return 1
-    print(f"exported {args.checkpoint} -> {folder} (config.json, model.safetensors, {SIDECAR})")
+    written = sorted(p.name for p in folder.iterdir())
+    print(f"exported {args.checkpoint} -> {folder} ({', '.join(written)})")
     return 0

@@ -6,6 +6,8 @@ caption, path, seed and sampling settings of each. With `--manifest`, the id is 
 `siren evaluate --generated OUT --reference MANIFEST` pairs each file with its reference; else
 ids count from 00000. The model folder comes from `siren export`;
 its sidecar names the codec and the text encoder, both overridable on the command line.
+`--negative-caption TEXT` replaces the empty caption in the unconditional branch of
+classifier-free guidance (what to steer away from).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def generate_audio(
     batch_size: int = 8,
     sampling: dict[str, Any] | None = None,
     ids: list[str] | None = None,
+    negative_captions: str | list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -68,6 +71,8 @@ def generate_audio(
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`.
         ids: one file name (without .wav) per caption, e.g. manifest clip ids; default
             00000, 00001, ...
+        negative_captions: the unconditional branch's caption, for every clip or one per
+            caption (None or "": the empty caption).
 
     Returns:
         the records written to `generations.jsonl`.
@@ -85,6 +90,15 @@ def generate_audio(
     if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
         raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
     samples = [seconds_to_samples(s, codec.sample_rate) for s in lengths]
+    negatives = (
+        [negative_captions or ""] * len(captions)
+        if negative_captions is None or isinstance(negative_captions, str)
+        else list(negative_captions)
+    )
+    if len(negatives) != len(captions):
+        raise ValueError(
+            f"generate_audio: {len(negatives)} negative captions for {len(captions)} captions"
+        )
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
     records = []
@@ -97,6 +111,7 @@ def generate_audio(
             text_encoder,
             batch,
             frames,
+            negative_captions=negatives[start : start + batch_size],
             generator=generator,
             total_frames=torch.tensor(clip_frames, device=device),
             **sampling,
@@ -116,6 +131,7 @@ def generate_audio(
                 {
                     "id": clip_id,
                     "caption": caption,
+                    "negative_caption": negatives[start + i],
                     "path": str(path.resolve()),
                     "seed": seed,
                     "batch_size": batch_size,
@@ -197,6 +213,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument(
+        "--negative-caption",
+        default="",
+        help="caption of guidance's unconditional branch, for every clip (default: the empty "
+        "caption); needs --cfg-scale != 1",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     # Nonsense values fail here, before the model and codec load.
@@ -212,6 +234,11 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"siren generate: {name} must be >= 1, got {value}")
     if not args.seconds > 0:
         raise ValueError(f"siren generate: --seconds must be positive, got {args.seconds}")
+    if args.negative_caption and args.cfg_scale == 1.0:
+        raise ValueError(
+            "siren generate: --negative-caption enters through guidance; --cfg-scale 1 turns "
+            "guidance off"
+        )
 
     ids, seconds = None, args.seconds
     if args.match_durations and not args.manifest:
@@ -260,6 +287,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         sampling=sampling,
         ids=ids,
+        negative_captions=args.negative_caption,
     )
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0

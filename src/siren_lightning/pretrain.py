@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.stage import StageModule, check_codec_fits, check_same_architecture
@@ -140,6 +141,10 @@ class PretrainModule(StageModule):
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
             run that trained [0, 1]. Unlike `ckpt_path`, no optimizer or loop state is taken.
+        lora: fine-tune with LoRA adapters (`siren_lightning.lora`) on the transformer linear
+            layers of the trained experts (`train_groups`, unless the settings name groups),
+            on top of `init_weights`; every other weight stays frozen. `siren export` then
+            writes the adapters alone, or the merged model with `--merge`.
     """
 
     def __init__(
@@ -157,6 +162,7 @@ class PretrainModule(StageModule):
         caption_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
         _check_ranges(lr, betas, weight_decay, warmup_steps, total_steps, min_lr_ratio)
@@ -169,7 +175,9 @@ class PretrainModule(StageModule):
                 f"PretrainModule: codec {codec!r} does not exist (a codec folder with codec.json, "
                 "a CodecModule .ckpt, a DAC .pth, or dac:16khz)"
             )
-        self.save_hyperparameters(ignore=["network", "text_encoder", "codec"])
+        # The LoRA settings go in as a plain dict: checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["network", "text_encoder", "codec", "lora"])
+        self.hparams["lora"] = None if lora is None else lora.to_dict()
         if init_weights is not None:
             load_network_weights(network, init_weights)
         self.network = network
@@ -196,6 +204,15 @@ class PretrainModule(StageModule):
         self.train_groups = groups
         self.codebooks = [j for k in groups for j in network.codebooks_of(k)]
         self.train_only(groups)
+        if lora is not None:
+            if init_weights is None:
+                raise ValueError(
+                    "PretrainModule: lora fine-tunes a trained model; set init_weights"
+                )
+            if lora.groups is None and train_groups is not None:
+                lora = LoraSettings(**{**lora.to_dict(), "groups": groups})
+            add_lora(network, lora)
+        self.lora = lora
         network.set_gradient_checkpointing(gradient_checkpointing)
         self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
@@ -254,6 +271,11 @@ class PretrainModule(StageModule):
         checkpoint["siren"] = self.checkpoint_record(
             self.codec_spec, self._codec_sha256(), self.train_groups
         )
+        if self.lora is not None:
+            checkpoint["siren"]["lora"] = {
+                **self.lora.to_dict(),
+                "base": str(Path(self.hparams.init_weights).resolve()),
+            }
 
     # Text conditioning.
 
@@ -309,7 +331,7 @@ class PretrainModule(StageModule):
         self.network.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed)
         codes = generate_for_captions(
-            self.network,
+            for_sampling(self.network),  # LoRA adapters merged into a copy
             self.text_encoder,
             captions,
             num_frames,

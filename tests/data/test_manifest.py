@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,22 @@ def test_prepare_jsonl_leaves_out_silent_nan_and_too_short_clips(tmp_path, capsy
     argv = ["jsonl", "--manifest", str(manifest), "--out", str(out), "--min-seconds", "0.005"]
     assert prepare.main(argv) == 0
     assert [c.id for c in read_manifest(out)] == ["good", "short"]
+
+
+def test_prepare_where_keeps_the_clips_whose_attributes_match():
+    from siren_lightning.data.prepare import select_clips
+
+    def clip(i, **attributes):
+        return Clip(id=f"c{i}", audio=Path(f"/x/{i}.wav"), captions=["a"], attributes=attributes)
+
+    clips = [
+        clip(0, source="tone", pitch="high"),
+        clip(1, source="noise", pitch="high"),
+        clip(2, source="tone", pitch="low"),
+        clip(3),
+    ]
+    assert [c.id for c in select_clips(clips, ["source=tone"])] == ["c0", "c2"]
+    assert [c.id for c in select_clips(clips, ["source=tone", "pitch=low"])] == ["c2"]
+    assert select_clips(clips, []) == clips
+    with pytest.raises(ManifestError, match="KEY=VALUE"):
+        select_clips(clips, ["source"])

@@ -47,6 +47,17 @@ def _write(
     return report
 
 
+def select_clips(clips: list[Clip], where: list[str]) -> list[Clip]:
+    """The clips whose attributes match every `KEY=VALUE` of `where` (all clips when empty)."""
+    wanted = {}
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ManifestError(f"--where takes KEY=VALUE, got {item!r}")
+        wanted[key] = value
+    return [c for c in clips if all(str(c.attributes.get(k)) == v for k, v in wanted.items())]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siren prepare", description=__doc__)
     sub = p.add_subparsers(dest="source", required=True)
@@ -85,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         default=MIN_SECONDS,
         help="shorter clips are left out (default: %(default)s, as `siren tokenize` and the "
         "DataModule skip them)",
+    )
+    js.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only the clips whose attribute KEY is VALUE (repeatable: all must hold), "
+        "e.g. --where source=tone for a one-source fine-tuning set",
     )
 
     sc = sub.add_parser("synthcaps", help="generate the embedded SynthCaps set")
@@ -128,7 +147,7 @@ def main(argv: list[str]) -> int:
             _write(clips, args.out, "wavcaps:" + ",".join(map(str, args.json)))
         elif args.source == "jsonl":
             _write(
-                read_manifest(args.manifest),
+                select_clips(read_manifest(args.manifest), args.where),
                 args.out,
                 f"jsonl:{args.manifest}",
                 full=True,

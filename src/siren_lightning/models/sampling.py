@@ -13,7 +13,7 @@ one delay step), drawing each code with `sampler(logits)`. This module only
 - drives the loop (`generate_frames`, `generate`, `generate_for_captions`).
 
 Classifier-free guidance is `guide`: ``uncond + scale * (cond - uncond)``; the unconditional
-prompt is the empty caption's states (or any per-clip negative caption). `align.heldout`
+prompt is the empty caption's states (or a negative caption's, per clip: `generate_for_captions`). `align.heldout`
 scores policies with the same function.
 """
 
@@ -331,16 +331,34 @@ def generate(
 
 
 def generate_for_captions(
-    model: Any, text_encoder: Any, captions: list[str], num_frames: int, **kwargs: Any
+    model: Any,
+    text_encoder: Any,
+    captions: list[str],
+    num_frames: int,
+    negative_captions: list[str] | None = None,
+    **kwargs: Any,
 ) -> Tensor:
-    """Generate codes for captions: encode them (and the empty caption that classifier-free
+    """Generate codes for captions: encode them (and the captions that classifier-free
     guidance contrasts them with) with `text_encoder.encode(list[str]) -> TextStates`, then
     `generate`; see `generate_frames` for `kwargs` (cfg_scale, sampling filters, generator).
+
+    Args:
+        negative_captions: one per caption, the text of its unconditional branch, so guidance
+            mixes `negative + scale * (cond - negative)` (a negative prompt: what to steer
+            away from); None, or "" for a clip, is the empty caption.
 
     Returns:
         [B, r, T] long.
     """
-    text, empty = text_encoder.encode(captions), text_encoder.encode([""])
+    text = text_encoder.encode(captions)
+    if negative_captions is None or not any(negative_captions):
+        empty = text_encoder.encode([""])  # [1, L', Dt]: the same for every clip
+    elif len(negative_captions) != len(captions):
+        raise ValueError(
+            f"generate: {len(negative_captions)} negative captions for {len(captions)} captions"
+        )
+    else:
+        empty = text_encoder.encode(list(negative_captions))  # [B, L', Dt]
     return generate(
         model,
         text.states,
