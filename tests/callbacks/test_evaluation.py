@@ -204,3 +204,21 @@ data:
     again = json.loads((tmp_path / "again.json").read_text())["metrics"]
     for key in ("fd", "kad", "kl", "is_mean", "clap_score"):  # the WAVs are the first seed's
         assert again[key] == pytest.approx(first[key], rel=1e-2, abs=1e-3), key
+
+
+def test_reference_clips_fall_back_to_the_manifest_recorded_in_the_code_cache(
+    synthcaps_small, test_cache
+):
+    # `make pretrain` names only the code caches; the callbacks find the reference audio
+    # through the manifest that `siren tokenize` recorded in the cache's index.
+    from types import SimpleNamespace
+
+    from siren_lightning.callbacks.evaluation import reference_clips
+    from siren_lightning.data.manifest import read_manifest
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"test_cache": str(test_cache)}))
+    clips = reference_clips(trainer, "test")
+    expected = [c.id for c in read_manifest(synthcaps_small["test"]) if c.captions]
+    assert sorted(clips) == sorted(expected) and expected
+    with pytest.raises(ValueError, match="no val reference audio"):
+        reference_clips(trainer, "val")

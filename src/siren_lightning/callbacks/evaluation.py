@@ -49,18 +49,21 @@ def reference_clips(
 ) -> dict[str, Any]:
     """clip id -> `Clip` of a split's reference manifest: `path`, else the DataModule's
     `<split>_manifest`, else the manifest recorded in the split's code cache index."""
+    from siren_lightning.data.code_cache import CodeCacheError, is_remote, read_index
     from siren_lightning.data.manifest import read_manifest
 
     datamodule = getattr(trainer, "datamodule", None)
     hparams = getattr(datamodule, "hparams", {}) or {}
     if path is None:
         path = hparams.get(f"{split}_manifest")
-    if path is None and hparams.get(f"{split}_cache"):
-        index = Path(hparams[f"{split}_cache"]) / "index.json"
-        if index.is_file():
-            recorded = json.loads(index.read_text()).get("manifest")
-            if recorded and Path(recorded).is_file():
-                path = recorded
+    cache = hparams.get(f"{split}_cache")
+    if path is None and cache and not is_remote(cache):
+        try:
+            recorded = read_index(cache).get("manifest")
+        except CodeCacheError:
+            recorded = None
+        if recorded and Path(recorded).is_file():
+            path = recorded
     if path is None:
         raise ValueError(
             f"{owner}: no {split} reference audio; set `{split}_manifest` on the callback or the "
