@@ -17,7 +17,6 @@ adapters and merges them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from siren_lightning import __version__
+from siren_lightning.codec.checkpoint import file_sha256
 from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
@@ -85,15 +85,6 @@ def exported_codec(sidecar: dict[str, Any], folder: str | Path) -> str | None:
         f"{folder}/{SIDECAR} names the codec by the relative path {spec!r}, found neither from "
         f"{Path.cwd()} nor from {folder}; pass --codec, or re-export with `siren export`"
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_checkpoint(
