@@ -47,7 +47,7 @@ from siren_lightning.data.manifest import read_manifest, write_manifest
 from siren_lightning.data.synthcaps import attribute_agreement, measure_attributes
 from siren_lightning.export import export_checkpoint
 from siren_lightning.models.siren import count_parameters
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text.encoder import TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -194,7 +194,7 @@ def counted_training_flops(model: nn.Module, b: int, t: int, text: int, seed: in
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from siren_lightning.pretrain import masked_codebook_stats
+    from siren_lightning.stages.pretrain import masked_codebook_stats
 
     codes, mask, states, text_mask = random_batch(model.config, b, t, text, seed)
     # The CPU's fused attention kernel is invisible to the counter; the math one is matmuls.
@@ -302,7 +302,7 @@ def fit(
     """
     import lightning as L
 
-    from siren_lightning.pretrain import PretrainModule
+    from siren_lightning.stages.pretrain import PretrainModule
 
     quiet_lightning()  # after the import, which sets Lightning's log levels
     cuda = accelerator == "cuda"

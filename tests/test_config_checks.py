@@ -11,13 +11,13 @@ import lightning as L
 import pytest
 from siren_testing import TableCodec, make_model
 
-from siren_lightning.codec.module import CodecModule
 from siren_lightning.codec.spectral_codec import SpectralCodecConfig, SpectralRVQCodec
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.metrics.protocol import get_preset
 from siren_lightning.models.delay_lm import DelayLMConfig
 from siren_lightning.models.siren import SirenConfig
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.codec import CodecModule
+from siren_lightning.stages.pretrain import PretrainModule
 
 BAD_CONFIGS = [
     (lambda: SirenConfig(num_codebooks=7, group=1), "num_codebooks must be even, got 7"),

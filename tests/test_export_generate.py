@@ -9,7 +9,7 @@ from delay_testing import make_delay_model
 from siren_testing import TableCodec, make_model
 
 from siren_lightning import export, generate  # noqa: E402
-from siren_lightning.pretrain import PretrainModule  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule  # noqa: E402
 from siren_lightning.text import TextEncoder  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from siren_lightning.lora import (
     target_layers,
 )
 from siren_lightning.models.sampling import generate
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 
 BUILD = {"siren": make_model, "delay": make_delay_model}
 

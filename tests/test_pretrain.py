@@ -8,7 +8,7 @@ from delay_testing import make_delay_model  # noqa: E402
 from siren_testing import make_model  # noqa: E402
 from torch import nn
 
-from siren_lightning.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
 from siren_lightning.text.encoder import TextStates  # noqa: E402
 
 
@@ -192,7 +192,7 @@ def test_lightning_cli_builds_the_module_from_yaml(tmp_path):
     config.write_text(
         """
 model:
-  class_path: siren_lightning.pretrain.PretrainModule
+  class_path: siren_lightning.stages.pretrain.PretrainModule
   init_args:
     network:
       class_path: siren_lightning.models.siren.SirenLM
@@ -256,7 +256,7 @@ def test_lightning_cli_builds_the_baseline_from_yaml(tmp_path):
     config.write_text(
         """
 model:
-  class_path: siren_lightning.pretrain.PretrainModule
+  class_path: siren_lightning.stages.pretrain.PretrainModule
   init_args:
     network:
       class_path: siren_lightning.models.delay_lm.DelayPatternLM

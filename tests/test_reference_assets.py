@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from siren_lightning.align.module import load_stage1
 from siren_lightning.generate import load_generation_stack
+from siren_lightning.stages.align import load_stage1
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 REFERENCES = sorted(p for p in ASSETS.glob("*_tiny_reference") if p.is_dir())

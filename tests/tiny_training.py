@@ -27,7 +27,7 @@ from siren_lightning.callbacks.guards import NaNGuard  # noqa: E402
 from siren_lightning.callbacks.seeding import StepSeed  # noqa: E402
 from siren_lightning.data.code_cache import finish_cache, read_part, write_part  # noqa: E402
 from siren_lightning.data.datamodule import SirenDataModule  # noqa: E402
-from siren_lightning.pretrain import PretrainModule  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule  # noqa: E402
 
 SAMPLE_RATE, HOP = 1000, 10  # 100 frames a second: crop 0.12 s = 12 frames
 

@@ -8,11 +8,11 @@ import torch
 
 from siren_lightning.align import report
 from siren_lightning.align.heldout import evaluate_policy, heldout_clips
-from siren_lightning.align.module import AlignModule
 from siren_lightning.align.rewards import LoudnessReward, TinyCLAPReward
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import export_checkpoint, load_exported
+from siren_lightning.stages.align import AlignModule
 
 
 def perturbed(network, group=0, scale=0.5, seed=3):

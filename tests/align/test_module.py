@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from siren_testing import make_model
 
-from siren_lightning.align.module import AlignModule
 from siren_lightning.align.rewards import LoudnessReward, Reward
+from siren_lightning.stages.align import AlignModule
 
 
 def trainer(steps: int, **kwargs) -> L.Trainer:

@@ -1,0 +1,581 @@
+"""Stage 2: anti-causal alignment of chosen Siren experts by reinforcement learning (DESIGN.md 6).
+
+Letters: P prompts per step, G samples per prompt, B = P*G rollouts, r codebooks, n policy
+codebooks, T frames, K codebook size, L text tokens, Dt text width, N audio samples.
+
+One training step (manual optimisation):
+1. rollouts: each caption of the batch (`SirenDataModule`, mode "captions") is repeated G times;
+   the KV-cached sampler draws every frame's codes (the policy experts make their codebooks, the
+   frozen experts complete the rest, as in stage 1), the codec decodes them and the reward
+   scores the audio against the caption;
+2. the policy's own codes (codebooks 2k, 2k+1 of each policy expert k) are scored teacher-forced
+   under the policy and under the reference, a frozen copy of the policy's stage-1 experts;
+3. `strategy: grpo`: group-relative advantages, PPO's clipped surrogate (the rollout batch is
+   reused for `ppo_epochs` updates; with one epoch the ratios are 1 and nothing is clipped), a
+   per-token KL penalty to the reference (`kl_estimator`: k3 by default, or exact) and an
+   optional entropy bonus. `strategy: dpo`: DPO on the best and the worst sample of each group
+   (`ppo_epochs` updates per rollout batch). `strategy: crpo`, an online preference method in the
+   style of TangoFlux's CLAP-ranked preference optimisation: each rollout batch (fresh groups
+   from the current policy) gives the best and the worst sample of each group, and one update
+   of DPO plus `crpo_nll_coef` x the chosen samples' negative log-likelihood per token (TangoFlux
+   adds the winner's own training loss to DPO's, so that the chosen likelihood does not fall).
+
+The policy is the distribution the sampler draws from: with classifier-free guidance (rollouts
+use `cfg_scale` 3 by default, as `siren generate` does) the log-probabilities, the KL and the
+entropy are those of the guided logits ``uncond + s (cond - uncond)`` of the policy experts (and
+of the reference copy for the reference), so the update stays on-policy and the unconditional
+branch that guidance relies on is trained with it. Rollouts use no top-k/top-p filter (the
+log-probability of a filtered code would be -inf after an update). The experts stay in eval
+mode throughout (no dropout), so the update scores the codes exactly as the sampler did.
+
+Every `eval_every_n_steps` rollout batches (and before the first and after the last), the
+held-out evaluation (`align.heldout`) generates the first `eval_clips` captions of the val split
+with `siren generate`'s sampling and logs `heldout/reward`, `heldout/clap_score` and `heldout/fd`
+(preset `tiny`: the evaluation tiny CLAP, never the reward model, FD against the clips'
+reference audio; or preset `audioldm_eval` on real data) and `heldout/kl_ref` to TensorBoard,
+with a few clips.
+
+Checkpoints carry the same `siren` record as stage 1's, so `siren export` turns one into a model
+folder that `siren generate` reads; its `align` entry records the reward that trained the policy
+(`Reward.provenance()`: name, family, checkpoint and weights hash) and the held-out grader.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from siren_lightning.align.heldout import (
+    EVAL_SAMPLING,
+    evaluate_policy,
+    group_logits,
+    heldout_clips,
+    policy_codebooks,
+)
+from siren_lightning.align.objectives import (
+    KL_ESTIMATORS,
+    STRATEGIES,
+    best_and_worst,
+    clipped_surrogate,
+    dpo_loss,
+    entropy,
+    group_advantages,
+    kl_exact,
+    kl_k3,
+    masked_mean,
+    token_log_probs,
+)
+from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
+from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
+from siren_lightning.models.siren import SirenConfig, SirenLM
+from siren_lightning.stages.chassis import StageModule, check_codec_fits
+
+log = logging.getLogger(__name__)
+
+# Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
+ROLLOUT_SAMPLING = {**DEFAULT_SAMPLING, "top_k": 0}
+
+
+def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
+    """A stage-1 `SirenLM` and its `siren` record from a checkpoint (.ckpt) or an export folder.
+
+    Raises:
+        FileNotFoundError: naming the path when it does not exist.
+        ValueError: when it holds no `SirenLM` (e.g. the delay-pattern baseline).
+    """
+    path = Path(spec)
+    if path.is_dir():
+        from siren_lightning.export import exported_codec, load_exported
+
+        model, meta = load_exported(path)
+        meta = {**meta, "codec": exported_codec(meta, path)}  # relative to the folder
+    elif path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob.get("siren")
+        if meta is None:
+            raise ValueError(f"AlignModule: {path} is not a Siren checkpoint (no 'siren' record)")
+        if meta.get("model_class", "SirenLM") != "SirenLM":
+            raise ValueError(f"AlignModule: {path} holds a {meta['model_class']}, not a SirenLM")
+        model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
+        from siren_lightning.export import network_state
+
+        model.load_state_dict(network_state(blob))
+    else:
+        raise FileNotFoundError(
+            f"AlignModule: init_from {str(path)!r} does not exist; train stage 1 first "
+            "(`make pretrain` writes runs/siren_tiny/checkpoints/last.ckpt)"
+        )
+    if not isinstance(model, SirenLM):
+        raise ValueError(f"AlignModule: {path} holds a {type(model).__name__}, not a SirenLM")
+    return model.eval(), dict(meta)
+
+
+class AlignModule(StageModule):
+    """GRPO (or DPO) alignment of chosen experts of a stage-1 `SirenLM`.
+
+    Args:
+        init_from: stage-1 checkpoint (.ckpt) or `siren export` folder; gives the network, and
+            by default the codec and the text encoder it was trained with.
+        network: a `SirenLM` instead of `init_from` (tests).
+        reward: the training reward (default `TinyCLAPReward("tiny-clap-reward")`).
+        text_encoder: frozen caption encoder (default: the one recorded by stage 1).
+        codec: a codec module or spec (default: the one recorded by stage 1).
+        policy_groups: experts that are trained (default [0]: codebooks 0 and 1).
+        strategy: "grpo", "dpo" or "crpo" (see the module's docstring).
+        group_size: G samples per caption.
+        seconds: length of each rollout clip.
+        rollout_sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` of the rollouts
+            (default `ROLLOUT_SAMPLING`; top_k/top_p must stay off).
+        lr, betas, weight_decay: AdamW on the policy's parameters (constant rate).
+        grad_clip: gradient-norm clip of each update (0: none).
+        kl_coef: weight of the per-token KL penalty to the reference (GRPO).
+        kl_estimator: "k3" (default) or "exact" (see `align.objectives`).
+        clip_eps: PPO ratio clip.
+        ppo_epochs: updates per rollout batch.
+        entropy_coef: weight of the entropy bonus (GRPO).
+        dpo_beta: DPO's inverse temperature (DPO and CRPO).
+        crpo_nll_coef: weight of the chosen samples' per-token NLL in CRPO's loss.
+        eval_every_n_steps: held-out evaluation every N rollout batches (0: never in the loop).
+        eval_clips: how many val captions the held-out evaluation uses.
+        eval_seconds: held-out clip length (default `seconds`).
+        eval_sampling: held-out sampling (default `siren generate`'s).
+        eval_preset: `tiny` (SynthCaps: tiny-clap-eval) or `audioldm_eval` (real data: PANNs FD,
+            LAION CLAP score; weights as for `siren evaluate`).
+        eval_tiny_clap: the tiny CLAP of the `tiny` evaluation preset.
+        eval_clap_checkpoint: the LAION CLAP of the `audioldm_eval` preset (its default if None).
+        eval_cache: feature cache folder of the evaluator (reference clips are embedded once).
+        eval_manifest: held-out manifest instead of the datamodule's val split.
+        rollout_seed: seeds the rollout and evaluation samplers.
+    """
+
+    def __init__(
+        self,
+        init_from: str | None = None,
+        network: SirenLM | None = None,
+        reward: Reward | None = None,
+        text_encoder: nn.Module | None = None,
+        codec: nn.Module | str | None = None,
+        policy_groups: Sequence[int] = (0,),
+        strategy: Literal["grpo", "dpo", "crpo"] = "grpo",
+        group_size: int = 8,
+        seconds: float = 2.0,
+        rollout_sampling: dict[str, Any] | None = None,
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        kl_coef: float = 0.04,
+        kl_estimator: Literal["k3", "exact"] = "k3",
+        clip_eps: float = 0.2,
+        ppo_epochs: int = 1,
+        entropy_coef: float = 0.0,
+        dpo_beta: float = 0.1,
+        crpo_nll_coef: float = 1.0,
+        eval_every_n_steps: int = 20,
+        eval_clips: int = 32,
+        eval_seconds: float | None = None,
+        eval_sampling: dict[str, Any] | None = None,
+        eval_preset: Literal["tiny", "audioldm_eval"] = "tiny",
+        eval_tiny_clap: str = "tiny-clap-eval",
+        eval_clap_checkpoint: str | None = None,
+        eval_cache: str | None = None,
+        eval_manifest: str | None = None,
+        rollout_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "reward", "text_encoder", "codec"])
+        self.automatic_optimization = False
+        if (init_from is None) == (network is None):
+            raise ValueError("AlignModule: give exactly one of init_from and network")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"AlignModule: strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy == "crpo" and ppo_epochs != 1:
+            raise ValueError(
+                f"AlignModule: crpo makes one update per rollout batch; set ppo_epochs 1, got "
+                f"{ppo_epochs}"
+            )
+        if kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"AlignModule: kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}"
+            )
+        if group_size < 2:
+            raise ValueError(f"AlignModule: group_size must be >= 2, got {group_size}")
+        if ppo_epochs < 1:
+            raise ValueError(f"AlignModule: ppo_epochs must be >= 1, got {ppo_epochs}")
+        if eval_every_n_steps and eval_clips < 10:
+            raise ValueError(
+                f"AlignModule: eval_clips must be >= 10 (the evaluator's inception score has 10 "
+                f"splits), got {eval_clips}"
+            )
+        meta: dict[str, Any] = {}
+        if init_from is not None:
+            network, meta = load_stage1(init_from)
+        self.meta = meta
+        groups = sorted(set(policy_groups))
+        if not groups or any(not 0 <= k < network.num_groups for k in groups):
+            raise ValueError(
+                f"AlignModule: policy_groups {list(policy_groups)} must be a non-empty subset of "
+                f"0..{network.num_groups - 1}"
+            )
+        self.policy_groups = groups
+        self.codebooks = policy_codebooks(network, groups)
+        self.network = network
+        self.train_only(groups)
+        # The frozen reference: a copy of the policy experts as stage 1 left them.
+        self.reference = nn.ModuleDict({str(k): copy.deepcopy(network.experts[k]) for k in groups})
+        self.reference.requires_grad_(False)
+        if text_encoder is None:
+            text_encoder = self._stage1_text_encoder()
+        self.text_encoder = text_encoder
+        codec = codec if codec is not None else meta.get("codec")
+        if codec is None:
+            raise ValueError("AlignModule: no codec given and the stage-1 record names none")
+        self.init_codec(codec)
+        self._reward = [reward]
+        self.rollout_sampling = {**ROLLOUT_SAMPLING, **(rollout_sampling or {})}
+        rs = self.rollout_sampling
+        check_sampling("AlignModule: rollout_sampling", **rs)
+        if rs["top_k"] > 0 or rs["top_p"] < 1.0 or rs["temperature"] <= 0:
+            raise ValueError(
+                f"AlignModule: rollout_sampling {rs} must keep top_k 0, top_p 1 and a positive "
+                "temperature: the update needs the exact log-probability of every sampled code"
+            )
+        self.eval_sampling = {**EVAL_SAMPLING, **(eval_sampling or {})}
+        check_sampling("AlignModule: eval_sampling", **self.eval_sampling)
+        self._generator: torch.Generator | None = None
+        self._resumed_rng: torch.Tensor | None = None  # from a checkpoint, until fit starts
+        self._evaluator: Any = None
+        self._rollout_batches = 0
+        self._last_eval_step: int | None = None
+        self.heldout_history: list[dict[str, float]] = []
+        self.eval()
+
+    # Pieces built from the stage-1 record.
+
+    def _stage1_text_encoder(self) -> nn.Module:
+        info = self.meta.get("text_encoder")
+        if not info:
+            raise ValueError("AlignModule: no text_encoder given and the stage-1 record names none")
+        from siren_lightning.text import TextEncoder
+
+        return TextEncoder(
+            info.get("backend", "minilm"),
+            info.get("name_or_path"),
+            max_length=info.get("max_length") or 64,
+        )
+
+    @property
+    def reward(self) -> Reward:
+        """The training reward (the default tiny CLAP reward is loaded on first use)."""
+        if self._reward[0] is None:
+            self._reward[0] = TinyCLAPReward("tiny-clap-reward")
+        return self._reward[0]
+
+    def policy_experts(self) -> dict[int, nn.Module]:
+        return {k: self.network.experts[k] for k in self.policy_groups}
+
+    def reference_experts(self) -> dict[int, nn.Module]:
+        return {k: self.reference[str(k)] for k in self.policy_groups}
+
+    # Modes and checkpoints.
+
+    def train(self, mode: bool = True) -> AlignModule:
+        """The networks never leave eval mode (no dropout: rollouts and updates agree)."""
+        super().train(mode)
+        for module in self.children():
+            module.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The stage-1 `siren` record, updated, so that `siren export` reads the checkpoint."""
+        codec = self.codec
+        sha = codec.sha256() if hasattr(codec, "sha256") else self.meta.get("codec_sha256")
+        record = self.checkpoint_record(
+            self.codec_spec or self.meta.get("codec"), sha, self.policy_groups
+        )
+        record["align"] = {
+            "init_from": self.hparams.init_from,
+            "strategy": self.hparams.strategy,
+            "reward": self.reward.provenance(),
+            "grader": self.grader(),
+            "rollout_batches": self._rollout_batches,
+            # The sampler's position, so a resumed run draws the rollouts it would have.
+            "rollout_rng": None if self._generator is None else self._generator.get_state(),
+        }
+        checkpoint["siren"] = record
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_architecture(checkpoint)
+        align = checkpoint.get("siren", {}).get("align", {})
+        self._rollout_batches = int(align.get("rollout_batches", 0))
+        self._resumed_rng = align.get("rollout_rng")
+
+    # Setup.
+
+    def setup(self, stage: str) -> None:
+        codec, c = self.codec, self.network.config
+        check_codec_fits(codec, c)
+        if not self.network.codebook_table.any():
+            raise ValueError("AlignModule: the LM's codebook_table is all zeros")
+        if self.text_encoder.dim != c.text_dim:
+            raise ValueError(
+                f"AlignModule: the text encoder gives {self.text_encoder.dim}-d states but the "
+                f"LM expects text_dim={c.text_dim}"
+            )
+
+    def on_fit_start(self) -> None:
+        self.codec.to(self.device)
+        self.reward.to(self.device)
+        self._generator = torch.Generator(device=self.device).manual_seed(self.hparams.rollout_seed)
+        if self._resumed_rng is not None:
+            self._generator.set_state(self._resumed_rng)
+            self._resumed_rng = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        params = [p for e in self.policy_experts().values() for p in e.parameters()]
+        return torch.optim.AdamW(
+            params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        )
+
+    # Rollouts.
+
+    @torch.no_grad()
+    def rollout(self, captions: list[str]) -> dict[str, Any]:
+        """G samples per caption, decoded and scored.
+
+        Returns:
+            `captions` (B, each caption G times), `codes` [B, r, T], `audio` [B, 1, N],
+            `rewards` [B], `text_states` [B, L, Dt], `text_mask` [B, L], `uncond` (the empty
+            caption's states [1, L', Dt] and mask [1, L']).
+        """
+        hp = self.hparams
+        repeated = [c for c in captions for _ in range(hp.group_size)]
+        text = self.text_encoder.encode(repeated)
+        codec = self.codec
+        frames = seconds_to_frames(hp.seconds, codec.sample_rate, codec.hop_length)
+        empty = self.text_encoder.encode([""])
+        uncond = {}
+        if self.rollout_sampling["cfg_scale"] != 1.0:
+            uncond = {"uncond_states": empty.states, "uncond_mask": empty.mask}
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device).manual_seed(hp.rollout_seed)
+        codes = generate(
+            self.network,
+            text.states,
+            text.mask,
+            frames,
+            generator=self._generator,
+            **uncond,
+            **self.rollout_sampling,
+        )  # [B, r, T]
+        audio = codec.decode(codes).float()  # [B, 1, N]
+        rewards = self.reward(audio, codec.sample_rate, repeated).to(self.device)  # [B]
+        return {
+            "captions": repeated,
+            "codes": codes,
+            "audio": audio,
+            "rewards": rewards,
+            "text_states": text.states,
+            "text_mask": text.mask,
+            "uncond": (empty.states, empty.mask),
+        }
+
+    def _logits(self, experts: dict[int, nn.Module], r: dict[str, Any], rows: Tensor | None):
+        codes, states, mask = r["codes"], r["text_states"], r["text_mask"]
+        if rows is not None:
+            codes, states, mask = codes[rows], states[rows], mask[rows]
+        rs = self.rollout_sampling
+        return group_logits(
+            self.network,
+            experts,
+            codes,
+            states,
+            mask,
+            uncond=r["uncond"],
+            cfg_scale=rs["cfg_scale"],
+            temperature=rs["temperature"],
+        )  # [B, n, T, K]
+
+    # Steps.
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        every = hp.eval_every_n_steps
+        if every and self._rollout_batches % every == 0:
+            self.run_heldout()
+        captions = list(batch["captions"])
+        p, g = len(captions), hp.group_size
+        r = self.rollout(captions)
+        rewards = r["rewards"]  # [B]
+        rows = None
+        if hp.strategy in ("dpo", "crpo"):
+            chosen, rejected, valid = best_and_worst(rewards.view(p, g))
+            rows = torch.cat([chosen, rejected])  # [2P]
+        targets = (
+            r["codes"][:, self.codebooks] if rows is None else r["codes"][rows][:, self.codebooks]
+        )
+        with torch.no_grad():
+            ref_logits = self._logits(self.reference_experts(), r, rows)
+            ref_logp = token_log_probs(ref_logits, targets)  # [B, n, T]
+            old_logp = token_log_probs(self._logits(self.policy_experts(), r, rows), targets)
+        advantages = group_advantages(rewards.view(p, g)).flatten()  # [B]
+        optimizer = self.optimizers()
+        stats: dict[str, Tensor] = {}
+        for _ in range(hp.ppo_epochs):
+            logits = self._logits(self.policy_experts(), r, rows)
+            logp = token_log_probs(logits, targets)
+            if hp.strategy == "grpo":
+                pg_loss, clipped = clipped_surrogate(logp, old_logp, advantages, hp.clip_eps)
+                if hp.kl_estimator == "k3":
+                    kl = kl_k3(logp, ref_logp).mean()
+                else:
+                    kl = kl_exact(logits, ref_logits).mean()
+                ent = entropy(logits).mean()
+                loss = pg_loss + hp.kl_coef * kl - hp.entropy_coef * ent
+                stats = {"pg_loss": pg_loss, "clipped_fraction": clipped, "entropy": ent}
+            else:
+                seq, ref_seq = logp.sum((1, 2)), ref_logp.sum((1, 2))  # [2P]
+                loss, accuracy = dpo_loss(
+                    seq[:p], seq[p:], ref_seq[:p], ref_seq[p:], hp.dpo_beta, valid
+                )
+                stats = {"dpo_accuracy": accuracy, "entropy": entropy(logits).mean()}
+                if hp.strategy == "crpo":  # the chosen samples' own likelihood, per token
+                    nll = masked_mean(-logp[:p].mean((1, 2)), valid)
+                    loss = loss + hp.crpo_nll_coef * nll
+                    stats["chosen_nll"] = nll
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if hp.grad_clip > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip)
+            optimizer.step()
+        self._rollout_batches += 1
+        with torch.no_grad():
+            stats["kl_ref"] = kl_exact(logits, ref_logits).mean()
+            stats["kl_k3"] = kl_k3(logp, ref_logp).mean()
+        stats |= {"loss": loss.detach(), "reward_mean": rewards.mean(), "reward_std": rewards.std()}
+        b = rewards.shape[0]
+        for name, value in stats.items():
+            self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "reward_mean")
+        return loss.detach()
+
+    def on_train_end(self) -> None:
+        if self.hparams.eval_every_n_steps and self._last_eval_step != self._rollout_batches:
+            self.run_heldout()
+
+    # Held-out evaluation.
+
+    def _heldout_clips(self) -> list:
+        hp = self.hparams
+        if hp.eval_manifest is not None:
+            from siren_lightning.data.manifest import read_manifest
+
+            return heldout_clips(read_manifest(hp.eval_manifest), hp.eval_clips)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        val = getattr(datamodule, "datasets", {}).get("val")
+        if val is None:
+            raise ValueError(
+                "AlignModule: the held-out evaluation needs the datamodule's val split "
+                "(val_manifest) or eval_manifest; set eval_every_n_steps: 0 to turn it off"
+            )
+        return heldout_clips(val.clips, hp.eval_clips)
+
+    def grader(self) -> dict[str, Any]:
+        """The held-out grader (JSON-able): preset, its CLAP, and how it relates to the reward.
+
+        `same_family` is True when the grader's CLAP is of the reward's model family (another
+        checkpoint of it, never the same one): its CLAP score then shares the reward's biases,
+        and the independent evidence is what no such model computes (adherence, FD on another
+        backbone)."""
+        hp = self.hparams
+        if hp.eval_preset == "tiny":
+            clap, family = hp.eval_tiny_clap, "tiny-clap"
+        else:
+            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
+
+            clap, family = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT, "laion-clap"
+        return {
+            "preset": hp.eval_preset,
+            "clap": clap,
+            "clap_family": family,
+            "same_family": family == self.reward.family,
+        }
+
+    def evaluator(self) -> Any:
+        """The held-out evaluator (`eval_preset`), refused when it would grade with the reward
+        model: the tiny preset's CLAP must not be the reward's tiny CLAP, and the audioldm_eval
+        preset's LAION CLAP must not be the reward's LAION checkpoint."""
+        if self._evaluator is None:
+            from siren_lightning.metrics.protocol import build_evaluator
+            from siren_lightning.metrics.tiny_clap import tiny_clap_path
+            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
+
+            hp = self.hparams
+            if hp.eval_preset == "tiny":
+                grader = str(tiny_clap_path(hp.eval_tiny_clap).resolve())
+                used = getattr(self.reward, "path", None)
+                used = None if used is None else str(Path(used).resolve())
+            else:
+                grader = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT
+                used = getattr(self.reward, "checkpoint", None)
+                used = used if isinstance(self.reward, LaionCLAPReward) else None
+            if used is not None and used == grader:
+                raise ValueError(
+                    f"AlignModule: the {hp.eval_preset} evaluation would grade with the reward "
+                    f"model ({grader}); held-out scores must come from another scorer"
+                )
+            if self.grader()["same_family"]:
+                log.warning(
+                    "AlignModule: the reward (%s) and the held-out CLAP (%s) are one model family: "
+                    "read heldout/clap_score with that in mind",
+                    self.reward.name,
+                    self.grader()["clap"],
+                )
+            self._evaluator = build_evaluator(
+                hp.eval_preset,
+                tiny_clap=hp.eval_tiny_clap,
+                clap_checkpoint=hp.eval_clap_checkpoint,
+                cache_dir=hp.eval_cache,
+            )
+        return self._evaluator
+
+    def run_heldout(self) -> dict[str, float]:
+        """Evaluate on the held-out captions; log the metrics and a few clips.
+
+        WAVs go to `<log dir>/heldout/step_<rollout batches>/`.
+        """
+        from siren_lightning.callbacks.media import log_clips, tensorboard_writer
+
+        hp = self.hparams
+        step = self._rollout_batches  # the x-axis of the train/ curves (one per rollout batch)
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        metrics, clips = evaluate_policy(
+            self.network,
+            self.text_encoder,
+            self.codec,
+            self._heldout_clips(),
+            root / "heldout" / f"step_{step:06d}",
+            reward=self.reward,
+            evaluator=self.evaluator(),
+            reference=self.reference_experts(),
+            seconds=hp.eval_seconds or hp.seconds,
+            sampling=self.eval_sampling,
+            seed=hp.rollout_seed,
+        )
+        self._last_eval_step = step
+        self.heldout_history.append({"step": step, **metrics})
+        log.info("held-out at step %d: %s", step, metrics)
+        for logger in self.loggers:
+            logger.log_metrics({f"heldout/{k}": v for k, v in metrics.items()}, step=step)
+        writer = tensorboard_writer(self.trainer)
+        if writer is not None and clips:
+            named = {f"{i}: {c[:60]}": a for i, (c, a) in enumerate(clips.items())}
+            log_clips(writer, "heldout", named, self.codec.sample_rate, step)
+        return metrics
