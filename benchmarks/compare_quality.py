@@ -102,7 +102,7 @@ def build_module(name: str, codec: Any, encoder: TextEncoder, steps: int) -> Pre
         network,
         text_encoder=encoder,
         codec=codec,
-        lr=config.get("lr", 3e-4),
+        optimizer=config.get("optimizer") or {},
         warmup_steps=min(config.get("warmup_steps", 100), max(1, steps // 10)),
         total_steps=steps,
         caption_dropout=config.get("caption_dropout", 0.1),

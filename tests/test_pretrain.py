@@ -75,7 +75,12 @@ def test_fifty_step_overfit_lowers_every_trained_codebook_and_freezes_the_rest()
     before = _per_codebook_ce(network, batch)
     initial = copy.deepcopy(network.state_dict())
     module = PretrainModule(
-        network, lr=3e-3, warmup_steps=5, total_steps=50, train_groups=[0, 2], caption_dropout=0.0
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=5,
+        total_steps=50,
+        train_groups=[0, 2],
+        caption_dropout=0.0,
     )
     _trainer(50).fit(
         module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None)
@@ -232,7 +237,13 @@ def test_the_delay_pattern_baseline_trains_unchanged():
     network = make_delay_model(seed=0)
     batch = _batch(network)
     before = _per_codebook_ce(network, batch)
-    module = PretrainModule(network, lr=3e-3, warmup_steps=5, total_steps=80, caption_dropout=0.0)
+    module = PretrainModule(
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=5,
+        total_steps=80,
+        caption_dropout=0.0,
+    )
     assert module.train_groups == [0] and module.codebooks == list(range(6))
     _trainer(80).fit(
         module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None)

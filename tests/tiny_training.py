@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     L.seed_everything(0, verbose=False)
     network = make_model(seed=0, dropout=args.dropout).train()
     module = PretrainModule(
-        network, lr=3e-3, warmup_steps=2, total_steps=args.steps, caption_dropout=0.0
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=2,
+        total_steps=args.steps,
+        caption_dropout=0.0,
     )
     if args.nan_at_step >= 0:
         step_fn = module.training_step

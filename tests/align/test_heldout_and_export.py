@@ -159,7 +159,7 @@ def test_fit_with_heldout_evaluation_then_export(
         reward=LoudnessReward(),
         group_size=4,
         seconds=0.5,
-        lr=1e-2,
+        optimizer={"init_args": {"lr": 1e-2}},
         eval_every_n_steps=2,
         eval_clips=10,
         eval_seconds=0.6,

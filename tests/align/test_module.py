@@ -27,7 +27,11 @@ def trainer(steps: int, **kwargs) -> L.Trainer:
 def module(parts, **kwargs) -> AlignModule:
     network, codec, text = parts
     defaults = dict(
-        group_size=4, seconds=0.16, eval_every_n_steps=0, lr=1e-2, reward=LoudnessReward()
+        group_size=4,
+        seconds=0.16,
+        eval_every_n_steps=0,
+        optimizer={"init_args": {"lr": 1e-2}},
+        reward=LoudnessReward(),
     )
     return AlignModule(network=network, codec=codec, text_encoder=text, **{**defaults, **kwargs})
 
@@ -79,7 +83,7 @@ def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator,
         kl_estimator=kl_estimator,
         rollout_sampling={"cfg_scale": cfg_scale},
         group_size=8,
-        lr=1e-2,
+        optimizer={"init_args": {"lr": 1e-2}},
         kl_coef=0.01,
     )
     start = mean_reward(m)  # about -7.7 dB, std 0.5 dB over the 8 x 8 clips
@@ -259,7 +263,9 @@ def test_one_grpo_step_raises_the_likelihood_of_the_better_rollouts(tiny_parts, 
     """A small first update moves the policy up the advantage-weighted log-likelihood
     sum_i A_i log pi(rollout_i) of the rollouts it was computed from (a flipped advantage sign
     moves it down). A_i is computed here by hand: (r - group mean) / group std."""
-    m = module(tiny_parts, kl_coef=0.0, lr=1e-4, ppo_epochs=1, group_size=4)
+    m = module(
+        tiny_parts, kl_coef=0.0, optimizer={"init_args": {"lr": 1e-4}}, ppo_epochs=1, group_size=4
+    )
     before = copy.deepcopy(m.network.experts[0])
     rollouts = capture_rollouts(m)
     trainer(1).fit(m, train_dataloaders=caption_loader(batch_size=2))
@@ -294,3 +300,23 @@ def test_crpo_is_dpo_on_best_and_worst_plus_the_chosen_samples_nll(tiny_parts, c
     expected = math.log(2.0) + 0.5 * float(nll)
     assert float(fit.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
     assert float(fit.callback_metrics["train/chosen_nll"]) == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_the_default_optimizer_is_the_old_adamw_over_the_policy_alone(tiny_parts):
+    network, codec, text = tiny_parts
+    m = AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        reward=LoudnessReward(),
+        eval_every_n_steps=0,
+    )
+    opt = m.configure_optimizers()
+    assert type(opt) is torch.optim.AdamW
+    assert (opt.defaults["lr"], opt.defaults["betas"], opt.defaults["weight_decay"]) == (
+        1e-5,
+        (0.9, 0.95),
+        0.0,
+    )
+    given = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert given == {id(p) for p in network.experts[0].parameters()}

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from siren_lightning.align.heldout import (
@@ -75,9 +76,19 @@ from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPRewar
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
-from siren_lightning.stages.chassis import StageModule, check_codec_fits
+from siren_lightning.stages.chassis import (
+    StageModule,
+    check_codec_fits,
+    check_optimizer,
+    optimizer_factory,
+)
 
 log = logging.getLogger(__name__)
+
+ALIGN_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 1e-5, "betas": (0.9, 0.95), "weight_decay": 0.0},
+}
 
 # Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
 ROLLOUT_SAMPLING = {**DEFAULT_SAMPLING, "top_k": 0}
@@ -133,7 +144,8 @@ class AlignModule(StageModule):
         seconds: length of each rollout clip.
         rollout_sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` of the rollouts
             (default `ROLLOUT_SAMPLING`; top_k/top_p must stay off).
-        lr, betas, weight_decay: AdamW on the policy's parameters (constant rate).
+        optimizer: the optimizer over the policy's parameters (constant rate), from YAML
+            (default `ALIGN_OPTIMIZER`: AdamW lr 1e-5, betas (0.9, 0.95), no weight decay).
         grad_clip: gradient-norm clip of each update (0: none).
         kl_coef: weight of the per-token KL penalty to the reference (GRPO).
         kl_estimator: "k3" (default) or "exact" (see `align.objectives`).
@@ -167,9 +179,7 @@ class AlignModule(StageModule):
         group_size: int = 8,
         seconds: float = 2.0,
         rollout_sampling: dict[str, Any] | None = None,
-        lr: float = 1e-5,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
+        optimizer: OptimizerCallable = ALIGN_OPTIMIZER,
         grad_clip: float = 1.0,
         kl_coef: float = 0.04,
         kl_estimator: Literal["k3", "exact"] = "k3",
@@ -190,7 +200,11 @@ class AlignModule(StageModule):
         rollout_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["network", "reward", "text_encoder", "codec"])
+        self.save_hyperparameters(
+            ignore=["network", "reward", "text_encoder", "codec", "optimizer"]
+        )
+        self.make_optimizer = optimizer_factory(optimizer, ALIGN_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "AlignModule")
         self.automatic_optimization = False
         if (init_from is None) == (network is None):
             raise ValueError("AlignModule: give exactly one of init_from and network")
@@ -339,10 +353,8 @@ class AlignModule(StageModule):
             self._resumed_rng = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        params = [p for e in self.policy_experts().values() for p in e.parameters()]
-        return torch.optim.AdamW(
-            params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+        return self.make_optimizer(
+            [p for e in self.policy_experts().values() for p in e.parameters()]
         )
 
     # Rollouts.

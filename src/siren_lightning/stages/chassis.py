@@ -1,4 +1,5 @@
-"""What the LM training stages share (`PretrainModule`, `AlignModule`): one chassis.
+"""What the training stages share: the optimizer from YAML (every stage), and the chassis of the
+LM stages (`PretrainModule`, `AlignModule`):
 
 - the frozen text encoder is never saved in checkpoints, and is put back before weights load;
 - the codec may be given as a spec string and is loaded (in eval mode) on first use;
@@ -9,11 +10,58 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
+
+# A stage's default optimizer, written as the YAML would write it: a stage's init argument
+# `optimizer: OptimizerCallable = <this dict>` lets a YAML override one value
+# (`optimizer: {init_args: {lr: 2.0e-3}}`) or choose another class (`class_path: torch.optim.SGD`).
+OptimizerSpec = dict[str, Any]
+
+
+def optimizer_factory(spec: OptimizerCallable | OptimizerSpec, default: OptimizerSpec) -> Any:
+    """The callable `params -> Optimizer` a stage builds its optimizer with.
+
+    Args:
+        spec: what LightningCLI passes (a callable of the parameters), or, from Python, a dict
+            `{"class_path"?, "init_args"?}`; a dict that names no other class than `default`
+            updates `default`'s init_args, as jsonargparse merges a YAML's onto the signature's.
+        default: the stage's default optimizer (its signature's).
+    """
+    if callable(spec):
+        return spec
+    class_path = spec.get("class_path", default["class_path"])
+    init_args = dict(spec.get("init_args") or {})
+    if class_path == default["class_path"]:
+        init_args = {**default.get("init_args", {}), **init_args}
+    module, _, name = class_path.rpartition(".")
+    return functools.partial(getattr(importlib.import_module(module), name), **init_args)
+
+
+def check_optimizer(make: Any, owner: str) -> None:
+    """Build the optimizer once over a dummy parameter: a bad value fails at init, not at fit."""
+    try:
+        make([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{owner}: optimizer: {exc}") from exc
+
+
+def decay_groups(params: Iterable[nn.Parameter]) -> list[dict[str, Any]]:
+    """Parameter groups that decay weights of 2+ dimensions only (the optimizer's weight_decay),
+    never biases, norms or other vectors."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def check_codec_fits(codec: nn.Module, config: Any) -> None:

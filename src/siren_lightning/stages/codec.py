@@ -30,6 +30,13 @@ from torchmetrics.audio import ScaleInvariantSignalDistortionRatio
 
 from siren_lightning.codec.base import RVQCodec
 from siren_lightning.codec.spectral_codec import SpectralRVQCodec, kmeans_init_quantizer
+from siren_lightning.stages.chassis import check_optimizer, optimizer_factory
+
+# DAC's recipe (its conf/base.yml, DESIGN.md 4).
+CODEC_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 1e-4, "betas": (0.8, 0.99)},
+}
 
 
 def dac_mel_loss() -> MelSpectrogramLoss:
@@ -50,8 +57,8 @@ class CodecModule(pl.LightningModule):
 
     Args:
         codec: the network (`DACCodec` or `SpectralRVQCodec`), chosen by the YAML's class_path.
-        optimizer: partial optimizer over the codec's parameters; default AdamW(lr 1e-4,
-            betas (0.8, 0.99)) as in DAC.
+        optimizer: the optimizer over the codec's (and the discriminator's) parameters, from
+            YAML; default `CODEC_OPTIMIZER`, DAC's AdamW(lr 1e-4, betas (0.8, 0.99)).
         lr_gamma: ExponentialLR decay per step (DAC: 0.999996).
         mel_weight, l1_weight, commitment_weight, codebook_weight: loss weights (DAC: 15, 0, 0.25, 1).
         spectral_weight: weight of the log-magnitude + log-mel L1 (spectral codec only).
@@ -78,7 +85,7 @@ class CodecModule(pl.LightningModule):
     def __init__(
         self,
         codec: nn.Module,
-        optimizer: OptimizerCallable | None = None,
+        optimizer: OptimizerCallable = CODEC_OPTIMIZER,
         lr_gamma: float = 0.999996,
         mel_weight: float = 15.0,
         l1_weight: float = 0.0,
@@ -135,7 +142,8 @@ class CodecModule(pl.LightningModule):
                 child.requires_grad_(name in trainable)
         self.save_hyperparameters(ignore=["codec", "optimizer"])
         self.codec = codec
-        self.optimizer_fn = optimizer
+        self.make_optimizer = optimizer_factory(optimizer, CODEC_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "CodecModule")
         self.spectral = isinstance(codec, SpectralRVQCodec)
         if adversarial and self.spectral:
             raise ValueError("CodecModule: adversarial training needs a waveform codec (DAC)")
@@ -162,9 +170,7 @@ class CodecModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        make = self.optimizer_fn or (
-            lambda params: torch.optim.AdamW(params, lr=1e-4, betas=(0.8, 0.99))
-        )
+        make = self.make_optimizer
         opt_g = make([p for p in self.codec.parameters() if p.requires_grad])
         sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=self.hparams.lr_gamma)
         if self.gan_loss is None:

@@ -20,13 +20,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
-from siren_lightning.stages.chassis import StageModule, check_codec_fits, check_same_architecture
+from siren_lightning.stages.chassis import (
+    StageModule,
+    check_codec_fits,
+    check_optimizer,
+    check_same_architecture,
+    decay_groups,
+    optimizer_factory,
+)
 from siren_lightning.text.encoder import TextEncoder
 
 
@@ -57,21 +65,8 @@ def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tupl
     return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
 
 
-def _check_ranges(
-    lr: float,
-    betas: Sequence[float],
-    weight_decay: float,
-    warmup_steps: int,
-    total_steps: int | None,
-    min_lr_ratio: float,
-) -> None:
-    """One clear message per out-of-range optimisation setting."""
-    if not lr > 0:
-        raise ValueError(f"PretrainModule: lr must be positive, got {lr}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"PretrainModule: betas must be two numbers in [0, 1), got {betas}")
-    if weight_decay < 0:
-        raise ValueError(f"PretrainModule: weight_decay must be >= 0, got {weight_decay}")
+def _check_ranges(warmup_steps: int, total_steps: int | None, min_lr_ratio: float) -> None:
+    """One clear message per out-of-range schedule setting."""
     if warmup_steps < 0:
         raise ValueError(f"PretrainModule: warmup_steps must be >= 0, got {warmup_steps}")
     if total_steps is not None and total_steps <= warmup_steps:
@@ -80,6 +75,13 @@ def _check_ranges(
         )
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"PretrainModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+
+
+# The paper's optimizer (DESIGN.md 1): AdamW lr 3e-4, betas (0.9, 0.95), weight decay 0.05.
+PRETRAIN_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.05},
+}
 
 
 def load_network_weights(network: nn.Module, source: str | Path) -> None:
@@ -131,10 +133,12 @@ class PretrainModule(StageModule):
             for `siren_lightning.codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`);
             `setup` checks it against the LM and copies its table into the LM when the LM has
             none. Not part of the checkpoint; its SHA-256 and spec are.
-        lr, betas, weight_decay: AdamW; weight decay only on parameters with 2+ dimensions.
-        warmup_steps: linear warm-up steps.
+        optimizer: the optimizer over the trainable parameters, from YAML (`class_path` and
+            `init_args`; default `PRETRAIN_OPTIMIZER`, whose values a YAML may override one by
+            one); its weight decay applies to parameters with 2+ dimensions only.
+        warmup_steps: linear warm-up steps (of the optimizer's learning rate).
         total_steps: length of the cosine schedule; the trainer's estimate when None.
-        min_lr_ratio: final learning rate as a fraction of `lr`.
+        min_lr_ratio: final learning rate as a fraction of the optimizer's.
         train_groups: experts to train (all when None); the others stay frozen.
         caption_dropout: probability of replacing a caption by the empty caption.
         gradient_checkpointing: recompute block activations in the backward pass.
@@ -152,9 +156,7 @@ class PretrainModule(StageModule):
         network: SirenLM | DelayPatternLM,
         text_encoder: TextEncoder | None = None,
         codec: nn.Module | str | None = None,
-        lr: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.05,
+        optimizer: OptimizerCallable = PRETRAIN_OPTIMIZER,
         warmup_steps: int = 2000,
         total_steps: int | None = None,
         min_lr_ratio: float = 0.1,
@@ -165,7 +167,9 @@ class PretrainModule(StageModule):
         lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
-        _check_ranges(lr, betas, weight_decay, warmup_steps, total_steps, min_lr_ratio)
+        _check_ranges(warmup_steps, total_steps, min_lr_ratio)
+        self.make_optimizer = optimizer_factory(optimizer, PRETRAIN_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "PretrainModule")
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(
                 f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
@@ -176,7 +180,8 @@ class PretrainModule(StageModule):
                 "a CodecModule .ckpt, a DAC .pth, or dac:16khz)"
             )
         # The LoRA settings go in as a plain dict: checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["network", "text_encoder", "codec", "lora"])
+        # (The optimizer is in the run's config.yaml; a callable does not load with weights_only.)
+        self.save_hyperparameters(ignore=["network", "text_encoder", "codec", "lora", "optimizer"])
         self.hparams["lora"] = None if lora is None else lora.to_dict()
         if init_weights is not None:
             load_network_weights(network, init_weights)
@@ -394,11 +399,7 @@ class PretrainModule(StageModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.network.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        optimizer = self.make_optimizer(decay_groups(params))
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from siren_lightning.data.manifest import read_manifest
@@ -22,6 +23,12 @@ from siren_lightning.metrics.tiny_clap import (
     contrastive_loss,
     retrieval_recall,
 )
+from siren_lightning.stages.chassis import check_optimizer, decay_groups, optimizer_factory
+
+TINY_CLAP_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 1e-3, "weight_decay": 0.01},
+}
 
 
 class TinyCLAPModule(L.LightningModule):
@@ -29,7 +36,9 @@ class TinyCLAPModule(L.LightningModule):
 
     Args:
         clap: the network.
-        lr / weight_decay / warmup_steps: AdamW with linear warm-up then cosine decay to 0.1x.
+        optimizer: from YAML; default `TINY_CLAP_OPTIMIZER` (AdamW lr 1e-3, weight decay 0.01 on
+            parameters with 2+ dimensions only).
+        warmup_steps: linear warm-up, then cosine decay to 0.1x of the optimizer's rate.
         text_backend / text_name_or_path: the frozen text encoder (`siren_lightning.text`).
         export_dir: where `save_pretrained` writes the model when fitting ends.
     """
@@ -37,15 +46,16 @@ class TinyCLAPModule(L.LightningModule):
     def __init__(
         self,
         clap: TinyCLAP,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
+        optimizer: OptimizerCallable = TINY_CLAP_OPTIMIZER,
         warmup_steps: int = 100,
         text_backend: str = "minilm",
         text_name_or_path: str | None = None,
         export_dir: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["clap"])
+        self.save_hyperparameters(ignore=["clap", "optimizer"])
+        self.make_optimizer = optimizer_factory(optimizer, TINY_CLAP_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "TinyCLAPModule")
         self.clap = clap
         self.captions = CaptionEmbeddingCache(text_backend, text_name_or_path)
         self._val: list[tuple[Tensor, Tensor, list[str]]] = []
@@ -83,14 +93,8 @@ class TinyCLAPModule(L.LightningModule):
             self.log(f"val/{key}", value)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for p in self.clap.parameters() if p.requires_grad and p.ndim >= 2]
-        rest = [p for p in self.clap.parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": rest, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr,
+        opt = self.make_optimizer(
+            decay_groups(p for p in self.clap.parameters() if p.requires_grad)
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warm = min(self.hparams.warmup_steps, total)
