@@ -145,3 +145,33 @@ def test_a_python_optimizer_dict_updates_the_default_or_names_another_class():
     assert type(opt) is torch.optim.SGD and opt.defaults["weight_decay"] == 0  # not AdamW's
     made = optimizer_factory(lambda ps: torch.optim.Adam(ps, lr=2.0), default)(param)
     assert type(made) is torch.optim.Adam and made.defaults["lr"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "yaml, old, new, hint",
+    [
+        (
+            "align_tiny.yaml",
+            "    rollout: {group_size: 8, seconds: 2.0}\n",
+            "    group_size: 8\n    seconds: 2.0\n",
+            "group_size is now rollout.group_size (AlignModule)",
+        ),
+        (
+            "siren_tiny.yaml",
+            "    optimizer: {init_args: {lr: 2.0e-3}}",
+            "    lr: 2.0e-3",
+            "lr is now optimizer.init_args.lr",
+        ),
+    ],
+)
+def test_an_old_yaml_argument_is_one_message_saying_where_it_went(
+    tmp_path, capsys, yaml, old, new, hint
+):
+    text = (Path(__file__).resolve().parents[1] / "experiments" / yaml).read_text()
+    assert old in text
+    config = tmp_path / yaml
+    config.write_text(text.replace(old, new))
+    assert cli.main(["fit", "--config", str(config), "--print_config"]) == 1
+    err = capsys.readouterr().err
+    assert hint in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2  # the message and the --debug hint

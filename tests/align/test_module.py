@@ -9,7 +9,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from siren_testing import make_model
 
 from siren_lightning.align.rewards import LoudnessReward, Reward
-from siren_lightning.stages.align import AlignModule
+from siren_lightning.stages.align import AlignModule, ObjectiveConfig, RolloutConfig
+
+GROUPS = {"rollout": RolloutConfig, "objective": ObjectiveConfig}
 
 
 def trainer(steps: int, **kwargs) -> L.Trainer:
@@ -25,15 +27,21 @@ def trainer(steps: int, **kwargs) -> L.Trainer:
 
 
 def module(parts, **kwargs) -> AlignModule:
+    """An AlignModule on the tiny parts; keyword arguments go to the group that has them."""
     network, codec, text = parts
-    defaults = dict(
-        group_size=4,
-        seconds=0.16,
-        eval_every_n_steps=0,
-        optimizer={"init_args": {"lr": 1e-2}},
-        reward=LoudnessReward(),
+    groups = {"rollout": {"group_size": 4, "seconds": 0.16}, "objective": {}}
+    rest = {"optimizer": {"init_args": {"lr": 1e-2}}, "reward": LoudnessReward()}
+    for name, value in kwargs.items():
+        group = next((g for g, c in GROUPS.items() if name in c.__dataclass_fields__), None)
+        (rest if group is None else groups[group])[name] = value
+    return AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        rollout=RolloutConfig(**groups["rollout"]),
+        objective=ObjectiveConfig(**groups["objective"]),
+        **rest,
     )
-    return AlignModule(network=network, codec=codec, text_encoder=text, **{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("strategy", ["grpo", "dpo", "crpo"])
@@ -81,7 +89,7 @@ def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator,
     m = module(
         tiny_parts,
         kl_estimator=kl_estimator,
-        rollout_sampling={"cfg_scale": cfg_scale},
+        sampling={"cfg_scale": cfg_scale},
         group_size=8,
         optimizer={"init_args": {"lr": 1e-2}},
         kl_coef=0.01,
@@ -127,7 +135,7 @@ def test_teacher_forced_guided_logits_are_what_the_sampler_drew_from(tiny_parts,
 
 def test_truncated_rollouts_are_refused(tiny_parts):
     with pytest.raises(ValueError, match="exact log-probability"):
-        module(tiny_parts, rollout_sampling={"top_k": 50})
+        module(tiny_parts, sampling={"top_k": 50})
 
 
 def test_a_resumed_run_draws_the_rollouts_of_an_uninterrupted_one(
@@ -309,7 +317,6 @@ def test_the_default_optimizer_is_the_old_adamw_over_the_policy_alone(tiny_parts
         codec=codec,
         text_encoder=text,
         reward=LoudnessReward(),
-        eval_every_n_steps=0,
     )
     opt = m.configure_optimizers()
     assert type(opt) is torch.optim.AdamW

@@ -28,23 +28,22 @@ branch that guidance relies on is trained with it. Rollouts use no top-k/top-p f
 log-probability of a filtered code would be -inf after an update). The experts stay in eval
 mode throughout (no dropout), so the update scores the codes exactly as the sampler did.
 
-Every `eval_every_n_steps` rollout batches (and before the first and after the last), the
-held-out evaluation (`align.heldout`) generates the first `eval_clips` captions of the val split
-with `siren generate`'s sampling and logs `heldout/reward`, `heldout/clap_score` and `heldout/fd`
-(preset `tiny`: the evaluation tiny CLAP, never the reward model, FD against the clips'
-reference audio; or preset `audioldm_eval` on real data) and `heldout/kl_ref` to TensorBoard,
-with a few clips.
+The settings come in three typed groups: `RolloutConfig` (how rollouts are drawn),
+`ObjectiveConfig` (the RL strategy and its coefficients) and the optimizer. The held-out
+evaluation is a callback (`callbacks.heldout.HeldoutEvaluation`, listed in the YAML's trainer
+callbacks): it grades the policy with another scorer than the reward.
 
 Checkpoints carry the same `siren` record as stage 1's, so `siren export` turns one into a model
 folder that `siren generate` reads; its `align` entry records the reward that trained the policy
-(`Reward.provenance()`: name, family, checkpoint and weights hash) and the held-out grader.
+(`Reward.provenance()`: name, family, checkpoint and weights hash) and the held-out grader
+(when a `HeldoutEvaluation` callback runs).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,13 +51,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from siren_lightning.align.heldout import (
-    EVAL_SAMPLING,
-    evaluate_policy,
-    group_logits,
-    heldout_clips,
-    policy_codebooks,
-)
+from siren_lightning.align.heldout import group_logits, policy_codebooks
 from siren_lightning.align.objectives import (
     KL_ESTIMATORS,
     STRATEGIES,
@@ -72,7 +65,7 @@ from siren_lightning.align.objectives import (
     masked_mean,
     token_log_probs,
 )
-from siren_lightning.align.rewards import LaionCLAPReward, Reward, TinyCLAPReward
+from siren_lightning.align.rewards import Reward, TinyCLAPReward
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
 from siren_lightning.models.siren import SirenConfig, SirenLM
@@ -83,8 +76,6 @@ from siren_lightning.stages.chassis import (
     optimizer_factory,
 )
 
-log = logging.getLogger(__name__)
-
 ALIGN_OPTIMIZER = {
     "class_path": "torch.optim.AdamW",
     "init_args": {"lr": 1e-5, "betas": (0.9, 0.95), "weight_decay": 0.0},
@@ -92,6 +83,88 @@ ALIGN_OPTIMIZER = {
 
 # Rollouts: the guided distribution that users sample, without truncation (exact log-probs).
 ROLLOUT_SAMPLING = {**DEFAULT_SAMPLING, "top_k": 0}
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How each step's rollouts are drawn.
+
+    Attributes:
+        group_size: G samples per caption (>= 2: advantages are relative to the group).
+        seconds: length of each rollout clip.
+        sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default `ROLLOUT_SAMPLING`;
+            top_k and top_p must stay off: the update needs exact log-probabilities).
+        seed: seeds the rollout sampler (and, by default, the held-out evaluation's).
+    """
+
+    group_size: int = 8
+    seconds: float = 2.0
+    sampling: dict[str, Any] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"AlignModule: rollout.group_size must be >= 2, got {self.group_size}")
+        rs = self.sampler
+        check_sampling("AlignModule: rollout.sampling", **rs)
+        if rs["top_k"] > 0 or rs["top_p"] < 1.0 or rs["temperature"] <= 0:
+            raise ValueError(
+                f"AlignModule: rollout.sampling {rs} must keep top_k 0, top_p 1 and a positive "
+                "temperature: the update needs the exact log-probability of every sampled code"
+            )
+
+    @property
+    def sampler(self) -> dict[str, Any]:
+        """The sampling settings with their defaults filled in."""
+        return {**ROLLOUT_SAMPLING, **(self.sampling or {})}
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The RL objective of each update (see the module's docstring).
+
+    Attributes:
+        strategy: "grpo", "dpo" or "crpo".
+        kl_coef: weight of the per-token KL penalty to the reference (GRPO).
+        kl_estimator: "k3" (default) or "exact" (see `align.objectives`).
+        clip_eps: PPO ratio clip.
+        ppo_epochs: updates per rollout batch (crpo: 1).
+        entropy_coef: weight of the entropy bonus (GRPO).
+        dpo_beta: DPO's inverse temperature (DPO and CRPO).
+        crpo_nll_coef: weight of the chosen samples' per-token NLL in CRPO's loss.
+        grad_clip: gradient-norm clip of each update (0: none).
+    """
+
+    strategy: Literal["grpo", "dpo", "crpo"] = "grpo"
+    kl_coef: float = 0.04
+    kl_estimator: Literal["k3", "exact"] = "k3"
+    clip_eps: float = 0.2
+    ppo_epochs: int = 1
+    entropy_coef: float = 0.0
+    dpo_beta: float = 0.1
+    crpo_nll_coef: float = 1.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"AlignModule: objective.strategy must be one of {STRATEGIES}, got "
+                f"{self.strategy!r}"
+            )
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"AlignModule: objective.kl_estimator must be one of {KL_ESTIMATORS}, got "
+                f"{self.kl_estimator!r}"
+            )
+        if self.ppo_epochs < 1:
+            raise ValueError(
+                f"AlignModule: objective.ppo_epochs must be >= 1, got {self.ppo_epochs}"
+            )
+        if self.strategy == "crpo" and self.ppo_epochs != 1:
+            raise ValueError(
+                f"AlignModule: crpo makes one update per rollout batch; set objective.ppo_epochs "
+                f"1, got {self.ppo_epochs}"
+            )
 
 
 def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
@@ -139,32 +212,10 @@ class AlignModule(StageModule):
         text_encoder: frozen caption encoder (default: the one recorded by stage 1).
         codec: a codec module or spec (default: the one recorded by stage 1).
         policy_groups: experts that are trained (default [0]: codebooks 0 and 1).
-        strategy: "grpo", "dpo" or "crpo" (see the module's docstring).
-        group_size: G samples per caption.
-        seconds: length of each rollout clip.
-        rollout_sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` of the rollouts
-            (default `ROLLOUT_SAMPLING`; top_k/top_p must stay off).
+        rollout: how rollouts are drawn (`RolloutConfig`).
+        objective: the RL strategy and its coefficients (`ObjectiveConfig`).
         optimizer: the optimizer over the policy's parameters (constant rate), from YAML
             (default `ALIGN_OPTIMIZER`: AdamW lr 1e-5, betas (0.9, 0.95), no weight decay).
-        grad_clip: gradient-norm clip of each update (0: none).
-        kl_coef: weight of the per-token KL penalty to the reference (GRPO).
-        kl_estimator: "k3" (default) or "exact" (see `align.objectives`).
-        clip_eps: PPO ratio clip.
-        ppo_epochs: updates per rollout batch.
-        entropy_coef: weight of the entropy bonus (GRPO).
-        dpo_beta: DPO's inverse temperature (DPO and CRPO).
-        crpo_nll_coef: weight of the chosen samples' per-token NLL in CRPO's loss.
-        eval_every_n_steps: held-out evaluation every N rollout batches (0: never in the loop).
-        eval_clips: how many val captions the held-out evaluation uses.
-        eval_seconds: held-out clip length (default `seconds`).
-        eval_sampling: held-out sampling (default `siren generate`'s).
-        eval_preset: `tiny` (SynthCaps: tiny-clap-eval) or `audioldm_eval` (real data: PANNs FD,
-            LAION CLAP score; weights as for `siren evaluate`).
-        eval_tiny_clap: the tiny CLAP of the `tiny` evaluation preset.
-        eval_clap_checkpoint: the LAION CLAP of the `audioldm_eval` preset (its default if None).
-        eval_cache: feature cache folder of the evaluator (reference clips are embedded once).
-        eval_manifest: held-out manifest instead of the datamodule's val split.
-        rollout_seed: seeds the rollout and evaluation samplers.
     """
 
     def __init__(
@@ -175,59 +226,23 @@ class AlignModule(StageModule):
         text_encoder: nn.Module | None = None,
         codec: nn.Module | str | None = None,
         policy_groups: Sequence[int] = (0,),
-        strategy: Literal["grpo", "dpo", "crpo"] = "grpo",
-        group_size: int = 8,
-        seconds: float = 2.0,
-        rollout_sampling: dict[str, Any] | None = None,
+        rollout: RolloutConfig | None = None,
+        objective: ObjectiveConfig | None = None,
         optimizer: OptimizerCallable = ALIGN_OPTIMIZER,
-        grad_clip: float = 1.0,
-        kl_coef: float = 0.04,
-        kl_estimator: Literal["k3", "exact"] = "k3",
-        clip_eps: float = 0.2,
-        ppo_epochs: int = 1,
-        entropy_coef: float = 0.0,
-        dpo_beta: float = 0.1,
-        crpo_nll_coef: float = 1.0,
-        eval_every_n_steps: int = 20,
-        eval_clips: int = 32,
-        eval_seconds: float | None = None,
-        eval_sampling: dict[str, Any] | None = None,
-        eval_preset: Literal["tiny", "audioldm_eval"] = "tiny",
-        eval_tiny_clap: str = "tiny-clap-eval",
-        eval_clap_checkpoint: str | None = None,
-        eval_cache: str | None = None,
-        eval_manifest: str | None = None,
-        rollout_seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            ignore=["network", "reward", "text_encoder", "codec", "optimizer"]
-        )
+        # The groups go in as plain dicts: checkpoints load with weights_only=True.
+        ignore = ["network", "reward", "text_encoder", "codec", "optimizer", "rollout", "objective"]
+        self.save_hyperparameters(ignore=ignore)
+        self.rollout_config = rollout = rollout or RolloutConfig()
+        self.objective_config = objective or ObjectiveConfig()
+        self.hparams["rollout"] = asdict(rollout)
+        self.hparams["objective"] = asdict(self.objective_config)
         self.make_optimizer = optimizer_factory(optimizer, ALIGN_OPTIMIZER)
         check_optimizer(self.make_optimizer, "AlignModule")
         self.automatic_optimization = False
         if (init_from is None) == (network is None):
             raise ValueError("AlignModule: give exactly one of init_from and network")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"AlignModule: strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if strategy == "crpo" and ppo_epochs != 1:
-            raise ValueError(
-                f"AlignModule: crpo makes one update per rollout batch; set ppo_epochs 1, got "
-                f"{ppo_epochs}"
-            )
-        if kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"AlignModule: kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}"
-            )
-        if group_size < 2:
-            raise ValueError(f"AlignModule: group_size must be >= 2, got {group_size}")
-        if ppo_epochs < 1:
-            raise ValueError(f"AlignModule: ppo_epochs must be >= 1, got {ppo_epochs}")
-        if eval_every_n_steps and eval_clips < 10:
-            raise ValueError(
-                f"AlignModule: eval_clips must be >= 10 (the evaluator's inception score has 10 "
-                f"splits), got {eval_clips}"
-            )
         meta: dict[str, Any] = {}
         if init_from is not None:
             network, meta = load_stage1(init_from)
@@ -253,22 +268,10 @@ class AlignModule(StageModule):
             raise ValueError("AlignModule: no codec given and the stage-1 record names none")
         self.init_codec(codec)
         self._reward = [reward]
-        self.rollout_sampling = {**ROLLOUT_SAMPLING, **(rollout_sampling or {})}
-        rs = self.rollout_sampling
-        check_sampling("AlignModule: rollout_sampling", **rs)
-        if rs["top_k"] > 0 or rs["top_p"] < 1.0 or rs["temperature"] <= 0:
-            raise ValueError(
-                f"AlignModule: rollout_sampling {rs} must keep top_k 0, top_p 1 and a positive "
-                "temperature: the update needs the exact log-probability of every sampled code"
-            )
-        self.eval_sampling = {**EVAL_SAMPLING, **(eval_sampling or {})}
-        check_sampling("AlignModule: eval_sampling", **self.eval_sampling)
+        self.rollout_sampling = rollout.sampler
         self._generator: torch.Generator | None = None
         self._resumed_rng: torch.Tensor | None = None  # from a checkpoint, until fit starts
-        self._evaluator: Any = None
         self._rollout_batches = 0
-        self._last_eval_step: int | None = None
-        self.heldout_history: list[dict[str, float]] = []
         self.eval()
 
     # Pieces built from the stage-1 record.
@@ -291,6 +294,11 @@ class AlignModule(StageModule):
         if self._reward[0] is None:
             self._reward[0] = TinyCLAPReward("tiny-clap-reward")
         return self._reward[0]
+
+    @property
+    def rollout_batches(self) -> int:
+        """Rollout batches done so far (the x-axis of the `train/` and `heldout/` curves)."""
+        return self._rollout_batches
 
     def policy_experts(self) -> dict[int, nn.Module]:
         return {k: self.network.experts[k] for k in self.policy_groups}
@@ -316,9 +324,9 @@ class AlignModule(StageModule):
         )
         record["align"] = {
             "init_from": self.hparams.init_from,
-            "strategy": self.hparams.strategy,
+            "strategy": self.objective_config.strategy,
             "reward": self.reward.provenance(),
-            "grader": self.grader(),
+            "grader": self._grader(),
             "rollout_batches": self._rollout_batches,
             # The sampler's position, so a resumed run draws the rollouts it would have.
             "rollout_rng": None if self._generator is None else self._generator.get_state(),
@@ -347,7 +355,7 @@ class AlignModule(StageModule):
     def on_fit_start(self) -> None:
         self.codec.to(self.device)
         self.reward.to(self.device)
-        self._generator = torch.Generator(device=self.device).manual_seed(self.hparams.rollout_seed)
+        self._generator = torch.Generator(device=self.device).manual_seed(self.rollout_config.seed)
         if self._resumed_rng is not None:
             self._generator.set_state(self._resumed_rng)
             self._resumed_rng = None
@@ -368,7 +376,7 @@ class AlignModule(StageModule):
             `rewards` [B], `text_states` [B, L, Dt], `text_mask` [B, L], `uncond` (the empty
             caption's states [1, L', Dt] and mask [1, L']).
         """
-        hp = self.hparams
+        hp = self.rollout_config
         repeated = [c for c in captions for _ in range(hp.group_size)]
         text = self.text_encoder.encode(repeated)
         codec = self.codec
@@ -378,7 +386,7 @@ class AlignModule(StageModule):
         if self.rollout_sampling["cfg_scale"] != 1.0:
             uncond = {"uncond_states": empty.states, "uncond_mask": empty.mask}
         if self._generator is None:
-            self._generator = torch.Generator(device=self.device).manual_seed(hp.rollout_seed)
+            self._generator = torch.Generator(device=self.device).manual_seed(hp.seed)
         codes = generate(
             self.network,
             text.states,
@@ -419,12 +427,9 @@ class AlignModule(StageModule):
     # Steps.
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        hp = self.hparams
-        every = hp.eval_every_n_steps
-        if every and self._rollout_batches % every == 0:
-            self.run_heldout()
+        hp = self.objective_config
         captions = list(batch["captions"])
-        p, g = len(captions), hp.group_size
+        p, g = len(captions), self.rollout_config.group_size
         r = self.rollout(captions)
         rewards = r["rewards"]  # [B]
         rows = None
@@ -478,116 +483,12 @@ class AlignModule(StageModule):
             self.log(f"train/{name}", value.detach(), batch_size=b, prog_bar=name == "reward_mean")
         return loss.detach()
 
-    def on_train_end(self) -> None:
-        if self.hparams.eval_every_n_steps and self._last_eval_step != self._rollout_batches:
-            self.run_heldout()
+    def _grader(self) -> dict[str, Any] | None:
+        """The held-out grader of this fit's `HeldoutEvaluation` callback, if it has one."""
+        from siren_lightning.callbacks.heldout import HeldoutEvaluation
 
-    # Held-out evaluation.
-
-    def _heldout_clips(self) -> list:
-        hp = self.hparams
-        if hp.eval_manifest is not None:
-            from siren_lightning.data.manifest import read_manifest
-
-            return heldout_clips(read_manifest(hp.eval_manifest), hp.eval_clips)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        val = getattr(datamodule, "datasets", {}).get("val")
-        if val is None:
-            raise ValueError(
-                "AlignModule: the held-out evaluation needs the datamodule's val split "
-                "(val_manifest) or eval_manifest; set eval_every_n_steps: 0 to turn it off"
-            )
-        return heldout_clips(val.clips, hp.eval_clips)
-
-    def grader(self) -> dict[str, Any]:
-        """The held-out grader (JSON-able): preset, its CLAP, and how it relates to the reward.
-
-        `same_family` is True when the grader's CLAP is of the reward's model family (another
-        checkpoint of it, never the same one): its CLAP score then shares the reward's biases,
-        and the independent evidence is what no such model computes (adherence, FD on another
-        backbone)."""
-        hp = self.hparams
-        if hp.eval_preset == "tiny":
-            clap, family = hp.eval_tiny_clap, "tiny-clap"
-        else:
-            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
-
-            clap, family = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT, "laion-clap"
-        return {
-            "preset": hp.eval_preset,
-            "clap": clap,
-            "clap_family": family,
-            "same_family": family == self.reward.family,
-        }
-
-    def evaluator(self) -> Any:
-        """The held-out evaluator (`eval_preset`), refused when it would grade with the reward
-        model: the tiny preset's CLAP must not be the reward's tiny CLAP, and the audioldm_eval
-        preset's LAION CLAP must not be the reward's LAION checkpoint."""
-        if self._evaluator is None:
-            from siren_lightning.metrics.protocol import build_evaluator
-            from siren_lightning.metrics.tiny_clap import tiny_clap_path
-            from siren_lightning.metrics.weights import DEFAULT_CLAP_CHECKPOINT
-
-            hp = self.hparams
-            if hp.eval_preset == "tiny":
-                grader = str(tiny_clap_path(hp.eval_tiny_clap).resolve())
-                used = getattr(self.reward, "path", None)
-                used = None if used is None else str(Path(used).resolve())
-            else:
-                grader = hp.eval_clap_checkpoint or DEFAULT_CLAP_CHECKPOINT
-                used = getattr(self.reward, "checkpoint", None)
-                used = used if isinstance(self.reward, LaionCLAPReward) else None
-            if used is not None and used == grader:
-                raise ValueError(
-                    f"AlignModule: the {hp.eval_preset} evaluation would grade with the reward "
-                    f"model ({grader}); held-out scores must come from another scorer"
-                )
-            if self.grader()["same_family"]:
-                log.warning(
-                    "AlignModule: the reward (%s) and the held-out CLAP (%s) are one model family: "
-                    "read heldout/clap_score with that in mind",
-                    self.reward.name,
-                    self.grader()["clap"],
-                )
-            self._evaluator = build_evaluator(
-                hp.eval_preset,
-                tiny_clap=hp.eval_tiny_clap,
-                clap_checkpoint=hp.eval_clap_checkpoint,
-                cache_dir=hp.eval_cache,
-            )
-        return self._evaluator
-
-    def run_heldout(self) -> dict[str, float]:
-        """Evaluate on the held-out captions; log the metrics and a few clips.
-
-        WAVs go to `<log dir>/heldout/step_<rollout batches>/`.
-        """
-        from siren_lightning.callbacks.media import log_clips, tensorboard_writer
-
-        hp = self.hparams
-        step = self._rollout_batches  # the x-axis of the train/ curves (one per rollout batch)
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        metrics, clips = evaluate_policy(
-            self.network,
-            self.text_encoder,
-            self.codec,
-            self._heldout_clips(),
-            root / "heldout" / f"step_{step:06d}",
-            reward=self.reward,
-            evaluator=self.evaluator(),
-            reference=self.reference_experts(),
-            seconds=hp.eval_seconds or hp.seconds,
-            sampling=self.eval_sampling,
-            seed=hp.rollout_seed,
-        )
-        self._last_eval_step = step
-        self.heldout_history.append({"step": step, **metrics})
-        log.info("held-out at step %d: %s", step, metrics)
-        for logger in self.loggers:
-            logger.log_metrics({f"heldout/{k}": v for k, v in metrics.items()}, step=step)
-        writer = tensorboard_writer(self.trainer)
-        if writer is not None and clips:
-            named = {f"{i}: {c[:60]}": a for i, (c, a) in enumerate(clips.items())}
-            log_clips(writer, "heldout", named, self.codec.sample_rate, step)
-        return metrics
+        trainer = self._trainer
+        for callback in getattr(trainer, "callbacks", None) or []:
+            if isinstance(callback, HeldoutEvaluation):
+                return callback.grader(self.reward)
+        return None

@@ -27,6 +27,55 @@ from torch import nn
 OptimizerSpec = dict[str, Any]
 
 
+# Init arguments that moved (issue 16), and where each went: an old YAML or run config that names
+# one fails with this hint (`siren` CLI) rather than a bare "not accepted".
+_HELDOUT = "the trainer callback siren_lightning.callbacks.heldout.HeldoutEvaluation's "
+MOVED_ARGS = {
+    **{k: f"optimizer.init_args.{k}" for k in ("lr", "betas", "weight_decay")},
+    **{k: f"rollout.{k} (AlignModule)" for k in ("group_size", "seconds")},
+    "rollout_sampling": "rollout.sampling (AlignModule)",
+    "rollout_seed": "rollout.seed (AlignModule)",
+    **{
+        k: f"objective.{k} (AlignModule)"
+        for k in [
+            "strategy",
+            "kl_coef",
+            "kl_estimator",
+            "clip_eps",
+            "ppo_epochs",
+            "entropy_coef",
+            "dpo_beta",
+            "crpo_nll_coef",
+            "grad_clip",
+        ]
+    },
+    **{
+        f"eval_{old}": _HELDOUT + new
+        for old, new in {
+            "every_n_steps": "every_n_steps",
+            "clips": "num_clips",
+            "seconds": "seconds",
+            "sampling": "sampling",
+            "preset": "preset",
+            "tiny_clap": "tiny_clap",
+            "clap_checkpoint": "clap_checkpoint",
+            "cache": "cache_dir",
+            "manifest": "manifest",
+        }.items()
+    },
+}
+
+
+def moved_arg_hint(name: str) -> str | None:
+    """Where a stage's old init argument `name` went, as one sentence (None: not a moved one)."""
+    if name not in MOVED_ARGS:
+        return None
+    return (
+        f"{name} is now {MOVED_ARGS[name]} (the stages' arguments were regrouped in issue 16; "
+        "see experiments/siren_tiny.yaml and experiments/align_tiny.yaml)"
+    )
+
+
 def optimizer_factory(spec: OptimizerCallable | OptimizerSpec, default: OptimizerSpec) -> Any:
     """The callable `params -> Optimizer` a stage builds its optimizer with.
 
