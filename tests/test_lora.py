@@ -112,7 +112,7 @@ def test_only_lora_parameters_change(lora_run):
         else:
             assert torch.equal(after[k], before[k]), f"{k} changed"
     # The frozen weights are the base export's (not the seed-5 initial ones).
-    base, _ = export.load_exported(base_folder)
+    base, _ = export.load_lm(base_folder)
     base_state = base.state_dict()
     for k, v in after.items():
         if not is_lora_parameter(k):
@@ -156,8 +156,8 @@ def test_lora_exports_merged_and_adapter_only(lora_run, tmp_path):
     states, mask = _text()
     codes = torch.randint(16, (2, 6, 6), generator=torch.Generator().manual_seed(4))
     expected = module.network(codes, states, mask).logits
-    for folder in (merged_dir, adapter_dir):
-        model, sidecar = export.load_exported(folder)
+    for folder in (merged_dir, adapter_dir, tmp / "lora.ckpt"):  # load_lm merges a .ckpt's too
+        model, sidecar = export.load_lm(folder)
         assert not has_lora(model) and sidecar["lora"]["rank"] == 2
         torch.testing.assert_close(model(codes, states, mask).logits, expected)
     assert json.loads((adapter_dir / export.SIDECAR).read_text())["adapter"]["base"] == str(
@@ -168,7 +168,7 @@ def test_lora_exports_merged_and_adapter_only(lora_run, tmp_path):
     sidecar["adapter"]["base_sha256"] = "0" * 64
     (adapter_dir / export.SIDECAR).write_text(json.dumps(sidecar))
     with pytest.raises(export.ExportError, match="not the same base model"):
-        export.load_exported(adapter_dir)
+        export.load_lm(adapter_dir)
 
 
 def test_merge_needs_a_lora_checkpoint_and_lora_needs_a_base(lora_run, tmp_path):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from siren_lightning.export import load_lm
 from siren_lightning.generate import load_generation_stack
-from siren_lightning.stages.align import load_stage1
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 REFERENCES = sorted(p for p in ASSETS.glob("*_tiny_reference") if p.is_dir())
@@ -32,6 +32,6 @@ def test_reference_loads_from_another_folder_and_its_readme_is_true(folder, tmp_
 
 def test_alignment_starts_from_the_reference_siren(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    model, meta = load_stage1(ASSETS / "siren_tiny_reference")
+    model, meta = load_lm("siren_tiny_reference")  # by name, from another folder
     assert Path(meta["codec"]).resolve() == (ASSETS / "codec_tiny").resolve()
     assert model.config.num_groups == 6

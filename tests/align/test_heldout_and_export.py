@@ -12,7 +12,7 @@ from siren_lightning.align.rewards import LoudnessReward, TinyCLAPReward
 from siren_lightning.callbacks.heldout import HeldoutEvaluation
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.data.manifest import read_manifest
-from siren_lightning.export import export_checkpoint, load_exported
+from siren_lightning.export import export_checkpoint, load_lm
 from siren_lightning.stages.align import AlignModule, RolloutConfig
 
 
@@ -136,7 +136,9 @@ def test_report_differences_by_hand():
 def test_report_cli_names_a_missing_model(tmp_path, capsys):
     argv = ["--before", str(tmp_path / "nope"), "--after", str(tmp_path), "--manifest", "m"]
     assert report.main([*argv, "--out", str(tmp_path / "o")]) == 1
-    assert "nope has no config.json" in capsys.readouterr().out
+    assert "--before: " + str(
+        tmp_path / "nope"
+    ) + " is neither a folder written by siren export" in (capsys.readouterr().out)
 
 
 @pytest.mark.slow
@@ -182,7 +184,7 @@ def test_fit_with_heldout_evaluation_then_export(
         trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
     )
     folder = export_checkpoint(ckpt, tmp_path / "model")
-    model, sidecar = load_exported(folder)
+    model, sidecar = load_lm(folder)
     assert sidecar["train_groups"] == [0]
     # it records the reward that trained it (and not the sampler's state)
     assert sidecar["align"]["reward"] == LoudnessReward().provenance()

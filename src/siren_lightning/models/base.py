@@ -10,11 +10,13 @@ L text tokens, Dt text width.
   Siren expert's temporal transformer is one; the delay LM is one.
 - `CodecLM`: the frozen codec codebook table, the input checks, which codebooks each group
   predicts, gradient checkpointing, `from_codec` and `generate`.
+- `check_same_architecture`: refuse weights recorded for another LM (checkpoints, exports).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -244,3 +246,42 @@ class CodecLM(nn.Module):
         settings, `uncond_states`/`uncond_mask` (the empty caption, or a negative caption per
         clip), `prompt_codes` (codes to continue), `total_frames`, `generator`."""
         return sampling.generate(self, text_states, text_mask, num_frames, **kwargs)
+
+
+# Config fields a resumed run may change: they do not change what the weights mean.
+RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
+
+
+def check_same_architecture(
+    recorded: dict[str, Any] | None,
+    recorded_class: str | None,
+    network: nn.Module,
+    source: str | Path,
+) -> None:
+    """Refuse weights recorded for another LM than `network`, naming every differing field.
+
+    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
+    a strict `load_state_dict` would take the weights without a word.
+
+    Args:
+        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
+            (an old checkpoint without one) skips the check.
+        recorded_class: the LM class name it recorded, if any.
+        source: the file or folder, for the message.
+    """
+    here = type(network).__name__
+    if recorded_class is not None and recorded_class != here:
+        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
+    if recorded is None:
+        return
+    current = network.config.to_dict()
+    differ = [
+        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
+        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
+        if recorded[name] != current[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
+            "build the model with the checkpoint's values, or start a new run"
+        )

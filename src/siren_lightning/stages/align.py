@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,8 +66,9 @@ from siren_lightning.align.objectives import (
 )
 from siren_lightning.align.rewards import Reward, TinyCLAPReward
 from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.export import load_lm
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
-from siren_lightning.models.siren import SirenConfig, SirenLM
+from siren_lightning.models.siren import SirenLM
 from siren_lightning.stages.chassis import (
     StageModule,
     check_codec_fits,
@@ -167,40 +167,6 @@ class ObjectiveConfig:
             )
 
 
-def load_stage1(spec: str | Path) -> tuple[SirenLM, dict[str, Any]]:
-    """A stage-1 `SirenLM` and its `siren` record from a checkpoint (.ckpt) or an export folder.
-
-    Raises:
-        FileNotFoundError: naming the path when it does not exist.
-        ValueError: when it holds no `SirenLM` (e.g. the delay-pattern baseline).
-    """
-    path = Path(spec)
-    if path.is_dir():
-        from siren_lightning.export import exported_codec, load_exported
-
-        model, meta = load_exported(path)
-        meta = {**meta, "codec": exported_codec(meta, path)}  # relative to the folder
-    elif path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        meta = blob.get("siren")
-        if meta is None:
-            raise ValueError(f"AlignModule: {path} is not a Siren checkpoint (no 'siren' record)")
-        if meta.get("model_class", "SirenLM") != "SirenLM":
-            raise ValueError(f"AlignModule: {path} holds a {meta['model_class']}, not a SirenLM")
-        model = SirenLM(SirenConfig.from_dict(meta["model_config"]))
-        from siren_lightning.export import network_state
-
-        model.load_state_dict(network_state(blob))
-    else:
-        raise FileNotFoundError(
-            f"AlignModule: init_from {str(path)!r} does not exist; train stage 1 first "
-            "(`make pretrain` writes runs/siren_tiny/checkpoints/last.ckpt)"
-        )
-    if not isinstance(model, SirenLM):
-        raise ValueError(f"AlignModule: {path} holds a {type(model).__name__}, not a SirenLM")
-    return model.eval(), dict(meta)
-
-
 class AlignModule(StageModule):
     """GRPO (or DPO) alignment of chosen experts of a stage-1 `SirenLM`.
 
@@ -245,7 +211,18 @@ class AlignModule(StageModule):
             raise ValueError("AlignModule: give exactly one of init_from and network")
         meta: dict[str, Any] = {}
         if init_from is not None:
-            network, meta = load_stage1(init_from)
+            try:
+                network, meta = load_lm(init_from, who="AlignModule: init_from")
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"{exc}; train stage 1 first (`make pretrain` writes "
+                    "runs/siren_tiny/checkpoints/last.ckpt)"
+                ) from None
+            if not isinstance(network, SirenLM):
+                raise ValueError(
+                    f"AlignModule: init_from {init_from} holds a {type(network).__name__}, "
+                    "not a SirenLM"
+                )
         self.meta = meta
         groups = sorted(set(policy_groups))
         if not groups or any(not 0 <= k < network.num_groups for k in groups):

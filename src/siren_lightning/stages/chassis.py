@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
+
+from siren_lightning.models.base import check_same_architecture
 
 # A stage's default optimizer, written as the YAML would write it: a stage's init argument
 # `optimizer: OptimizerCallable = <this dict>` lets a YAML override one value
@@ -120,45 +121,6 @@ def check_codec_fits(codec: nn.Module, config: Any) -> None:
             f"codec and LM disagree: codec has r={codec.n_codebooks} codebooks of "
             f"K={codec.codebook_size}, the LM was built for r={config.num_codebooks}, "
             f"K={config.codebook_size}"
-        )
-
-
-# Config fields a resumed run may change: they do not change what the weights mean.
-RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
-
-
-def check_same_architecture(
-    recorded: dict[str, Any] | None,
-    recorded_class: str | None,
-    network: nn.Module,
-    source: str | Path,
-) -> None:
-    """Refuse weights recorded for another LM than `network`, naming every differing field.
-
-    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
-    a strict `load_state_dict` would take the weights without a word.
-
-    Args:
-        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
-            (an old checkpoint without one) skips the check.
-        recorded_class: the LM class name it recorded, if any.
-        source: the file or folder, for the message.
-    """
-    here = type(network).__name__
-    if recorded_class is not None and recorded_class != here:
-        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
-    if recorded is None:
-        return
-    current = network.config.to_dict()
-    differ = [
-        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
-        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
-        if recorded[name] != current[name]
-    ]
-    if differ:
-        raise ValueError(
-            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
-            "build the model with the checkpoint's values, or start a new run"
         )
 
 

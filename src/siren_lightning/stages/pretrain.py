@@ -24,6 +24,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.siren import SirenLM
@@ -31,7 +32,6 @@ from siren_lightning.stages.chassis import (
     StageModule,
     check_codec_fits,
     check_optimizer,
-    check_same_architecture,
     decay_groups,
     optimizer_factory,
 )
@@ -82,43 +82,6 @@ PRETRAIN_OPTIMIZER = {
     "class_path": "torch.optim.AdamW",
     "init_args": {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.05},
 }
-
-
-def load_network_weights(network: nn.Module, source: str | Path) -> None:
-    """Load LM weights (strictly) from a PretrainModule `.ckpt` or an exported folder.
-
-    Raises:
-        FileNotFoundError: naming the path when it is neither.
-    """
-    path = Path(source)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        import json
-
-        from safetensors.torch import load_file
-
-        sidecar = path / "siren.json"
-        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        check_same_architecture(
-            meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
-        )
-        state = load_file(str(path / "model.safetensors"))
-    elif path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        meta = blob.get("siren") or {}
-        check_same_architecture(
-            meta.get("model_config"), meta.get("model_class"), network, f"init_weights {path}"
-        )
-        from siren_lightning.export import network_state
-
-        state = network_state(blob)
-        if not state:
-            raise ValueError(f"init_weights: {path} holds no PretrainModule 'network.' weights")
-    else:
-        raise FileNotFoundError(
-            f"init_weights: {path} is neither a PretrainModule .ckpt nor a folder with "
-            "model.safetensors (written by `siren export`)"
-        )
-    network.load_state_dict(state)
 
 
 class PretrainModule(StageModule):
@@ -184,7 +147,7 @@ class PretrainModule(StageModule):
         self.save_hyperparameters(ignore=["network", "text_encoder", "codec", "lora", "optimizer"])
         self.hparams["lora"] = None if lora is None else lora.to_dict()
         if init_weights is not None:
-            load_network_weights(network, init_weights)
+            load_lm(init_weights, who="PretrainModule: init_weights", into=network)
         self.network = network
         self.text_encoder = text_encoder
         self.init_codec(codec)
