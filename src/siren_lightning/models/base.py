@@ -181,20 +181,30 @@ class CodecLM(nn.Module):
             self.codebook_table.copy_(table.detach())
 
     @classmethod
-    def from_codec(cls, codec: Any, size: str, **overrides: Any) -> CodecLM:
+    def from_codec(cls, codec: Any, size: str, overrides: dict[str, Any] | None = None) -> CodecLM:
         """A named size on a codec: r, K and D_lat (and the table) come from the codec.
 
+        A YAML names it as the network's class_path, stating only what differs from the size:
+        `class_path: siren_lightning.models.siren.SirenLM.from_codec`, `init_args: {codec:
+        assets/codec_tiny, size: tiny, overrides: {dropout: 0.0}}`.
+
         Args:
-            codec: `n_codebooks`, `codebook_size`, `latent_dim`, `codebook_table()`.
-            size: a preset name; overrides: fields that differ from it.
+            codec: `n_codebooks`, `codebook_size`, `latent_dim`, `codebook_table()`; or a spec
+                for `codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`).
+            size: a preset name (`tiny`, `1.6b`, `3.1b`).
+            overrides: config fields that differ from the preset.
         """
+        if isinstance(codec, str | Path):
+            from siren_lightning.codec.checkpoint import load_codec
+
+            codec = load_codec(str(codec))
         sizes = dict(
             num_codebooks=codec.n_codebooks,
             codebook_size=codec.codebook_size,
             latent_dim=codec.latent_dim,
         )
-        config = cls.config_class.from_name(size, **{**sizes, **overrides})
-        return cls(config, codec.codebook_table())
+        config = cls.config_class.from_name(size, **{**sizes, **(overrides or {})})
+        return cls(config, codec.codebook_table().detach().float().cpu())
 
     @property
     def num_groups(self) -> int:

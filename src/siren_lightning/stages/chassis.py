@@ -124,6 +124,18 @@ def check_codec_fits(codec: nn.Module, config: Any) -> None:
         )
 
 
+def network_from_spec(spec: dict[str, Any]) -> Any:
+    """The LM a YAML's `model.init_args.network` entry (`class_path`, `init_args`) builds, built
+    the way LightningCLI builds it (e.g. `SirenLM.from_codec` with a size and its overrides)."""
+    from jsonargparse import ArgumentParser
+
+    from siren_lightning.models.base import CodecLM
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--network", type=CodecLM)
+    return parser.instantiate_classes(parser.parse_object({"network": spec})).network
+
+
 class StageModule(L.LightningModule):
     """Chassis of a stage that trains a `models.base.CodecLM` held as `self.network`.
 

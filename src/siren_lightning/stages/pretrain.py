@@ -26,8 +26,7 @@ from torchmetrics import MeanMetric
 
 from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
-from siren_lightning.models.delay_lm import DelayPatternLM
-from siren_lightning.models.siren import SirenLM
+from siren_lightning.models.base import CodecLM
 from siren_lightning.stages.chassis import (
     StageModule,
     check_codec_fits,
@@ -116,7 +115,7 @@ class PretrainModule(StageModule):
 
     def __init__(
         self,
-        network: SirenLM | DelayPatternLM,
+        network: CodecLM,
         text_encoder: TextEncoder | None = None,
         codec: nn.Module | str | None = None,
         optimizer: OptimizerCallable = PRETRAIN_OPTIMIZER,
