@@ -29,7 +29,6 @@ for the LM comparison; its decoder is untrained, so its audio metrics are not qu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import time
@@ -47,7 +46,8 @@ from siren_lightning.data.manifest import read_manifest, write_manifest
 from siren_lightning.data.synthcaps import attribute_agreement, measure_attributes
 from siren_lightning.export import export_checkpoint
 from siren_lightning.models.siren import count_parameters
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.chassis import network_from_spec
+from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text.encoder import TextEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,20 +89,14 @@ def code_caches(
 def build_module(name: str, codec: Any, encoder: TextEncoder, steps: int) -> PretrainModule:
     """The network and optimiser settings of the experiment YAML, with the codec's table."""
     config = yaml.safe_load(CONFIGS[name].read_text())["model"]["init_args"]
-    network_spec = config["network"]
-    module_name, _, class_name = network_spec["class_path"].rpartition(".")
-    models = importlib.import_module(module_name)
-    cls = getattr(models, class_name)
-    config_cls = models.SirenConfig if class_name == "SirenLM" else models.DelayLMConfig
-    network = cls(
-        config_cls(**network_spec["init_args"]["config"]),
-        codec.codebook_table().detach().float(),
-    )
+    network = network_from_spec(config["network"])  # as `siren fit` builds it
+    with torch.no_grad():
+        network.set_codebook_table(codec.codebook_table().detach().float())
     return PretrainModule(
         network,
         text_encoder=encoder,
         codec=codec,
-        lr=config.get("lr", 3e-4),
+        optimizer=config.get("optimizer") or {},
         warmup_steps=min(config.get("warmup_steps", 100), max(1, steps // 10)),
         total_steps=steps,
         caption_dropout=config.get("caption_dropout", 0.1),

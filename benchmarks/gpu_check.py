@@ -194,7 +194,7 @@ def counted_training_flops(model: nn.Module, b: int, t: int, text: int, seed: in
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from siren_lightning.pretrain import masked_codebook_stats
+    from siren_lightning.stages.pretrain import masked_codebook_stats
 
     codes, mask, states, text_mask = random_batch(model.config, b, t, text, seed)
     # The CPU's fused attention kernel is invisible to the counter; the math one is matmuls.
@@ -290,7 +290,7 @@ def fit(
     """Train `network` for `steps` steps through `PretrainModule` and a Lightning `Trainer`.
 
     Args:
-        settings: PretrainModule arguments (lr, betas, weight_decay, gradient_checkpointing) and
+        settings: PretrainModule arguments (optimizer, gradient_checkpointing) and
             `gradient_clip_val`.
         warmup: steps before peak memory is reset (the first allocates the optimizer state).
 
@@ -302,7 +302,7 @@ def fit(
     """
     import lightning as L
 
-    from siren_lightning.pretrain import PretrainModule
+    from siren_lightning.stages.pretrain import PretrainModule
 
     quiet_lightning()  # after the import, which sets Lightning's log levels
     cuda = accelerator == "cuda"
@@ -336,9 +336,7 @@ def fit(
 
     module = PretrainModule(
         network,
-        lr=settings["lr"],
-        betas=tuple(settings["betas"]),
-        weight_decay=settings["weight_decay"],
+        optimizer=settings["optimizer"],
         warmup_steps=1,
         total_steps=steps + 1,
         caption_dropout=0.0,
@@ -386,9 +384,7 @@ def read_yaml_settings(path: Path) -> dict[str, Any]:
         "yaml": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
         "precision": str(trainer.get("precision", "32-true")),
         "gradient_clip_val": trainer.get("gradient_clip_val"),
-        "lr": model.get("lr", 3e-4),
-        "betas": model.get("betas", [0.9, 0.95]),
-        "weight_decay": model.get("weight_decay", 0.05),
+        "optimizer": model.get("optimizer") or {},  # PretrainModule's default where none
         "gradient_checkpointing": bool(model.get("gradient_checkpointing", False)),
         "train_groups": model.get("train_groups"),
         "batch": data["batch_size"],

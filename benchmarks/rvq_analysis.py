@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2b
     if args.model:
-        from siren_lightning.export import load_exported
+        from siren_lightning.export import load_lm
 
-        model, sidecar = load_exported(args.model)
+        model, sidecar = load_lm(args.model)
         if not isinstance(model, DelayPatternLM):
             raise SystemExit(
                 f"--model {args.model} holds a {type(model).__name__}, not a DelayPatternLM"

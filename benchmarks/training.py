@@ -95,7 +95,7 @@ def measure(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from siren_lightning.models.siren import count_parameters
-    from siren_lightning.pretrain import masked_codebook_stats
+    from siren_lightning.stages.pretrain import masked_codebook_stats
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

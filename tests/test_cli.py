@@ -99,7 +99,11 @@ def test_a_bad_config_value_is_one_clear_error(tmp_path, capsys):
 def test_a_config_check_is_printed_alone_and_debug_shows_the_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     good = Path(__file__).resolve().parents[1] / "experiments" / "siren_tiny.yaml"
-    bad.write_text(good.read_text().replace("num_heads: 4", "num_heads: 5"))
+    text = good.read_text()
+    assert "          bias: false\n" in text  # the network's overrides of its size
+    bad.write_text(
+        text.replace("          bias: false\n", "          bias: false\n          num_heads: 5\n")
+    )
     args = ["fit", "--config", str(bad), "--trainer.max_steps", "1"]
     # as a user runs it: its own process, so that nothing but its own output is on stderr
     src = str(Path(cli.__file__).parents[1])

@@ -11,13 +11,13 @@ import lightning as L
 import pytest
 from siren_testing import TableCodec, make_model
 
-from siren_lightning.codec.module import CodecModule
 from siren_lightning.codec.spectral_codec import SpectralCodecConfig, SpectralRVQCodec
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.metrics.protocol import get_preset
 from siren_lightning.models.delay_lm import DelayLMConfig
 from siren_lightning.models.siren import SirenConfig
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.codec import CodecModule
+from siren_lightning.stages.pretrain import PretrainModule
 
 BAD_CONFIGS = [
     (lambda: SirenConfig(num_codebooks=7, group=1), "num_codebooks must be even, got 7"),
@@ -34,10 +34,17 @@ BAD_CONFIGS = [
     ),
     (lambda: SirenDataModule(batch_size=0), "batch_size must be positive, got 0"),
     (lambda: SirenDataModule(mode="tokens"), "mode must be one of"),
-    (lambda: PretrainModule(make_model(), lr=0.0, caption_dropout=0), "lr must be positive"),
     (
-        lambda: PretrainModule(make_model(), betas=(0.9, 1.5), caption_dropout=0),
-        r"betas must be two numbers in \[0, 1\)",
+        lambda: PretrainModule(
+            make_model(), optimizer={"init_args": {"lr": -1.0}}, caption_dropout=0
+        ),
+        "PretrainModule: optimizer: Invalid learning rate: -1.0",
+    ),
+    (
+        lambda: PretrainModule(
+            make_model(), optimizer={"init_args": {"betas": (0.9, 1.5)}}, caption_dropout=0
+        ),
+        "PretrainModule: optimizer: Invalid beta parameter at index 1: 1.5",
     ),
     (
         lambda: PretrainModule(make_model(), warmup_steps=20, total_steps=10, caption_dropout=0),

@@ -9,7 +9,7 @@ from delay_testing import make_delay_model
 from siren_testing import TableCodec, make_model
 
 from siren_lightning import export, generate  # noqa: E402
-from siren_lightning.pretrain import PretrainModule  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule  # noqa: E402
 from siren_lightning.text import TextEncoder  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def exported(tmp_path_factory, request):
 
 def test_export_round_trips_without_lightning(exported):
     module, _, folder, _ = exported
-    model, sidecar = export.load_exported(folder)
+    model, sidecar = export.load_lm(folder)
     assert type(model) is type(module.network)
     assert sidecar["model_class"] == type(module.network).__name__
     assert sidecar["text_encoder"]["backend"] == "minilm"
@@ -61,6 +61,31 @@ def test_export_round_trips_without_lightning(exported):
     )
 
 
+def test_load_lm_reads_a_checkpoint_as_its_export_and_names_what_it_cannot_read(exported, tmp_path):
+    module, _, folder, tmp = exported
+    from_ckpt, record = export.load_lm(tmp / "last.ckpt")
+    from_folder, sidecar = export.load_lm(folder)
+    assert type(from_ckpt) is type(from_folder) is type(module.network)
+    assert not from_ckpt.training and not from_folder.training
+    assert record["model_config"] == sidecar["model_config"]
+    assert record["codec_sha256"] == sidecar["codec_sha256"]
+    ckpt_state, folder_state = from_ckpt.state_dict(), from_folder.state_dict()
+    assert ckpt_state.keys() == folder_state.keys() == module.network.state_dict().keys()
+    for k, v in module.network.state_dict().items():  # the `network.` prefix stripped once
+        assert torch.equal(ckpt_state[k], v) and torch.equal(folder_state[k], v), k
+    # into: the weights go into a given LM of the same architecture
+    fresh = type(module.network)(module.network.config)
+    loaded, _ = export.load_lm(tmp / "last.ckpt", into=fresh)
+    assert loaded is fresh and torch.equal(
+        fresh.state_dict()["codebook_table"], module.network.state_dict()["codebook_table"]
+    )
+    with pytest.raises(FileNotFoundError, match=r"load_lm: .*nowhere is neither a folder"):
+        export.load_lm(tmp_path / "nowhere")
+    torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(export.ExportError, match="holds no 'network.' weights"):
+        export.load_lm(tmp_path / "other.ckpt")
+
+
 def test_half_export_stores_float16_and_loads_the_rounded_weights(exported, tmp_path):
     module, _, _, tmp = exported
     folder = export.export_checkpoint(tmp / "last.ckpt", tmp_path / "half", half=True)
@@ -68,7 +93,7 @@ def test_half_export_stores_float16_and_loads_the_rounded_weights(exported, tmp_
 
     stored = load_file(str(folder / "model.safetensors"))
     assert {v.dtype for v in stored.values()} == {torch.float16}
-    model, sidecar = export.load_exported(folder)
+    model, sidecar = export.load_lm(folder)
     assert sidecar["dtype"] == "float16"
     for k, v in module.network.state_dict().items():  # fp32 model, fp16-rounded values
         loaded = model.state_dict()[k]
@@ -81,7 +106,7 @@ def test_export_errors_name_the_file(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert export.main([str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "o")]) == 1
     with pytest.raises(export.ExportError, match="has no config.json"):
-        export.load_exported(tmp_path)
+        export.load_lm(tmp_path)
 
 
 def test_generate_tool_writes_wavs_and_records(exported, monkeypatch):

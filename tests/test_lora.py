@@ -20,7 +20,7 @@ from siren_lightning.lora import (
     target_layers,
 )
 from siren_lightning.models.sampling import generate
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 
 BUILD = {"siren": make_model, "delay": make_delay_model}
 
@@ -69,8 +69,7 @@ def lora_run(tmp_path_factory, request):
         codec=codec,
         init_weights=str(base_folder),
         lora=LoraSettings(rank=2, alpha=4.0),
-        lr=1e-2,
-        weight_decay=0.05,
+        optimizer={"init_args": {"lr": 1e-2, "weight_decay": 0.05}},
         caption_dropout=0.0,
         warmup_steps=1,
         total_steps=4,
@@ -113,7 +112,7 @@ def test_only_lora_parameters_change(lora_run):
         else:
             assert torch.equal(after[k], before[k]), f"{k} changed"
     # The frozen weights are the base export's (not the seed-5 initial ones).
-    base, _ = export.load_exported(base_folder)
+    base, _ = export.load_lm(base_folder)
     base_state = base.state_dict()
     for k, v in after.items():
         if not is_lora_parameter(k):
@@ -157,8 +156,8 @@ def test_lora_exports_merged_and_adapter_only(lora_run, tmp_path):
     states, mask = _text()
     codes = torch.randint(16, (2, 6, 6), generator=torch.Generator().manual_seed(4))
     expected = module.network(codes, states, mask).logits
-    for folder in (merged_dir, adapter_dir):
-        model, sidecar = export.load_exported(folder)
+    for folder in (merged_dir, adapter_dir, tmp / "lora.ckpt"):  # load_lm merges a .ckpt's too
+        model, sidecar = export.load_lm(folder)
         assert not has_lora(model) and sidecar["lora"]["rank"] == 2
         torch.testing.assert_close(model(codes, states, mask).logits, expected)
     assert json.loads((adapter_dir / export.SIDECAR).read_text())["adapter"]["base"] == str(
@@ -169,7 +168,7 @@ def test_lora_exports_merged_and_adapter_only(lora_run, tmp_path):
     sidecar["adapter"]["base_sha256"] = "0" * 64
     (adapter_dir / export.SIDECAR).write_text(json.dumps(sidecar))
     with pytest.raises(export.ExportError, match="not the same base model"):
-        export.load_exported(adapter_dir)
+        export.load_lm(adapter_dir)
 
 
 def test_merge_needs_a_lora_checkpoint_and_lora_needs_a_base(lora_run, tmp_path):

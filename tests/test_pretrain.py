@@ -8,7 +8,7 @@ from delay_testing import make_delay_model  # noqa: E402
 from siren_testing import make_model  # noqa: E402
 from torch import nn
 
-from siren_lightning.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule, masked_codebook_stats, warmup_cosine  # noqa: E402
 from siren_lightning.text.encoder import TextStates  # noqa: E402
 
 
@@ -75,7 +75,12 @@ def test_fifty_step_overfit_lowers_every_trained_codebook_and_freezes_the_rest()
     before = _per_codebook_ce(network, batch)
     initial = copy.deepcopy(network.state_dict())
     module = PretrainModule(
-        network, lr=3e-3, warmup_steps=5, total_steps=50, train_groups=[0, 2], caption_dropout=0.0
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=5,
+        total_steps=50,
+        train_groups=[0, 2],
+        caption_dropout=0.0,
     )
     _trainer(50).fit(
         module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None)
@@ -192,7 +197,7 @@ def test_lightning_cli_builds_the_module_from_yaml(tmp_path):
     config.write_text(
         """
 model:
-  class_path: siren_lightning.pretrain.PretrainModule
+  class_path: siren_lightning.stages.pretrain.PretrainModule
   init_args:
     network:
       class_path: siren_lightning.models.siren.SirenLM
@@ -232,7 +237,13 @@ def test_the_delay_pattern_baseline_trains_unchanged():
     network = make_delay_model(seed=0)
     batch = _batch(network)
     before = _per_codebook_ce(network, batch)
-    module = PretrainModule(network, lr=3e-3, warmup_steps=5, total_steps=80, caption_dropout=0.0)
+    module = PretrainModule(
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=5,
+        total_steps=80,
+        caption_dropout=0.0,
+    )
     assert module.train_groups == [0] and module.codebooks == list(range(6))
     _trainer(80).fit(
         module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None)
@@ -256,7 +267,7 @@ def test_lightning_cli_builds_the_baseline_from_yaml(tmp_path):
     config.write_text(
         """
 model:
-  class_path: siren_lightning.pretrain.PretrainModule
+  class_path: siren_lightning.stages.pretrain.PretrainModule
   init_args:
     network:
       class_path: siren_lightning.models.delay_lm.DelayPatternLM

@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from siren_lightning.align.module import load_stage1
+from siren_lightning.codec.checkpoint import load_codec
+from siren_lightning.export import load_lm
 from siren_lightning.generate import load_generation_stack
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -32,6 +34,33 @@ def test_reference_loads_from_another_folder_and_its_readme_is_true(folder, tmp_
 
 def test_alignment_starts_from_the_reference_siren(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    model, meta = load_stage1(ASSETS / "siren_tiny_reference")
+    model, meta = load_lm("siren_tiny_reference")  # by name, from another folder
     assert Path(meta["codec"]).resolve() == (ASSETS / "codec_tiny").resolve()
     assert model.config.num_groups == 6
+
+
+@pytest.mark.parametrize(
+    "yaml_name, asset",
+    [("siren_tiny.yaml", "siren_tiny_reference"), ("baseline_tiny.yaml", "delay_tiny_reference")],
+)
+def test_a_tiny_yaml_naming_its_size_builds_the_reference_models_architecture(
+    yaml_name, asset, monkeypatch
+):
+    """The YAMLs name a size on the codec (`from_codec`) and state only what differs; they build
+    exactly the config the committed reference models were trained with (their sidecars)."""
+    import json
+
+    import yaml
+
+    from siren_lightning.stages.chassis import network_from_spec
+
+    root = ASSETS.parent
+    monkeypatch.chdir(root)
+    spec = yaml.safe_load((root / "experiments" / yaml_name).read_text())["model"]["init_args"]
+    assert spec["network"]["class_path"].endswith(".from_codec")
+    network = network_from_spec(spec["network"])
+    recorded = json.loads((ASSETS / asset / "siren.json").read_text())
+    assert type(network).__name__ == recorded["model_class"]
+    assert network.config.to_dict() == recorded["model_config"]
+    codec_table = load_codec(str(ASSETS / "codec_tiny")).codebook_table().float()
+    assert torch.equal(network.codebook_table, codec_table)

@@ -15,7 +15,7 @@ from siren_testing import TableCodec, make_model
 from siren_lightning.callbacks.text_following import TextFollowingCallback
 from siren_lightning.data.manifest import Clip, write_manifest
 from siren_lightning.metrics.adherence import adherence, text_gap
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text import TextEncoder
 from siren_lightning.text_following import format_report, main, score_model
 

@@ -27,7 +27,7 @@ from siren_lightning.callbacks.guards import NaNGuard  # noqa: E402
 from siren_lightning.callbacks.seeding import StepSeed  # noqa: E402
 from siren_lightning.data.code_cache import finish_cache, read_part, write_part  # noqa: E402
 from siren_lightning.data.datamodule import SirenDataModule  # noqa: E402
-from siren_lightning.pretrain import PretrainModule  # noqa: E402
+from siren_lightning.stages.pretrain import PretrainModule  # noqa: E402
 
 SAMPLE_RATE, HOP = 1000, 10  # 100 frames a second: crop 0.12 s = 12 frames
 
@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     L.seed_everything(0, verbose=False)
     network = make_model(seed=0, dropout=args.dropout).train()
     module = PretrainModule(
-        network, lr=3e-3, warmup_steps=2, total_steps=args.steps, caption_dropout=0.0
+        network,
+        optimizer={"init_args": {"lr": 3e-3}},
+        warmup_steps=2,
+        total_steps=args.steps,
+        caption_dropout=0.0,
     )
     if args.nan_at_step >= 0:
         step_fn = module.training_step

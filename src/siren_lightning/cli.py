@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,12 @@ def error_message(command: str, exc: BaseException) -> str:
         if not isinstance(exc, (ValueError, OSError)):  # say what kind of failure it was
             text = f"{type(exc).__name__}: {text}"
     text = text.removeprefix(f"siren {command}: ")  # a tool's own messages may name it
+    moved = re.match(r"model(\.init_args)?: Option '(\w+)' is not accepted", text)
+    if moved:
+        from siren_lightning.stages.chassis import moved_arg_hint
+
+        hint = moved_arg_hint(moved.group(2))
+        text = f"{text}: {hint}" if hint else text
     return f"siren {command}: error: {text}\n(--debug or SIREN_DEBUG=1 shows the traceback)\n"
 
 

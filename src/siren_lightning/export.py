@@ -4,27 +4,34 @@ The folder holds what `huggingface_hub.PyTorchModelHubMixin.save_pretrained` wri
 (`SirenLM` or `DelayPatternLM`: `config.json`, `model.safetensors` with the codec table included,
 `README.md`) plus the sidecar `siren.json`: the model class, the codec spec and SHA-256, the
 codec's sample rate and hop, and the text encoder (backend, name or path, max length,
-transformers version) that the model was trained with. `load_exported(folder)` reads both back;
+transformers version) that the model was trained with. `load_lm(folder)` reads both back;
 `siren generate` uses it.
 
 A LoRA fine-tuning checkpoint (`PretrainModule(lora=...)`) exports either merged (`--merge`: a
 plain model folder as above, the adapters folded into the weights) or as its adapters alone:
 `adapter_model.safetensors` (the LoRA matrices only) and `siren.json`, whose `adapter` entry
-names the base export folder and its weights' SHA-256. `load_exported` loads the base, adds the
-adapters and merges them.
+names the base export folder and its weights' SHA-256.
+
+`load_lm(spec)` is the one way to load an LM: from an export folder (an adapter-only one loads
+its base, adds the adapters and merges them), from a stage's Lightning `.ckpt` (the one place the
+`network.` prefix of its weights is stripped), or by the name of a committed reference model
+under assets/ (`siren_tiny_reference`, `delay_tiny_reference`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from siren_lightning import __version__
 from siren_lightning.codec.checkpoint import file_sha256
+from siren_lightning.models.base import check_same_architecture
 from siren_lightning.models.delay_lm import DelayLMConfig, DelayPatternLM
 from siren_lightning.models.siren import SirenConfig, SirenLM
 
@@ -106,23 +113,16 @@ def export_checkpoint(
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.is_file():
         raise ExportError(f"siren export: checkpoint not found: {checkpoint}")
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    meta = blob.get("siren")
-    if meta is None:
+    meta, state, blob = _read_checkpoint(checkpoint, "siren export")
+    if not meta:
         raise ExportError(
             f"siren export: {checkpoint} is not a PretrainModule checkpoint (no 'siren')"
         )
-    cls, config_cls = model_class(meta.get("model_class"))
-    model = cls(config_cls.from_dict(meta["model_config"]))
+    model = _build_lm(meta, checkpoint, "siren export")
+    model.load_state_dict(state)
     lora = meta.get("lora")
-    if lora is not None:
-        from siren_lightning.lora import LoraSettings, add_lora
-
-        settings = {k: v for k, v in lora.items() if k != "base"}
-        add_lora(model, LoraSettings(**settings))
-    elif merge:
+    if lora is None and merge:
         raise ExportError(f"siren export: --merge: {checkpoint} holds no LoRA adapters")
-    model.load_state_dict(network_state(blob))
     if lora is not None and merge:
         from siren_lightning.lora import merge_lora
 
@@ -165,6 +165,37 @@ def export_checkpoint(
     return out
 
 
+def _read_checkpoint(
+    checkpoint: Path, who: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """A stage checkpoint's `siren` record ({} when it has none), its LM weights and the whole
+    checkpoint.
+
+    Raises:
+        ExportError: when it holds no `network.` weights.
+    """
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = network_state(blob)
+    if not state:
+        raise ExportError(
+            f"{who}: {checkpoint} holds no 'network.' weights (not a stage checkpoint)"
+        )
+    return dict(blob.get("siren") or {}), state, blob
+
+
+def _build_lm(record: dict[str, Any], source: Path, who: str) -> SirenLM | DelayPatternLM:
+    """An untrained LM of the class and config a record names, with its LoRA adapters if any."""
+    if not record.get("model_config"):
+        raise ExportError(f"{who}: {source} records no model config (no 'siren' record)")
+    cls, config_cls = model_class(record.get("model_class"))
+    model = cls(config_cls.from_dict(record["model_config"]))
+    if record.get("lora") is not None:
+        from siren_lightning.lora import LoraSettings, add_lora
+
+        add_lora(model, LoraSettings(**{k: v for k, v in record["lora"].items() if k != "base"}))
+    return model
+
+
 def _write_adapter(model: Any, lora: dict[str, Any], out: Path) -> dict[str, Any]:
     """Write the adapters alone; return the sidecar's `adapter` entry (base folder and hash)."""
     from safetensors.torch import save_file
@@ -190,7 +221,7 @@ def _load_adapter(folder: Path, sidecar: dict[str, Any], device: str) -> SirenLM
 
     adapter = sidecar["adapter"]
     base = Path(adapter["base"])
-    model, _ = load_exported(base, device=device)
+    model, _ = _load_folder(base, device=device)
     found = file_sha256(base / "model.safetensors")
     if found != adapter["base_sha256"]:
         raise ExportError(
@@ -210,10 +241,10 @@ def _load_adapter(folder: Path, sidecar: dict[str, Any], device: str) -> SirenLM
     return merge_lora(model).eval()
 
 
-def load_exported(
+def _load_folder(
     folder: str | Path, device: str = "cpu"
 ) -> tuple[SirenLM | DelayPatternLM, dict[str, Any]]:
-    """Load an exported model (eval mode) and its sidecar.
+    """An exported model (eval mode) and its sidecar.
 
     An adapter-only LoRA export loads its base, adds the adapters and merges them.
 
@@ -232,6 +263,90 @@ def load_exported(
     cls, _ = model_class(sidecar.get("model_class"))
     model = cls.from_pretrained(str(folder), strict=True, map_location=device)
     return model.eval(), sidecar
+
+
+def lm_location(spec: str | Path) -> Path:
+    """Where `spec` lives: the path as given, or the committed reference model it names."""
+    path = Path(spec)
+    if not path.exists():
+        from siren_lightning.metrics.tiny_clap import assets_dir
+
+        named = assets_dir() / str(spec)
+        if (named / SIDECAR).is_file():
+            return named
+    return path
+
+
+def load_lm(
+    spec: str | Path,
+    device: str = "cpu",
+    who: str = "load_lm",
+    into: nn.Module | None = None,
+) -> tuple[SirenLM | DelayPatternLM, dict[str, Any]]:
+    """An LM (eval mode) and its record, from wherever one is kept.
+
+    Args:
+        spec: an export folder (`siren export`), a stage's Lightning `.ckpt` (its LoRA adapters,
+            if any, merged), or the name of a committed reference model under assets/
+            (`siren_tiny_reference`, `delay_tiny_reference`).
+        device: where the weights go.
+        who: names the caller in error messages.
+        into: load the weights (strictly) into this LM instead of building one (its mode is left
+            as it is); the source's record, where it has one, must describe this architecture
+            (`models.base.check_same_architecture`).
+
+    Returns:
+        the model and its record (the export's sidecar or the checkpoint's `siren` record:
+        `model_class`, `model_config`, `codec`, `codec_sha256`, `text_encoder`, ...); the
+        `codec` path is resolved from the current folder, else from beside the model, when
+        found there.
+
+    Raises:
+        FileNotFoundError: naming `spec` when it is none of these.
+        ExportError: a folder or checkpoint that holds no LM.
+    """
+    path = lm_location(spec)
+    model: Any = None
+    if path.is_dir():
+        base = path
+        if into is None:
+            model, record = _load_folder(path, device=device)
+        else:
+            from safetensors.torch import load_file
+
+            if not (path / "model.safetensors").is_file():
+                raise ExportError(
+                    f"{who}: {path} has no model.safetensors (written by siren export)"
+                )
+            sidecar = path / SIDECAR
+            record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+            state = load_file(str(path / "model.safetensors"))
+    elif path.is_file():
+        base = path.parent
+        record, state, _ = _read_checkpoint(path, who)
+        if into is None:
+            model = _build_lm(record, path, who)
+            model.load_state_dict(state)
+            if record.get("lora") is not None:
+                from siren_lightning.lora import merge_lora
+
+                merge_lora(model)
+            model = model.to(device).eval()
+    else:
+        raise FileNotFoundError(
+            f"{who}: {spec!s} is neither a folder written by siren export, a stage .ckpt, nor "
+            "the name of a committed reference model under assets/"
+        )
+    if into is not None:
+        check_same_architecture(
+            record.get("model_config"), record.get("model_class"), into, f"{who} {spec}"
+        )
+        into.load_state_dict(state)
+        model = into
+    # Left as recorded when not found: a caller that needs it says so (`siren generate --codec`).
+    with contextlib.suppress(ExportError):
+        record = {**record, "codec": exported_codec(record, base)}
+    return model, record
 
 
 def main(argv: list[str]) -> int:

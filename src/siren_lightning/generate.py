@@ -162,9 +162,9 @@ def load_generation_stack(
         ExportError: the folder is not an export; ValueError: no codec, or another codec than
             the one the model was trained with.
     """
-    from siren_lightning.export import exported_codec, load_exported
+    from siren_lightning.export import exported_codec, load_lm
 
-    model, sidecar = load_exported(model_dir, device=device)
+    model, sidecar = load_lm(model_dir, device=device, who="siren generate")
     codec_spec = codec or exported_codec(sidecar, model_dir)
     if not codec_spec:
         raise ValueError(f"{model_dir}/siren.json names no codec; pass --codec")

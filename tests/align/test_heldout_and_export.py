@@ -8,11 +8,12 @@ import torch
 
 from siren_lightning.align import report
 from siren_lightning.align.heldout import evaluate_policy, heldout_clips
-from siren_lightning.align.module import AlignModule
 from siren_lightning.align.rewards import LoudnessReward, TinyCLAPReward
+from siren_lightning.callbacks.heldout import HeldoutEvaluation
 from siren_lightning.data.datamodule import SirenDataModule
 from siren_lightning.data.manifest import read_manifest
-from siren_lightning.export import export_checkpoint, load_exported
+from siren_lightning.export import export_checkpoint, load_lm
+from siren_lightning.stages.align import AlignModule, RolloutConfig
 
 
 def perturbed(network, group=0, scale=0.5, seed=3):
@@ -135,7 +136,9 @@ def test_report_differences_by_hand():
 def test_report_cli_names_a_missing_model(tmp_path, capsys):
     argv = ["--before", str(tmp_path / "nope"), "--after", str(tmp_path), "--manifest", "m"]
     assert report.main([*argv, "--out", str(tmp_path / "o")]) == 1
-    assert "nope has no config.json" in capsys.readouterr().out
+    assert "--before: " + str(
+        tmp_path / "nope"
+    ) + " is neither a folder written by siren export" in (capsys.readouterr().out)
 
 
 @pytest.mark.slow
@@ -157,33 +160,31 @@ def test_fit_with_heldout_evaluation_then_export(
         codec=codec,
         text_encoder=text,
         reward=LoudnessReward(),
-        group_size=4,
-        seconds=0.5,
-        lr=1e-2,
-        eval_every_n_steps=2,
-        eval_clips=10,
-        eval_seconds=0.6,
+        rollout=RolloutConfig(group_size=4, seconds=0.5),
+        optimizer={"init_args": {"lr": 1e-2}},
     )
-    m._evaluator = tiny_evaluator  # built once for this file (what `m.evaluator()` builds)
+    heldout = HeldoutEvaluation(every_n_steps=2, num_clips=10, seconds=0.6)
+    heldout._evaluator = tiny_evaluator  # built once for this file (what `evaluator()` builds)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=3,
         limit_val_batches=0,
         default_root_dir=tmp_path,
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[heldout],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(m, datamodule=data)
-    assert [h["step"] for h in m.heldout_history] == [0, 2, 3]  # before, every 2, after
-    assert m.heldout_history[0]["kl_ref"] == 0.0 < m.heldout_history[-1]["kl_ref"]
-    assert {"clap_score", "fd", "reward"} <= set(m.heldout_history[-1])
+    assert [h["step"] for h in heldout.history] == [0, 2, 3]  # before, every 2, after
+    assert heldout.history[0]["kl_ref"] == 0.0 < heldout.history[-1]["kl_ref"]
+    assert {"clap_score", "fd", "reward"} <= set(heldout.history[-1])
     # the checkpoint exports like a stage-1 one, with the aligned weights
     ckpt = (
         trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
     )
     folder = export_checkpoint(ckpt, tmp_path / "model")
-    model, sidecar = load_exported(folder)
+    model, sidecar = load_lm(folder)
     assert sidecar["train_groups"] == [0]
     # it records the reward that trained it (and not the sampler's state)
     assert sidecar["align"]["reward"] == LoudnessReward().provenance()
@@ -193,17 +194,10 @@ def test_fit_with_heldout_evaluation_then_export(
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_the_reward_model_never_grades(tiny_parts):
-    network, codec, text = tiny_parts
-    m = AlignModule(
-        network=network,
-        codec=codec,
-        text_encoder=text,
-        reward=TinyCLAPReward("tiny-clap-eval"),
-        eval_tiny_clap="tiny-clap-eval",
-    )
+def test_the_reward_model_never_grades():
+    heldout = HeldoutEvaluation(tiny_clap="tiny-clap-eval")
     with pytest.raises(ValueError, match="would grade with the reward model"):
-        m.evaluator()
+        heldout.evaluator(TinyCLAPReward("tiny-clap-eval"))
 
 
 def test_heldout_ids_that_are_not_file_names_are_refused_before_any_work(tiny_parts, tmp_path):

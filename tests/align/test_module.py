@@ -8,8 +8,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from siren_testing import make_model
 
-from siren_lightning.align.module import AlignModule
 from siren_lightning.align.rewards import LoudnessReward, Reward
+from siren_lightning.stages.align import AlignModule, ObjectiveConfig, RolloutConfig
+
+GROUPS = {"rollout": RolloutConfig, "objective": ObjectiveConfig}
 
 
 def trainer(steps: int, **kwargs) -> L.Trainer:
@@ -25,11 +27,21 @@ def trainer(steps: int, **kwargs) -> L.Trainer:
 
 
 def module(parts, **kwargs) -> AlignModule:
+    """An AlignModule on the tiny parts; keyword arguments go to the group that has them."""
     network, codec, text = parts
-    defaults = dict(
-        group_size=4, seconds=0.16, eval_every_n_steps=0, lr=1e-2, reward=LoudnessReward()
+    groups = {"rollout": {"group_size": 4, "seconds": 0.16}, "objective": {}}
+    rest = {"optimizer": {"init_args": {"lr": 1e-2}}, "reward": LoudnessReward()}
+    for name, value in kwargs.items():
+        group = next((g for g, c in GROUPS.items() if name in c.__dataclass_fields__), None)
+        (rest if group is None else groups[group])[name] = value
+    return AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        rollout=RolloutConfig(**groups["rollout"]),
+        objective=ObjectiveConfig(**groups["objective"]),
+        **rest,
     )
-    return AlignModule(network=network, codec=codec, text_encoder=text, **{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("strategy", ["grpo", "dpo", "crpo"])
@@ -77,9 +89,9 @@ def test_alignment_raises_a_toy_reward(tiny_parts, caption_loader, kl_estimator,
     m = module(
         tiny_parts,
         kl_estimator=kl_estimator,
-        rollout_sampling={"cfg_scale": cfg_scale},
+        sampling={"cfg_scale": cfg_scale},
         group_size=8,
-        lr=1e-2,
+        optimizer={"init_args": {"lr": 1e-2}},
         kl_coef=0.01,
     )
     start = mean_reward(m)  # about -7.7 dB, std 0.5 dB over the 8 x 8 clips
@@ -123,7 +135,7 @@ def test_teacher_forced_guided_logits_are_what_the_sampler_drew_from(tiny_parts,
 
 def test_truncated_rollouts_are_refused(tiny_parts):
     with pytest.raises(ValueError, match="exact log-probability"):
-        module(tiny_parts, rollout_sampling={"top_k": 50})
+        module(tiny_parts, sampling={"top_k": 50})
 
 
 def test_a_resumed_run_draws_the_rollouts_of_an_uninterrupted_one(
@@ -259,7 +271,9 @@ def test_one_grpo_step_raises_the_likelihood_of_the_better_rollouts(tiny_parts, 
     """A small first update moves the policy up the advantage-weighted log-likelihood
     sum_i A_i log pi(rollout_i) of the rollouts it was computed from (a flipped advantage sign
     moves it down). A_i is computed here by hand: (r - group mean) / group std."""
-    m = module(tiny_parts, kl_coef=0.0, lr=1e-4, ppo_epochs=1, group_size=4)
+    m = module(
+        tiny_parts, kl_coef=0.0, optimizer={"init_args": {"lr": 1e-4}}, ppo_epochs=1, group_size=4
+    )
     before = copy.deepcopy(m.network.experts[0])
     rollouts = capture_rollouts(m)
     trainer(1).fit(m, train_dataloaders=caption_loader(batch_size=2))
@@ -294,3 +308,22 @@ def test_crpo_is_dpo_on_best_and_worst_plus_the_chosen_samples_nll(tiny_parts, c
     expected = math.log(2.0) + 0.5 * float(nll)
     assert float(fit.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
     assert float(fit.callback_metrics["train/chosen_nll"]) == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_the_default_optimizer_is_the_old_adamw_over_the_policy_alone(tiny_parts):
+    network, codec, text = tiny_parts
+    m = AlignModule(
+        network=network,
+        codec=codec,
+        text_encoder=text,
+        reward=LoudnessReward(),
+    )
+    opt = m.configure_optimizers()
+    assert type(opt) is torch.optim.AdamW
+    assert (opt.defaults["lr"], opt.defaults["betas"], opt.defaults["weight_decay"]) == (
+        1e-5,
+        (0.9, 0.95),
+        0.0,
+    )
+    given = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert given == {id(p) for p in network.experts[0].parameters()}

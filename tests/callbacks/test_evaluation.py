@@ -17,7 +17,7 @@ from siren_lightning.callbacks.evaluation import EvaluationCallback
 from siren_lightning.codec.checkpoint import load_codec
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.metrics import protocol
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text import TextEncoder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ trainer:
         sampling: {{top_k: 20}}
         test_seeds: 2
 model:
-  class_path: siren_lightning.pretrain.PretrainModule
+  class_path: siren_lightning.stages.pretrain.PretrainModule
   init_args:
     network:
       class_path: siren_lightning.models.siren.SirenLM

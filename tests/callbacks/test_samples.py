@@ -6,7 +6,7 @@ from siren_testing import TableCodec, make_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from siren_lightning.callbacks.samples import AudioSamplesCallback
-from siren_lightning.pretrain import PretrainModule
+from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text import TextEncoder
 
 

@@ -5,7 +5,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from siren_lightning.codec.module import CodecModule
+from siren_lightning.stages.codec import CodecModule
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = sorted((ROOT / "experiments").glob("codec*.yaml"))

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from siren_lightning.codec.dac_codec import DACCodec, DACConfig
-from siren_lightning.codec.module import CodecModule
 from siren_lightning.codec.spectral_codec import SpectralCodecConfig, SpectralRVQCodec
+from siren_lightning.stages.codec import CodecModule
 
 SR = 16000
 

@@ -12,7 +12,7 @@ from siren_lightning.metrics.tiny_clap import (
     load_tiny_clap,
     retrieval_recall,
 )
-from siren_lightning.metrics.tiny_clap_module import TinyCLAPModule, evaluate_retrieval
+from siren_lightning.stages.tiny_clap import TinyCLAPModule, evaluate_retrieval
 
 TINY = dict(width=32, layers=1, heads=2, embed_dim=16, n_mels=32, text_dim=8, max_seconds=2.0)
 

@@ -161,7 +161,7 @@ def test_from_codec_takes_the_codebooks_and_their_table_from_the_codec(cls):
     codec = SimpleNamespace(
         n_codebooks=6, codebook_size=16, latent_dim=8, codebook_table=lambda: table
     )
-    model = cls.from_codec(codec, "tiny", width=32, num_heads=4, text_dim=12)
+    model = cls.from_codec(codec, "tiny", {"width": 32, "num_heads": 4, "text_dim": 12})
     c = model.config
     assert (c.num_codebooks, c.codebook_size, c.latent_dim, c.width) == (6, 16, 8, 32)
     assert torch.equal(model.codebook_table, table)

@@ -317,7 +317,7 @@ def main(argv: list[str]) -> int:
     from siren_lightning.align.rewards import build_reward
     from siren_lightning.codec.checkpoint import load_codec
     from siren_lightning.data.manifest import read_manifest
-    from siren_lightning.export import ExportError, exported_codec, load_exported
+    from siren_lightning.export import ExportError, exported_codec, load_lm
     from siren_lightning.metrics.adherence import has_attributes
     from siren_lightning.metrics.protocol import build_evaluator
     from siren_lightning.models.sampling import check_sampling
@@ -352,9 +352,11 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
 
     try:
-        before, sidecar = load_exported(args.before)
-        after, after_sidecar = load_exported(args.after) if args.after else (None, {})
-    except ExportError as err:
+        before, sidecar = load_lm(args.before, who="siren align-report: --before")
+        after, after_sidecar = (
+            load_lm(args.after, who="siren align-report: --after") if args.after else (None, {})
+        )
+    except (ExportError, FileNotFoundError) as err:
         print(err)
         return 1
     if args.reward.removeprefix("tiny-clap:") == args.tiny_clap:

@@ -54,8 +54,8 @@ def attribute_survival(
         {"n_clips", "rows": {"<n>": {"agree_all", "agree_pitch", "agree_count", "agree_envelope",
         "mel_distance", "si_sdr"}}, "original_vs_stated": {...} (if stated)}.
     """
-    from siren_lightning.codec.module import dac_mel_loss
     from siren_lightning.data.synthcaps import measure_attributes
+    from siren_lightning.stages.codec import dac_mel_loss
 
     mel = dac_mel_loss()
     sr = codec.sample_rate

@@ -10,11 +10,13 @@ L text tokens, Dt text width.
   Siren expert's temporal transformer is one; the delay LM is one.
 - `CodecLM`: the frozen codec codebook table, the input checks, which codebooks each group
   predicts, gradient checkpointing, `from_codec` and `generate`.
+- `check_same_architecture`: refuse weights recorded for another LM (checkpoints, exports).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -179,20 +181,30 @@ class CodecLM(nn.Module):
             self.codebook_table.copy_(table.detach())
 
     @classmethod
-    def from_codec(cls, codec: Any, size: str, **overrides: Any) -> CodecLM:
+    def from_codec(cls, codec: Any, size: str, overrides: dict[str, Any] | None = None) -> CodecLM:
         """A named size on a codec: r, K and D_lat (and the table) come from the codec.
 
+        A YAML names it as the network's class_path, stating only what differs from the size:
+        `class_path: siren_lightning.models.siren.SirenLM.from_codec`, `init_args: {codec:
+        assets/codec_tiny, size: tiny, overrides: {dropout: 0.0}}`.
+
         Args:
-            codec: `n_codebooks`, `codebook_size`, `latent_dim`, `codebook_table()`.
-            size: a preset name; overrides: fields that differ from it.
+            codec: `n_codebooks`, `codebook_size`, `latent_dim`, `codebook_table()`; or a spec
+                for `codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`).
+            size: a preset name (`tiny`, `1.6b`, `3.1b`).
+            overrides: config fields that differ from the preset.
         """
+        if isinstance(codec, str | Path):
+            from siren_lightning.codec.checkpoint import load_codec
+
+            codec = load_codec(str(codec))
         sizes = dict(
             num_codebooks=codec.n_codebooks,
             codebook_size=codec.codebook_size,
             latent_dim=codec.latent_dim,
         )
-        config = cls.config_class.from_name(size, **{**sizes, **overrides})
-        return cls(config, codec.codebook_table())
+        config = cls.config_class.from_name(size, **{**sizes, **(overrides or {})})
+        return cls(config, codec.codebook_table().detach().float().cpu())
 
     @property
     def num_groups(self) -> int:
@@ -244,3 +256,42 @@ class CodecLM(nn.Module):
         settings, `uncond_states`/`uncond_mask` (the empty caption, or a negative caption per
         clip), `prompt_codes` (codes to continue), `total_frames`, `generator`."""
         return sampling.generate(self, text_states, text_mask, num_frames, **kwargs)
+
+
+# Config fields a resumed run may change: they do not change what the weights mean.
+RESUMABLE_FIELDS = frozenset({"dropout", "max_frames"})
+
+
+def check_same_architecture(
+    recorded: dict[str, Any] | None,
+    recorded_class: str | None,
+    network: nn.Module,
+    source: str | Path,
+) -> None:
+    """Refuse weights recorded for another LM than `network`, naming every differing field.
+
+    Equal shapes do not make equal models: with `num_heads` 2 -> 4 every tensor still fits, and
+    a strict `load_state_dict` would take the weights without a word.
+
+    Args:
+        recorded: the model config a checkpoint or export recorded (`config.to_dict()`); None
+            (an old checkpoint without one) skips the check.
+        recorded_class: the LM class name it recorded, if any.
+        source: the file or folder, for the message.
+    """
+    here = type(network).__name__
+    if recorded_class is not None and recorded_class != here:
+        raise ValueError(f"{source} holds a {recorded_class}, but this run builds a {here}")
+    if recorded is None:
+        return
+    current = network.config.to_dict()
+    differ = [
+        f"{name}: {recorded[name]!r} there, {current[name]!r} here"
+        for name in sorted(set(recorded) & set(current) - RESUMABLE_FIELDS)
+        if recorded[name] != current[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{source} was trained with another {here} config ({'; '.join(differ)}); "
+            "build the model with the checkpoint's values, or start a new run"
+        )

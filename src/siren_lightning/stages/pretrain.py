@@ -1,0 +1,373 @@
+"""Stage 1: teacher-forced training of `SirenLM` or the `DelayPatternLM` control (DESIGN.md 1, 5).
+
+Letters: B batch, r codebooks, n trained codebooks, T frames, K codebook size, L text tokens,
+Dt text width.
+
+Code batches (from `SirenDataModule` in "codes" mode): `codes` [B, r, T] long, `mask` [B, T] bool
+(True = real frame), `captions` list[str], and optionally cached `text_states` [B, L, Dt] with
+`text_mask` [B, L]. The loss is the mean over the trained codebooks of each codebook's masked
+cross-entropy; a chosen subset of experts (`train_groups`) can be trained alone since they share
+no weights. Caption dropout replaces captions by the empty caption so that generation can use
+classifier-free guidance (not in the official code; DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from siren_lightning.export import load_lm
+from siren_lightning.lora import LoraSettings, add_lora, for_sampling
+from siren_lightning.models.base import CodecLM
+from siren_lightning.stages.chassis import (
+    StageModule,
+    check_codec_fits,
+    check_optimizer,
+    decay_groups,
+    optimizer_factory,
+)
+from siren_lightning.text.encoder import TextEncoder
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine down to `min_ratio` at the end."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    """Per-codebook masked cross-entropy and accuracy.
+
+    Args:
+        logits: [B, n, T, K]; targets: [B, n, T] long; mask: [B, n, T] bool.
+
+    Returns:
+        ce [n], accuracy [n] (means over the valid frames) and the valid frame counts [n].
+    """
+    b, n, t, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(-1, k).float(), targets.reshape(-1), reduction="none")
+    ce = ce.view(b, n, t)  # [B*n*T] -> [B, n, T]
+    weights = mask.to(ce.dtype)
+    count = weights.sum(dim=(0, 2))  # [n]
+    denom = count.clamp_min(1.0)
+    correct = (logits.argmax(-1) == targets).to(ce.dtype)
+    return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
+
+
+def _check_ranges(warmup_steps: int, total_steps: int | None, min_lr_ratio: float) -> None:
+    """One clear message per out-of-range schedule setting."""
+    if warmup_steps < 0:
+        raise ValueError(f"PretrainModule: warmup_steps must be >= 0, got {warmup_steps}")
+    if total_steps is not None and total_steps <= warmup_steps:
+        raise ValueError(
+            f"PretrainModule: total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})"
+        )
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"PretrainModule: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+
+
+# The paper's optimizer (DESIGN.md 1): AdamW lr 3e-4, betas (0.9, 0.95), weight decay 0.05.
+PRETRAIN_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.05},
+}
+
+
+class PretrainModule(StageModule):
+    """Teacher forcing for `SirenLM` (or `DelayPatternLM`) on code batches.
+
+    Args:
+        network: the LM to train. Either model returns `SirenOutput` and has a config with
+            `num_groups` / `group` (the delay-pattern LM is one group of all r codebooks).
+        text_encoder: frozen encoder for batches without cached `text_states` and for the empty
+            caption of caption dropout. Its weights are not written into checkpoints.
+        codec: optional codec (`n_codebooks`, `codebook_size`, `codebook_table()`), or a spec
+            for `siren_lightning.codec.checkpoint.load_codec` (folder, .ckpt, `dac:16khz`);
+            `setup` checks it against the LM and copies its table into the LM when the LM has
+            none. Not part of the checkpoint; its SHA-256 and spec are.
+        optimizer: the optimizer over the trainable parameters, from YAML (`class_path` and
+            `init_args`; default `PRETRAIN_OPTIMIZER`, whose values a YAML may override one by
+            one); its weight decay applies to parameters with 2+ dimensions only.
+        warmup_steps: linear warm-up steps (of the optimizer's learning rate).
+        total_steps: length of the cosine schedule; the trainer's estimate when None.
+        min_lr_ratio: final learning rate as a fraction of the optimizer's.
+        train_groups: experts to train (all when None); the others stay frozen.
+        caption_dropout: probability of replacing a caption by the empty caption.
+        gradient_checkpointing: recompute block activations in the backward pass.
+        init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
+            written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
+            run that trained [0, 1]. Unlike `ckpt_path`, no optimizer or loop state is taken.
+        lora: fine-tune with LoRA adapters (`siren_lightning.lora`) on the transformer linear
+            layers of the trained experts (`train_groups`, unless the settings name groups),
+            on top of `init_weights`; every other weight stays frozen. `siren export` then
+            writes the adapters alone, or the merged model with `--merge`.
+    """
+
+    def __init__(
+        self,
+        network: CodecLM,
+        text_encoder: TextEncoder | None = None,
+        codec: nn.Module | str | None = None,
+        optimizer: OptimizerCallable = PRETRAIN_OPTIMIZER,
+        warmup_steps: int = 2000,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        train_groups: Sequence[int] | None = None,
+        caption_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
+        init_weights: str | None = None,
+        lora: LoraSettings | None = None,
+    ) -> None:
+        super().__init__()
+        _check_ranges(warmup_steps, total_steps, min_lr_ratio)
+        self.make_optimizer = optimizer_factory(optimizer, PRETRAIN_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "PretrainModule")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(
+                f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
+            )
+        if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
+            raise FileNotFoundError(
+                f"PretrainModule: codec {codec!r} does not exist (a codec folder with codec.json, "
+                "a CodecModule .ckpt, a DAC .pth, or dac:16khz)"
+            )
+        # The LoRA settings go in as a plain dict: checkpoints load with weights_only=True.
+        # (The optimizer is in the run's config.yaml; a callable does not load with weights_only.)
+        self.save_hyperparameters(ignore=["network", "text_encoder", "codec", "lora", "optimizer"])
+        self.hparams["lora"] = None if lora is None else lora.to_dict()
+        if init_weights is not None:
+            load_lm(init_weights, who="PretrainModule: init_weights", into=network)
+        self.network = network
+        self.text_encoder = text_encoder
+        self.init_codec(codec)
+        self._codec_hash: str | None = None
+        c, num_groups = network.config, network.num_groups
+        groups = list(range(num_groups)) if train_groups is None else sorted(set(train_groups))
+        if not groups or any(not 0 <= k < num_groups for k in groups):
+            raise ValueError(
+                f"PretrainModule: train_groups {train_groups} must be a non-empty subset of "
+                f"0..{num_groups - 1}"
+            )
+        if caption_dropout > 0 and text_encoder is None:
+            raise ValueError(
+                "PretrainModule: caption_dropout > 0 needs a text_encoder to encode the empty "
+                "caption; pass one or set caption_dropout: 0"
+            )
+        if text_encoder is not None and text_encoder.dim != c.text_dim:
+            raise ValueError(
+                f"PretrainModule: the text encoder gives {text_encoder.dim}-d states but the LM "
+                f"expects text_dim={c.text_dim}"
+            )
+        self.train_groups = groups
+        self.codebooks = [j for k in groups for j in network.codebooks_of(k)]
+        self.train_only(groups)
+        if lora is not None:
+            if init_weights is None:
+                raise ValueError(
+                    "PretrainModule: lora fine-tunes a trained model; set init_weights"
+                )
+            if lora.groups is None and train_groups is not None:
+                lora = LoraSettings(**{**lora.to_dict(), "groups": groups})
+            add_lora(network, lora)
+        self.lora = lora
+        network.set_gradient_checkpointing(gradient_checkpointing)
+        self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
+        self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
+        self.val_loss = MeanMetric()
+
+    # Setup checks.
+
+    def setup(self, stage: str) -> None:
+        self._check_caches()
+        codec, c = self.codec, self.network.config
+        if codec is None:
+            return
+        check_codec_fits(codec, c)
+        if not self.network.codebook_table.any():
+            with torch.no_grad():
+                self.network.set_codebook_table(codec.codebook_table().float().cpu())
+
+    def _check_caches(self) -> None:
+        """Code caches must match the LM's r and K and the codec's SHA-256 (before training)."""
+        trainer = self._trainer
+        caches = getattr(getattr(trainer, "datamodule", None), "cache_codecs", None) or {}
+        c = self.network.config
+        for split, info in caches.items():
+            r, k = info.get("n_codebooks"), info.get("codebook_size")
+            if (r, k) != (None, None) and (r, k) != (c.num_codebooks, c.codebook_size):
+                raise ValueError(
+                    f"the {split} code cache {info['path']} holds r={r} codebooks of K={k}, the "
+                    f"LM was built for r={c.num_codebooks}, K={c.codebook_size}"
+                )
+            sha = self._codec_sha256() if self._codec[0] is not None else None
+            found = info.get("codec_sha256")
+            if sha is not None and found is not None and found != sha:
+                raise ValueError(
+                    f"the {split} code cache {info['path']} was written by codec {found[:16]}..., "
+                    f"but this run's codec ({self.codec_spec or type(self.codec).__name__}) is "
+                    f"{sha[:16]}...; re-run `siren tokenize` with this codec or point to the "
+                    "matching cache"
+                )
+
+    def on_fit_start(self) -> None:
+        if not self.network.codebook_table.any():
+            raise ValueError(
+                "PretrainModule: the LM's codebook_table is all zeros; give the module a codec, "
+                "build SirenLM with codec.codebook_table(), or resume from a checkpoint"
+            )
+
+    def _codec_sha256(self) -> str | None:
+        if self._codec_hash is None and hasattr(self.codec, "sha256"):
+            self._codec_hash = self.codec.sha256()
+        return self._codec_hash
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_architecture(checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["siren"] = self.checkpoint_record(
+            self.codec_spec, self._codec_sha256(), self.train_groups
+        )
+        if self.lora is not None:
+            checkpoint["siren"]["lora"] = {
+                **self.lora.to_dict(),
+                "base": str(Path(self.hparams.init_weights).resolve()),
+            }
+
+    # Text conditioning.
+
+    def _empty_caption(self) -> tuple[Tensor, Tensor]:
+        out = self.text_encoder.encode([""])
+        return out.states, out.mask
+
+    def text_inputs(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor]:
+        """Text states [B, L, Dt] and mask [B, L] of a batch, with captions dropped at `dropout`."""
+        b = batch["codes"].shape[0]
+        drop = torch.rand(b, device=self.device) < dropout if dropout > 0 else None
+        if "text_states" in batch:
+            states, mask = batch["text_states"], batch["text_mask"].bool()
+            if drop is not None and drop.any():
+                empty, empty_mask = self._empty_caption()
+                n = max(states.shape[1], empty.shape[1])
+                states = F.pad(states, (0, 0, 0, n - states.shape[1]))
+                mask = F.pad(mask, (0, n - mask.shape[1]), value=False)
+                empty = F.pad(empty.to(states), (0, 0, 0, n - empty.shape[1]))
+                empty_mask = F.pad(empty_mask, (0, n - empty_mask.shape[1]), value=False)
+                states = torch.where(drop[:, None, None], empty, states)
+                mask = torch.where(drop[:, None], empty_mask, mask)
+            return states, mask
+        if self.text_encoder is None:
+            raise ValueError(
+                "PretrainModule: the batch has no text_states and the module has no text_encoder"
+            )
+        captions = list(batch["captions"])
+        if drop is not None:
+            captions = ["" if d else cap for cap, d in zip(captions, drop.tolist())]
+        out = self.text_encoder.encode(captions)
+        return out.states, out.mask
+
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        captions: list[str],
+        num_frames: int,
+        seed: int = 0,
+        cfg_scale: float = 3.0,
+        **sampling: Any,
+    ) -> Tensor:
+        """Generate codes [B, r, T] for captions (in-loop samples; needs the text encoder).
+
+        Args:
+            sampling: `temperature`, `top_k`, `top_p` for `models.sampling.generate`.
+        """
+        from siren_lightning.models.sampling import generate_for_captions
+
+        if self.text_encoder is None:
+            raise ValueError("PretrainModule.sample_codes needs a text_encoder")
+        was_training = self.network.training
+        self.network.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        codes = generate_for_captions(
+            for_sampling(self.network),  # LoRA adapters merged into a copy
+            self.text_encoder,
+            captions,
+            num_frames,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            **sampling,
+        )
+        self.network.train(was_training)
+        return codes
+
+    # Steps.
+
+    def _stats(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor, Tensor]:
+        codes, mask = batch["codes"], batch["mask"].bool()
+        states, text_mask = self.text_inputs(batch, dropout)
+        out = self.network(
+            codes,
+            states,
+            text_mask,
+            mask,
+            groups=self.train_groups,
+            total_frames=batch.get("total_frames"),
+            frame_offset=batch.get("frame_offset"),
+        )
+        return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        ce, _, _ = self._stats(batch, self.hparams.caption_dropout)
+        loss = ce.mean()
+        b = batch["codes"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for i, cb in enumerate(self.codebooks):
+            self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
+        start = 0  # ce follows self.codebooks: each trained group's codebooks in turn
+        for k in self.train_groups:
+            n = len(self.network.codebooks_of(k))
+            self.log(f"train/ce_group{k}", ce[start : start + n].mean(), batch_size=b)
+            start += n
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        ce, acc, count = self._stats(batch, 0.0)
+        for i, cb in enumerate(self.codebooks):
+            self.val_ce[i].update(ce[i], count[i])
+            self.val_acc[i].update(acc[i], count[i])
+            self.log(f"val/ce_cb{cb:02d}", self.val_ce[i])
+            self.log(f"val/acc_cb{cb:02d}", self.val_acc[i])
+        self.val_loss.update(ce.mean(), count.mean())
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        ce, acc, _ = self._stats(batch, 0.0)
+        b = batch["codes"].shape[0]
+        self.log("test/loss", ce.mean(), batch_size=b)
+        for i, cb in enumerate(self.codebooks):
+            self.log(f"test/acc_cb{cb:02d}", acc[i], batch_size=b)
+
+    # Optimisation.
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = self.make_optimizer(decay_groups(params))
+        total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

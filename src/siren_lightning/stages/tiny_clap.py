@@ -1,0 +1,150 @@
+"""`TinyCLAPModule`: trains a `TinyCLAP` contrastively on audio batches of the DataModule.
+
+The text encoder is frozen, so its pooled vector for a caption is computed once and kept in a
+dictionary (SynthCaps has a few thousand distinct captions). Validation logs text-to-audio
+recall over the whole split; `export_dir` receives the final model (`save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from siren_lightning.data.manifest import read_manifest
+from siren_lightning.metrics.tiny_clap import (
+    CaptionEmbeddingCache,
+    TinyCLAP,
+    contrastive_loss,
+    retrieval_recall,
+)
+from siren_lightning.stages.chassis import check_optimizer, decay_groups, optimizer_factory
+
+TINY_CLAP_OPTIMIZER = {
+    "class_path": "torch.optim.AdamW",
+    "init_args": {"lr": 1e-3, "weight_decay": 0.01},
+}
+
+
+class TinyCLAPModule(L.LightningModule):
+    """Contrastive training of a `TinyCLAP`.
+
+    Args:
+        clap: the network.
+        optimizer: from YAML; default `TINY_CLAP_OPTIMIZER` (AdamW lr 1e-3, weight decay 0.01 on
+            parameters with 2+ dimensions only).
+        warmup_steps: linear warm-up, then cosine decay to 0.1x of the optimizer's rate.
+        text_backend / text_name_or_path: the frozen text encoder (`siren_lightning.text`).
+        export_dir: where `save_pretrained` writes the model when fitting ends.
+    """
+
+    def __init__(
+        self,
+        clap: TinyCLAP,
+        optimizer: OptimizerCallable = TINY_CLAP_OPTIMIZER,
+        warmup_steps: int = 100,
+        text_backend: str = "minilm",
+        text_name_or_path: str | None = None,
+        export_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["clap", "optimizer"])
+        self.make_optimizer = optimizer_factory(optimizer, TINY_CLAP_OPTIMIZER)
+        check_optimizer(self.make_optimizer, "TinyCLAPModule")
+        self.clap = clap
+        self.captions = CaptionEmbeddingCache(text_backend, text_name_or_path)
+        self._val: list[tuple[Tensor, Tensor, list[str]]] = []
+
+    def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        audio = self.clap.embed_audio(batch["audio"][:, 0], batch["audio_mask"])
+        text = self.clap.embed_text(self.captions(batch["captions"]).to(self.device))
+        return audio, text
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if len(batch["ids"]) < 2:  # a contrastive step needs negatives
+            return None
+        audio, text = self._embed(batch)
+        loss = contrastive_loss(audio, text, self.clap.logit_scale)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.log("train/logit_scale", self.clap.logit_scale.exp(), batch_size=len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["ids"]:
+            return
+        audio, text = self._embed(batch)
+        n = len(batch["ids"])
+        self.log("val/loss", contrastive_loss(audio, text, self.clap.logit_scale), batch_size=n)
+        self._val.append((audio.cpu(), text.cpu(), list(batch["ids"])))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        audio = torch.cat([a for a, _, _ in self._val])
+        text = torch.cat([t for _, t, _ in self._val])
+        ids = [i for _, _, b in self._val for i in b]
+        self._val.clear()
+        for key, value in retrieval_recall(text, audio, ids).items():
+            self.log(f"val/{key}", value)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.make_optimizer(
+            decay_groups(p for p in self.clap.parameters() if p.requires_grad)
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = min(self.hparams.warmup_steps, total)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(total - warm, 1)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.clap.save_pretrained(self.hparams.export_dir)
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    clap: TinyCLAP,
+    manifest: str | Path,
+    captions: CaptionEmbeddingCache,
+    attributes: tuple[str, ...] = ("source", "pitch", "count", "envelope"),
+    max_seconds: float = 6.0,
+) -> dict[str, float]:
+    """Text-to-audio recall@1/@5 over a manifest (first caption of each clip as the query).
+
+    Returns instance recall (`R@k`: the query's own clip) and, when the manifest has SynthCaps
+    attributes, combination recall (`combo_R@k`: a clip with the same attribute combination).
+    """
+    from siren_lightning.data.audio import crop_or_pad, load_audio
+
+    clap.eval()
+    clips = read_manifest(manifest)
+    n = int(max_seconds * clap.sample_rate)
+    audio_emb, text_emb = [], []
+    for start in range(0, len(clips), 32):
+        chunk = clips[start : start + 32]
+        pieces = [crop_or_pad(load_audio(c.audio, clap.sample_rate), n) for c in chunk]
+        audio = torch.stack([p for p, _ in pieces])
+        mask = torch.stack([m for _, m in pieces])
+        audio_emb.append(clap.embed_audio(audio, mask))
+        text_emb.append(clap.embed_text(captions([c.captions[0] for c in chunk])))
+    audio_all, text_all = torch.cat(audio_emb), torch.cat(text_emb)
+    out = retrieval_recall(text_all, audio_all, [c.id for c in clips])
+    if all(all(k in c.attributes for k in attributes) for c in clips):
+        combos = [tuple(c.attributes[k] for k in attributes) for c in clips]
+        out.update(
+            {f"combo_{k}": v for k, v in retrieval_recall(text_all, audio_all, combos).items()}
+        )
+    out["clips"] = len(clips)
+    return out
