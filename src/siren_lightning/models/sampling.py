@@ -277,7 +277,8 @@ def generate_frames(
         total_frames: [B] length of each requested clip, which duration-conditioned models
             are told (num_frames for every clip when None).
         prompt_codes: [B, r, P] codes the clips start with (P <= T): frames 0 .. P-1 are
-            these codes, not draws, and the rest continue them.
+            these codes, not draws, and the rest continue them. `model.begin` feeds them in
+            one forward (prefill); the first `model.step` makes frame P.
 
     Yields:
         [B, r] long codes of each frame.
@@ -311,8 +312,11 @@ def generate_frames(
             )
     sampler = Sampler(config, prompts.guided, generator)
     state = model.begin(prompts, num_frames, use_cache, batch_experts, prompt_codes)
+    given = 0 if prompt_codes is None else prompt_codes.shape[-1]
     try:
-        for _ in range(num_frames):
+        for t in range(given):  # `begin` has read them (the prefill)
+            yield prompt_codes[:, :, t]
+        for _ in range(num_frames - given):
             yield model.step(state, sampler)
     finally:
         model.end(state)  # frees the caches the attention modules hold
