@@ -334,25 +334,21 @@ def generate(
     return torch.stack(frames, dim=-1)
 
 
-def generate_for_captions(
-    model: Any,
-    text_encoder: Any,
-    captions: list[str],
-    num_frames: int,
-    negative_captions: list[str] | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """Generate codes for captions: encode them (and the captions that classifier-free
-    guidance contrasts them with) with `text_encoder.encode(list[str]) -> TextStates`, then
-    `generate`; see `generate_frames` for `kwargs` (cfg_scale, sampling filters, generator).
+def encode_captions(
+    text_encoder: Any, captions: list[str], negative_captions: list[str] | None = None
+) -> dict[str, Tensor]:
+    """The text conditioning of captions, as `generate`'s keyword arguments.
+
+    Encodes the captions and the captions classifier-free guidance contrasts them with
+    (`text_encoder.encode(list[str]) -> TextStates`).
 
     Args:
         negative_captions: one per caption, the text of its unconditional branch, so guidance
             mixes `negative + scale * (cond - negative)` (a negative prompt: what to steer
-            away from); None, or "" for a clip, is the empty caption.
+            away from); None, or "" for every clip, is the empty caption.
 
     Returns:
-        [B, r, T] long.
+        text_states [B, L, Dt], text_mask [B, L], uncond_states [1 or B, L', Dt], uncond_mask.
     """
     text = text_encoder.encode(captions)
     if negative_captions is None or not any(negative_captions):
@@ -363,12 +359,27 @@ def generate_for_captions(
         )
     else:
         empty = text_encoder.encode(list(negative_captions))  # [B, L', Dt]
-    return generate(
-        model,
-        text.states,
-        text.mask,
-        num_frames,
+    return dict(
+        text_states=text.states,
+        text_mask=text.mask,
         uncond_states=empty.states,
         uncond_mask=empty.mask,
-        **kwargs,
     )
+
+
+def generate_for_captions(
+    model: Any,
+    text_encoder: Any,
+    captions: list[str],
+    num_frames: int,
+    negative_captions: list[str] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Generate codes for captions: `encode_captions`, then `generate`; see `generate_frames`
+    for `kwargs` (cfg_scale, sampling filters, generator, prompt_codes).
+
+    Returns:
+        [B, r, T] long.
+    """
+    text = encode_captions(text_encoder, captions, negative_captions)
+    return generate(model, num_frames=num_frames, **text, **kwargs)
