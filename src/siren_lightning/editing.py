@@ -237,29 +237,31 @@ def generate_long(
     return out
 
 
-def mel_frames(audio: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
-    """Log-mel spectrogram (window 1024, hop 256): [N] -> [frames, n_mels]."""
+def mel_frames(audio: Tensor, sample_rate: int, n_mels: int = 64, hop: int = 256) -> Tensor:
+    """Log-mel spectrogram (window 1024, centred frames), floored 60 dB under the clip's peak
+    (bands with no energy stay at the floor instead of measuring leakage): [N] ->
+    [N // hop + 1, n_mels]."""
     import torchaudio
 
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate, n_fft=1024, hop_length=256, n_mels=n_mels, power=1.0
+        sample_rate, n_fft=1024, hop_length=hop, n_mels=n_mels, power=1.0
     )(audio.float())
-    return mel.clamp_min(1e-5).log().T
+    return mel.clamp_min(float(mel.max()) * 1e-3 + 1e-5).log().T
 
 
 def seam_jump(audio: Tensor, sample_rate: int, boundary: float, width: float = 0.2) -> float:
-    """The spectral change across a boundary: L1 distance between the mean log-mel spectra of
-    the `width` seconds before and after it, per mel band.
+    """The spectral change across a boundary: mean absolute difference, over mel bands,
+    between the mean log-mel spectra of the `width` seconds before and after it (frames of the
+    whole clip's spectrogram, by where they are centred).
 
     Args:
         audio: [N] samples; boundary, width: seconds.
     """
-    cut = round(boundary * sample_rate)
-    span = round(width * sample_rate)
-    before = audio[max(cut - span, 0) : cut]
-    after = audio[cut : cut + span]
-    if before.numel() < span // 2 or after.numel() < span // 2:
+    hop = 256
+    mel = mel_frames(audio, sample_rate, hop=hop)  # [F, n_mels]
+    centres = torch.arange(mel.shape[0]) * hop / sample_rate  # seconds
+    before = mel[(centres >= boundary - width) & (centres < boundary)]
+    after = mel[(centres >= boundary) & (centres < boundary + width)]
+    if len(before) == 0 or len(after) == 0:
         return math.nan
-    a = mel_frames(before, sample_rate).mean(0)
-    z = mel_frames(after, sample_rate).mean(0)
-    return float((a - z).abs().mean())
+    return float((before.mean(0) - after.mean(0)).abs().mean())
