@@ -9,6 +9,7 @@ import torch
 from delay_testing import make_delay_model
 from siren_testing import make_model, make_text
 
+from siren_lightning import editing
 from siren_lightning.editing import (
     generate_long,
     infill,
@@ -16,6 +17,7 @@ from siren_lightning.editing import (
     suffix_log_prob,
     window_plan,
 )
+from siren_lightning.models.sampling import generate
 
 BUILDERS = {"siren": make_model, "delay": make_delay_model}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -31,14 +33,28 @@ def test_window_plan_by_hand():
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_each_window_continues_its_last_frames_told_it_is_a_clip_of_w_frames(name):
+def test_each_window_continues_its_last_frames_told_it_is_a_clip_of_w_frames(name, monkeypatch):
     model = BUILDERS[name](duration_conditioning=True).double()
     states, mask = make_text(2)
     states = states.double()
     t, w, c = 23, 10, 4
+    calls = []  # (prompt, total_frames, codes) of every window's generation
+
+    def spy(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        calls.append((kwargs["prompt_codes"], kwargs["total_frames"], out))
+        return out
+
+    monkeypatch.setattr(editing, "generate", spy)
     codes = generate_long(model, states, mask, t, w, c, temperature=0.0)
     assert codes.shape == (2, model.config.num_codebooks, t)
-    for first, new in window_plan(t, w, c):
+    plan = window_plan(t, w, c)
+    assert len(calls) == len(plan)
+    for (first, new), (prompt, told, made) in zip(plan, calls):
+        assert told.tolist() == [w, w]
+        if first:  # read the last c frames made so far; its new frames are the output's
+            assert torch.equal(prompt, codes[..., first - c : first])
+            assert torch.equal(made[..., c:], codes[..., first : first + new])
         context = 0 if first == 0 else c
         seen = codes[..., first - context : first + new]  # what the window read and made
         told = torch.full((2,), min(w, t))
@@ -78,11 +94,7 @@ def test_infill_keeps_the_candidate_under_which_the_true_suffix_is_most_likely(n
             whole[..., start:end] = result.candidates[i, k]
             logp = model(whole, states[i : i + 1], mask[i : i + 1]).logits.log_softmax(-1)
             hand.append(
-                sum(
-                    logp[0, q, f, whole[0, q, f]].item()
-                    for q in range(6)
-                    for f in range(end, 10)
-                )
+                sum(logp[0, q, f, whole[0, q, f]].item() for q in range(6) for f in range(end, 10))
             )
         torch.testing.assert_close(
             result.scores[i], torch.tensor(hand, dtype=torch.float64), rtol=0, atol=1e-9
