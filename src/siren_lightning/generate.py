@@ -121,9 +121,10 @@ def generate_audio(
     shortest = min(math.ceil(n / codec.hop_length) for n in samples)
     given = 0 if prompt_codes is None else prompt_codes.shape[-1]
     if given >= shortest:
+        prompt_seconds = given * codec.hop_length / codec.sample_rate
         raise ValueError(
-            f"generate_audio: the prompt ({given} frames, {given * codec.hop_length / codec.sample_rate:.2f} s) "
-            f"is not shorter than the output ({shortest} frames): ask for more --seconds"
+            f"generate_audio: the prompt ({given} frames, {prompt_seconds:.2f} s) is not "
+            f"shorter than the output ({shortest} frames): ask for more --seconds"
         )
     window = None
     if window_seconds is not None:
@@ -455,25 +456,25 @@ def main(argv: list[str]) -> int:
         prompt = None
         if args.prompt_audio:
             prompt = encode_prompt(codec, args.prompt_audio, args.prompt_seconds, args.device)
+        records = generate_audio(
+            model,
+            text_encoder,
+            codec,
+            captions,
+            args.out,
+            seconds=seconds,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            sampling=sampling,
+            ids=ids,
+            negative_captions=args.negative_caption,
+            prompt_codes=prompt,
+            window_seconds=args.window_seconds or None,
+            context_seconds=args.context_seconds,
+        )
     except ValueError as err:  # AudioError included: a missing or unreadable file
         print(f"siren generate: {err}")
         return 2
-    records = generate_audio(
-        model,
-        text_encoder,
-        codec,
-        captions,
-        args.out,
-        seconds=seconds,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        sampling=sampling,
-        ids=ids,
-        negative_captions=args.negative_caption,
-        prompt_codes=prompt,
-        window_seconds=args.window_seconds or None,
-        context_seconds=args.context_seconds,
-    )
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0
 
