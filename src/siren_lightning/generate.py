@@ -41,6 +41,11 @@ from siren_lightning.models.sampling import (
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
+# Long generation: clips past WINDOW_SECONDS (the training crops, 300 frames) are made by a
+# sliding window that re-reads the last CONTEXT_SECONDS (`siren generate` and `siren demo`).
+WINDOW_SECONDS = 6.0
+CONTEXT_SECONDS = 2.0
+
 
 def _load_codec(spec: str) -> Any:
     from siren_lightning.codec.checkpoint import load_codec
@@ -70,7 +75,7 @@ def generate_audio(
     negative_captions: str | list[str] | None = None,
     prompt_codes: torch.Tensor | None = None,
     window_seconds: float | None = None,
-    context_seconds: float = 2.0,
+    context_seconds: float = CONTEXT_SECONDS,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -367,14 +372,14 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--window-seconds",
         type=float,
-        default=6.0,
+        default=WINDOW_SECONDS,
         help="clips longer than this are made by a sliding window of this length (the "
         "training crops; default: %(default)s; 0: one pass however long)",
     )
     p.add_argument(
         "--context-seconds",
         type=float,
-        default=2.0,
+        default=CONTEXT_SECONDS,
         help="audio each window after the first is prompted with (default: %(default)s)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
