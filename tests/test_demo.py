@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 
 from siren_lightning import generate
-from siren_lightning.demo import CONTINUATION_NOTE, DemoGenerator, build_demo
+from siren_lightning.demo import DemoGenerator, build_demo
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -29,7 +30,7 @@ def test_a_result_has_its_length_and_its_command_reproduces_it(demo, tmp_path):
     audio, sr = sf.read(wav, dtype="int16")
     assert sr == 16000 and audio.shape == (4800,)
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "0.30 s" in status and CONTINUATION_NOTE not in status
+    assert "0.30 s" in status and "prompt" not in status and "window" not in status
     argv = shlex.split(command)
     assert argv[:2] == ["siren", "generate"]
     assert argv[argv.index("--negative-caption") + 1] == "a low hum"
@@ -42,11 +43,28 @@ def test_a_result_has_its_length_and_its_command_reproduces_it(demo, tmp_path):
     assert not (sf.read(other, dtype="int16")[0] == audio).all()
 
 
-def test_prompt_audio_is_accepted_and_the_page_says_continuation_is_missing(demo, tmp_path):
+def test_prompt_audio_is_continued_and_its_command_reproduces_it(demo, tmp_path):
     prompt = tmp_path / "prompt.wav"
-    sf.write(prompt, [0.0] * 1600, 16000)
-    *_, status = demo("a low hum", "", 0.2, 3.0, 1.0, 0, str(prompt))
-    assert CONTINUATION_NOTE in status
+    t = torch.arange(4800) / 16000
+    sf.write(prompt, (0.5 * torch.sin(2 * torch.pi * 440 * t)).numpy(), 16000)  # 0.3 s
+    wav, _, command, status = demo("a low hum", "", 0.6, 3.0, 1.0, 0, str(prompt))
+    audio, _ = sf.read(wav, dtype="int16")
+    assert audio.shape == (9600,) and "continues the prompt's first 15 frames" in status
+    argv = shlex.split(command)
+    assert argv[argv.index("--prompt-audio") + 1] == str(prompt)
+    argv[argv.index("--out") + 1] = str(tmp_path / "cli")
+    assert generate.main(argv[2:]) == 0
+    again, _ = sf.read(tmp_path / "cli" / "00000.wav", dtype="int16")
+    assert (again == audio).all()
+    with pytest.raises(ValueError, match="shorter than seconds"):
+        demo("a low hum", "", 0.3, 3.0, 1.0, 0, str(prompt))
+
+
+def test_seconds_past_the_training_crops_run_the_sliding_window(demo):
+    wav, _, command, status = demo("a high beep twice", "", 6.4, 3.0, 1.0, 0)
+    audio, _ = sf.read(wav, dtype="int16")
+    assert audio.shape == (6.4 * 16000,) and "sliding window of 300 frames" in status
+    assert "--seconds 6.4" in command
 
 
 def test_the_generator_refuses_what_the_cli_refuses(demo):

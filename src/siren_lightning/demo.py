@@ -6,8 +6,10 @@ command that reproduces it exactly (same seed and batch size 1: the same samples
 goes through `generate.generate_audio`, the CLI's own path, so the page and the CLI cannot
 drift apart.
 
-Prompt audio: the page accepts a file, but continuation from audio is not built yet (issue 18,
-item 1); a result generated with a prompt file attached says so and comes from the caption alone.
+Prompt audio: each clip starts with the codec's codes of the file and continues them (the
+result is prompt + continuation, `seconds` long; `--prompt-audio` on the CLI). Seconds past the
+training crops (`generate.WINDOW_SECONDS`) are made by the CLI's sliding window, with its
+defaults, so the same command reproduces them.
 """
 
 from __future__ import annotations
@@ -29,10 +31,6 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 MAX_SECONDS = 30.0
-CONTINUATION_NOTE = (
-    "Prompt audio is accepted, but continuation from audio is not available yet: this result "
-    "was generated from the caption alone."
-)
 
 
 def cli_command(
@@ -44,7 +42,8 @@ def cli_command(
     """The `siren generate` line that reproduces one result of the page.
 
     Args:
-        settings: caption, negative_caption, seconds, seed, temperature, top_k, top_p, cfg_scale.
+        settings: caption, negative_caption, seconds, seed, temperature, top_k, top_p, cfg_scale
+            and prompt_audio (a path or None).
         overrides: the demo's own `codec` and `text_encoder` choices (None: the sidecar's).
     """
     parts = ["siren generate", f"--model {shlex.quote(str(model_dir))}"]
@@ -54,6 +53,8 @@ def cli_command(
     parts.append(f"--captions {shlex.quote(settings['caption'])}")
     if settings["negative_caption"]:
         parts.append(f"--negative-caption {shlex.quote(settings['negative_caption'])}")
+    if settings.get("prompt_audio"):
+        parts.append(f"--prompt-audio {shlex.quote(str(settings['prompt_audio']))}")
     parts += [
         f"--seconds {settings['seconds']:g}",
         f"--seed {settings['seed']}",
@@ -141,7 +142,8 @@ class DemoGenerator:
         prompt_audio: str | None = None,
     ) -> tuple[str, str, str, str]:
         """One result: (WAV path, spectrogram PNG path, CLI command, status line)."""
-        from siren_lightning.generate import generate_audio
+        from siren_lightning.editing import encode_prompt
+        from siren_lightning.generate import WINDOW_SECONDS, generate_audio
 
         caption = (caption or "").strip()
         if not caption:
@@ -157,6 +159,16 @@ class DemoGenerator:
             "cfg_scale": float(cfg_scale),
         }
         check_sampling("siren demo", **sampling)
+        prompt = None
+        if prompt_audio:
+            device = self.model.codebook_table.device
+            prompt = encode_prompt(self.codec, prompt_audio, device=device)  # [1, r, P]
+            prompt_seconds = prompt.shape[-1] * self.codec.hop_length / self.codec.sample_rate
+            if prompt_seconds >= float(seconds):
+                raise ValueError(
+                    f"the prompt audio ({prompt_seconds:.2f} s) must be shorter than seconds "
+                    f"({float(seconds):g})"
+                )
         self.count += 1
         folder = self.out / f"{self.count:04d}"
         record = generate_audio(
@@ -170,6 +182,8 @@ class DemoGenerator:
             batch_size=1,
             sampling=sampling,
             negative_captions=(negative_caption or "").strip(),
+            prompt_codes=prompt,
+            window_seconds=WINDOW_SECONDS,
         )[0]
         png = spectrogram_png(record["path"], folder / "spectrogram.png")
         settings = {
@@ -178,10 +192,16 @@ class DemoGenerator:
             "negative_caption": record["negative_caption"],
             "seconds": float(seconds),
             "seed": int(seed),
+            "prompt_audio": prompt_audio or None,
         }
         status = f"{record['samples'] / record['sample_rate']:.2f} s at {record['sample_rate']} Hz"
-        if prompt_audio:
-            status += ". " + CONTINUATION_NOTE
+        if prompt is not None:
+            status += f"; continues the prompt's first {record['prompt_frames']} frames"
+        if record["window_frames"]:
+            status += (
+                f"; past the {WINDOW_SECONDS:g} s training crops: a sliding window of "
+                f"{record['window_frames']} frames"
+            )
         return (
             record["path"],
             str(png),
@@ -218,7 +238,7 @@ def build_demo(generator: DemoGenerator) -> Any:
                 )
                 seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, elem_id="seed")
                 prompt = gr.Audio(
-                    label="Prompt audio (optional; continuation is not available yet)",
+                    label="Prompt audio (optional: the result continues it)",
                     sources=["upload"],
                     type="filepath",
                 )

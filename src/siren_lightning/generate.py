@@ -8,6 +8,14 @@ ids count from 00000. The model folder comes from `siren export`;
 its sidecar names the codec and the text encoder, both overridable on the command line.
 `--negative-caption TEXT` replaces the empty caption in the unconditional branch of
 classifier-free guidance (what to steer away from).
+
+From audio (issue 18; `editing` documents the methods):
+- `--prompt-audio CLIP [--prompt-seconds S]`: each clip starts with the codec's codes of CLIP (or
+  of its first S seconds) and continues it; the WAV is prompt + continuation, `--seconds` long.
+- `--infill CLIP --span A B`: regenerates seconds [A, B) of CLIP from the audio before it,
+  keeping the best of `--candidates` under the model's likelihood of the audio after it.
+- `--seconds` past `--window-seconds` (default 6, the training crops): a sliding window that
+  re-prompts each window with the last `--context-seconds` of audio.
 """
 
 from __future__ import annotations
@@ -22,14 +30,21 @@ import torch
 
 from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
+from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.sampling import (
     DEFAULT_SAMPLING,
     check_sampling,
-    generate_for_captions,
+    encode_captions,
+    generate,
 )
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
+
+# Long generation: clips past WINDOW_SECONDS (the training crops, 300 frames) are made by a
+# sliding window that re-reads the last CONTEXT_SECONDS (`siren generate` and `siren demo`).
+WINDOW_SECONDS = 6.0
+CONTEXT_SECONDS = 2.0
 
 
 def _load_codec(spec: str) -> Any:
@@ -58,6 +73,9 @@ def generate_audio(
     sampling: dict[str, Any] | None = None,
     ids: list[str] | None = None,
     negative_captions: str | list[str] | None = None,
+    prompt_codes: torch.Tensor | None = None,
+    window_seconds: float | None = None,
+    context_seconds: float = CONTEXT_SECONDS,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -73,6 +91,10 @@ def generate_audio(
             00000, 00001, ...
         negative_captions: the unconditional branch's caption, for every clip or one per
             caption (None or "": the empty caption).
+        prompt_codes: [1, r, P] codes every clip starts with (`editing.encode_prompt`): the
+            clips continue them, and the WAVs hold them (P frames shorter than every clip).
+        window_seconds: a batch longer than this is made by `editing.generate_long` (windows
+            of this length re-prompted with the last `context_seconds`); None: one pass.
 
     Returns:
         the records written to `generations.jsonl`.
@@ -101,21 +123,50 @@ def generate_audio(
         )
     device = model.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)
+    shortest = min(math.ceil(n / codec.hop_length) for n in samples)
+    given = 0 if prompt_codes is None else prompt_codes.shape[-1]
+    if given >= shortest:
+        prompt_seconds = given * codec.hop_length / codec.sample_rate
+        raise ValueError(
+            f"generate_audio: the prompt ({given} frames, {prompt_seconds:.2f} s) is not "
+            f"shorter than the output ({shortest} frames): ask for more --seconds"
+        )
+    window = None
+    if window_seconds is not None:
+        window = math.ceil(seconds_to_samples(window_seconds, codec.sample_rate) / codec.hop_length)
+        context = math.ceil(
+            seconds_to_samples(context_seconds, codec.sample_rate) / codec.hop_length
+        )
     records = []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
         clip_frames = [math.ceil(n / codec.hop_length) for n in samples[start : start + batch_size]]
         frames = max(clip_frames)
-        codes = generate_for_captions(
-            model,
-            text_encoder,
-            batch,
-            frames,
-            negative_captions=negatives[start : start + batch_size],
-            generator=generator,
-            total_frames=torch.tensor(clip_frames, device=device),
-            **sampling,
-        )  # [B, r, T]
+        text = encode_captions(text_encoder, batch, negatives[start : start + batch_size])
+        prompt = (
+            None if prompt_codes is None else prompt_codes.to(device).expand(len(batch), -1, -1)
+        )
+        if window is not None and frames > window:
+            codes = generate_long(
+                model,
+                num_frames=frames,
+                window=window,
+                context=context,
+                prompt_codes=prompt,
+                generator=generator,
+                **text,
+                **sampling,
+            )  # [B, r, T]
+        else:
+            codes = generate(
+                model,
+                num_frames=frames,
+                prompt_codes=prompt,
+                generator=generator,
+                total_frames=torch.tensor(clip_frames, device=device),
+                **text,
+                **sampling,
+            )  # [B, r, T]
         with torch.no_grad():
             audio = codec.decode(codes).float().cpu()  # [B, 1, N]
         for i, caption in enumerate(batch):
@@ -138,13 +189,95 @@ def generate_audio(
                     "frames": frames,
                     "samples": int(clip.numel()),
                     "sample_rate": codec.sample_rate,
+                    "prompt_frames": given,
+                    "window_frames": window if window is not None and frames > window else None,
                     **sampling,
                 }
             )
+    _write_records(out, records)
+    return records
+
+
+def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
     with open(out / "generations.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    return records
+
+
+def infill_audio(
+    model: SirenLM | DelayPatternLM,
+    text_encoder: Any,
+    codec: Any,
+    caption: str,
+    clip: str | Path,
+    span: tuple[float, float],
+    out: str | Path,
+    *,
+    candidates: int = 8,
+    seed: int = 0,
+    sampling: dict[str, Any] | None = None,
+    negative_caption: str = "",
+) -> dict[str, Any]:
+    """Regenerate seconds [A, B) of a clip (`editing.infill`), write `infill.wav` and its record.
+
+    The clip is read at the codec's rate (resampled if need be) and encoded; the WAV is the
+    codec's decoding of the edited codes, as long as the clip.
+
+    Returns:
+        the record written to `generations.jsonl` (with every candidate's score).
+    """
+    import soundfile as sf
+
+    out = Path(out)
+    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+    device = model.codebook_table.device
+    codes = encode_prompt(codec, clip, device=device)  # [1, r, T]
+    frames = codes.shape[-1]
+    frame_seconds = codec.hop_length / codec.sample_rate
+    a, b = span
+    duration = frames * frame_seconds
+    if not 0 <= a < b <= duration + 1e-9:
+        raise ValueError(
+            f"siren generate: --span {a:g} {b:g} must satisfy 0 <= A < B <= {duration:.2f} "
+            f"(the clip's length in seconds)"
+        )
+    start, end = math.floor(a / frame_seconds), min(math.ceil(b / frame_seconds), frames)
+    text = encode_captions(text_encoder, [caption], [negative_caption])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    result = infill(
+        model,
+        codes=codes,
+        start=start,
+        end=end,
+        candidates=candidates,
+        generator=generator,
+        **text,
+        **sampling,
+    )
+    with torch.no_grad():
+        audio = codec.decode(result.codes).float().cpu()[0, 0]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "infill.wav"
+    sf.write(str(path), audio.numpy(), codec.sample_rate, subtype="PCM_16")
+    record = {
+        "id": "infill",
+        "caption": caption,
+        "negative_caption": negative_caption,
+        "path": str(path.resolve()),
+        "infill": str(Path(clip).resolve()),
+        "span_seconds": [a, b],
+        "span_frames": [start, end],
+        "candidates": candidates,
+        "scores": [float(x) for x in result.scores[0]],
+        "chosen": int(result.chosen[0]),
+        "seed": seed,
+        "frames": frames,
+        "samples": int(audio.numel()),
+        "sample_rate": codec.sample_rate,
+        **sampling,
+    }
+    _write_records(out, [record])
+    return record
 
 
 def load_generation_stack(
@@ -219,6 +352,36 @@ def main(argv: list[str]) -> int:
         help="caption of guidance's unconditional branch, for every clip (default: the empty "
         "caption); needs --cfg-scale != 1",
     )
+    p.add_argument(
+        "--prompt-audio", help="audio file every clip starts with and continues (continuation)"
+    )
+    p.add_argument(
+        "--prompt-seconds", type=float, help="with --prompt-audio: its first S seconds only"
+    )
+    p.add_argument("--infill", help="audio file whose --span is regenerated (one caption)")
+    p.add_argument(
+        "--span", type=float, nargs=2, metavar=("A", "B"), help="with --infill: seconds [A, B)"
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=8,
+        help="with --infill: spans sampled, the one under which the model finds the audio "
+        "after the span most likely is kept (default: %(default)s; 1: naive continuation)",
+    )
+    p.add_argument(
+        "--window-seconds",
+        type=float,
+        default=WINDOW_SECONDS,
+        help="clips longer than this are made by a sliding window of this length (the "
+        "training crops; default: %(default)s; 0: one pass however long)",
+    )
+    p.add_argument(
+        "--context-seconds",
+        type=float,
+        default=CONTEXT_SECONDS,
+        help="audio each window after the first is prompted with (default: %(default)s)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     # Nonsense values fail here, before the model and codec load.
@@ -239,6 +402,8 @@ def main(argv: list[str]) -> int:
             "siren generate: --negative-caption enters through guidance; --cfg-scale 1 turns "
             "guidance off"
         )
+
+    _check_editing_arguments(args)
 
     ids, seconds = None, args.seconds
     if args.match_durations and not args.manifest:
@@ -276,18 +441,77 @@ def main(argv: list[str]) -> int:
         "top_p": args.top_p,
         "cfg_scale": args.cfg_scale,
     }
-    records = generate_audio(
-        model,
-        text_encoder,
-        codec,
-        captions,
-        args.out,
-        seconds=seconds,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        sampling=sampling,
-        ids=ids,
-        negative_captions=args.negative_caption,
-    )
+    try:
+        if args.infill:
+            record = infill_audio(
+                model,
+                text_encoder,
+                codec,
+                captions[0],
+                args.infill,
+                tuple(args.span),
+                args.out,
+                candidates=args.candidates,
+                seed=args.seed,
+                sampling=sampling,
+                negative_caption=args.negative_caption,
+            )
+            print(f"wrote {record['path']} (candidate {record['chosen']} of {args.candidates})")
+            return 0
+        prompt = None
+        if args.prompt_audio:
+            prompt = encode_prompt(codec, args.prompt_audio, args.prompt_seconds, args.device)
+        records = generate_audio(
+            model,
+            text_encoder,
+            codec,
+            captions,
+            args.out,
+            seconds=seconds,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            sampling=sampling,
+            ids=ids,
+            negative_captions=args.negative_caption,
+            prompt_codes=prompt,
+            window_seconds=args.window_seconds or None,
+            context_seconds=args.context_seconds,
+        )
+    except ValueError as err:  # AudioError included: a missing or unreadable file
+        print(f"siren generate: {err}")
+        return 2
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0
+
+
+def _check_editing_arguments(args: argparse.Namespace) -> None:
+    """One clear message for continuation, infilling and window flags that do not fit."""
+    owner = "siren generate"
+    if args.prompt_seconds is not None and not args.prompt_audio:
+        raise ValueError(f"{owner}: --prompt-seconds needs --prompt-audio")
+    if args.prompt_seconds is not None and not args.prompt_seconds > 0:
+        raise ValueError(f"{owner}: --prompt-seconds must be positive, got {args.prompt_seconds}")
+    if args.prompt_seconds is not None and args.prompt_seconds >= args.seconds:
+        raise ValueError(
+            f"{owner}: the prompt ({args.prompt_seconds:g} s) must be shorter than the output "
+            f"(--seconds {args.seconds:g})"
+        )
+    if (args.span is None) != (args.infill is None):
+        raise ValueError(f"{owner}: --infill CLIP and --span A B go together")
+    if args.infill:
+        if args.prompt_audio:
+            raise ValueError(f"{owner}: --infill and --prompt-audio exclude each other")
+        if args.captions_file or args.manifest or len(args.captions) != 1:
+            raise ValueError(f"{owner}: --infill edits one clip: give one --captions")
+        a, b = args.span
+        if not 0 <= a < b:
+            raise ValueError(f"{owner}: --span A B needs 0 <= A < B, got {a:g} {b:g}")
+        if args.candidates < 1:
+            raise ValueError(f"{owner}: --candidates must be >= 1, got {args.candidates}")
+    if args.window_seconds < 0:
+        raise ValueError(f"{owner}: --window-seconds must be >= 0, got {args.window_seconds}")
+    if args.window_seconds and not 0 <= args.context_seconds < args.window_seconds:
+        raise ValueError(
+            f"{owner}: --context-seconds must be in [0, --window-seconds {args.window_seconds:g})"
+            f", got {args.context_seconds:g}"
+        )

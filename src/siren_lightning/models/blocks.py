@@ -157,6 +157,25 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, past: int) -> Tensor:
+    """Causal attention of T new queries that follow `past` earlier positions.
+
+    Args:
+        q: [B, H, T, D/H] queries of positions past .. past + T - 1.
+        k, v: [B, H, past + T, D/H] keys and values of positions 0 .. past + T - 1.
+
+    Returns:
+        [B, H, T, D/H]: query i sees keys 0 .. past + i.
+    """
+    t = q.shape[-2]
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+    if t == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    allowed = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
 def _refuse_attention_biases(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
 ) -> None:
@@ -214,14 +233,7 @@ class SelfAttention(nn.Module):
             k, v = cache.append(k, v)
         elif queries_from:  # the first queries_from positions act as a cache of earlier ones
             past, t, q = queries_from, t - queries_from, q[:, :, queries_from:]
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
-        elif t == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
-            # Query i sits at absolute position past + i and sees keys 0..past + i.
-            allowed = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        y = causal_attention(q, k, v, past)
         return self.out(y.transpose(1, 2).reshape(b, t, d))  # [B, H, T, D/H] -> [B, T, D]
 
 
@@ -443,7 +455,7 @@ def rms_norm_stacked(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 class StackedTemporal:
-    """One cached step of G stacks of `TemporalBlock`s at once (weights stacked on an axis G).
+    """Cached steps (or a prompt's prefill) of G stacks of `TemporalBlock`s at once (weights stacked on an axis G).
 
     Siren's experts share no weights but have the same shapes, so each of their linear layers
     becomes one batched matmul and each attention one call over G x N rows: G times fewer
@@ -508,11 +520,11 @@ class StackedTemporal:
         self.text_allowed = (text_mask.repeat(self.g, 1) | ~has_text[:, None])[:, None, None, :]
         self.has_text = has_text[:, None, None, None]
 
-    def _heads(self, x: Tensor) -> Tensor:  # [G, N, D] -> [G*N, H, 1, D/H]
-        return x.reshape(self.g * self.n, self.heads, 1, -1)
+    def _heads(self, x: Tensor, t: int) -> Tensor:  # [G, N*T, D] -> [G*N, H, T, D/H]
+        return x.reshape(self.g * self.n, t, self.heads, -1).transpose(1, 2)
 
-    def _merge(self, y: Tensor) -> Tensor:  # [G*N, H, 1, D/H] -> [G, N, D]
-        return y.reshape(self.g, self.n, self.width)
+    def _merge(self, y: Tensor) -> Tensor:  # [G*N, H, T, D/H] -> [G, N*T, D]
+        return y.transpose(1, 2).reshape(self.g, -1, self.width)
 
     def step(self, x: Tensor, t: int) -> Tensor:
         """Temporal outputs of frame t.
@@ -523,30 +535,46 @@ class StackedTemporal:
         Returns:
             [G, N, D] normalised temporal outputs.
         """
-        pos = self.positions[t]
+        return self.run(x[:, :, None], t)[:, :, 0]
+
+    def run(self, x: Tensor, offset: int) -> Tensor:
+        """Temporal outputs of T consecutive positions, appended to the caches in one pass
+        (a prompt's prefill; `step` is T = 1).
+
+        Args:
+            x: [G, N, T, D] inputs of positions offset .. offset + T - 1; the caches must hold
+                positions 0 .. offset - 1 (and room for T more).
+
+        Returns:
+            [G, N, T, D] normalised temporal outputs.
+        """
+        g, n, t, d = x.shape
+        x = x.reshape(g, n * t, d)  # [G, N*T, D], frames of clip i in rows i*T .. i*T + T-1
+        pos = self.positions[offset : offset + t].repeat(n, 1)  # [N*T, D]
         if self.duration_weight is not None:
-            timing = clip_timing(self.total_frames, 1, t)[:, 0]  # [N, 2]
-            feats = DurationEmbedding.features(timing, self.width).to(pos.dtype)  # [N, D]
-            pos = pos + torch.einsum("nd,ged->gne", feats, self.duration_weight)  # [G, N, D]
+            timing = clip_timing(self.total_frames, t, offset)  # [N, T, 2]
+            feats = DurationEmbedding.features(timing, d).to(pos.dtype).view(n * t, d)
+            pos = pos + torch.einsum("nd,ged->gne", feats, self.duration_weight)  # [G, N*T, D]
         for layer in self.layers:
             x = x + pos
             h = rms_norm_stacked(x, layer["cross_norm"], self.eps)
-            q = self._heads(apply_operand(h, *layer["cross_query"]))
+            q = self._heads(apply_operand(h, *layer["cross_query"]), t)
             y = F.scaled_dot_product_attention(
                 q, layer["text_k"], layer["text_v"], attn_mask=self.text_allowed
             )
             y = y * self.has_text.to(y.dtype)
             x = x + apply_operand(self._merge(y), *layer["cross_out"])
             h = rms_norm_stacked(x, layer["self_norm"], self.eps)
-            qkv = apply_operand(h, *layer["qkv"]).reshape(self.g * self.n, 3, self.heads, 1, -1)
-            q, k, v = qkv.unbind(1)  # [G*N, H, 1, D/H] each
+            qkv = apply_operand(h, *layer["qkv"]).reshape(g * n, t, 3, self.heads, -1)
+            q, k, v = qkv.transpose(1, 3).unbind(2)  # [G*N, H, T, D/H] each
+            past = layer["cache"].length
             k, v = layer["cache"].append(k, v)
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = causal_attention(q, k, v, past)
             x = x + apply_operand(self._merge(y), *layer["attn_out"])
             h = rms_norm_stacked(x, layer["mlp_norm"], self.eps)
             gate, up = apply_operand(h, *layer["gate_up"]).chunk(2, dim=-1)
             x = x + apply_operand(F.silu(gate) * up, *layer["down"])
-        return rms_norm_stacked(x, self.final_norm, self.eps)
+        return rms_norm_stacked(x, self.final_norm, self.eps).view(g, n, t, d)
 
 
 def check_config_ranges(config: Any, layer_fields: tuple[str, ...]) -> None:

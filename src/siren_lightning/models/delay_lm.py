@@ -295,7 +295,9 @@ class DelayPatternLM(
             prompts: from `models.sampling.prepare_prompts` (N rows).
             use_cache: False recomputes the blocks over every earlier step (reference path).
             batch_experts: no effect (one stack), accepted so both LMs take the same call.
-            prompt_codes: [B, r, P] codes frames 0 .. P-1 are set to instead of drawn.
+            prompt_codes: [B, r, P] codes of frames 0 .. P-1, given instead of drawn: the
+                delay steps they fill completely run in one forward (`prefill`), and the
+                first `step` makes frame P.
         """
         if self.training:
             raise ValueError("DelayPatternLM.begin: put the model in eval mode (no dropout)")
@@ -308,7 +310,7 @@ class DelayPatternLM(
                 [self.blocks], [self.norm], states, mask, steps, durations, prompts.total_frames
             )
             heads = fused_operand(list(self.heads))  # the r heads as one matmul
-        return DelayGeneration(
+        state = DelayGeneration(
             prompts=prompts,
             summary=self.text_summary(states, mask),
             table=self.projected_table(),
@@ -319,6 +321,41 @@ class DelayPatternLM(
             history=None if use_cache else [],
             prompt_codes=prompt_codes,
         )
+        if prompt_codes is not None and prompt_codes.shape[-1] > 0:
+            self.prefill(state, prompt_codes)
+        return state
+
+    @torch.no_grad()
+    def prefill(self, state: DelayGeneration, prompt_codes: Tensor) -> None:
+        """Feed the prompt's complete delay steps to a fresh generation in one forward.
+
+        In the delay layout, step s holds codebook q of frame s - q. P prompt frames fill
+        steps 0 .. P-1 completely; the r - 1 steps after them hold the prompt's upper
+        codebooks (frames P-r+1 .. P-1) beside lower codebooks of frames >= P, which are drawn,
+        so they cannot be fed before sampling: they run one at a time in `step`, the prompt's
+        codes forced where given. The input of step s is step s-1's tokens (all idle at s = 0),
+        so the inputs of steps 0 .. P-1 go into the cache here, and step P's input (step
+        P-1's tokens, complete) is the first `step`'s.
+
+        Args:
+            prompt_codes: [B, r, P] long, P >= 1.
+        """
+        if state.seq:
+            raise ValueError("DelayPatternLM.prefill: the generation has already started")
+        c, p = self.config, state.prompts
+        frames = prompt_codes.shape[-1]
+        seq = self.pattern.interleave(prompt_codes)[..., :frames]  # [B, r, P]: complete steps
+        idle = seq.new_full((seq.shape[0], c.num_codebooks, 1), c.codebook_size)
+        tokens = torch.cat([idle, seq[..., :-1]], -1)  # [B, r, P]: the input of each step
+        e = sum(state.table[q][tokens[:, q]] for q in range(c.num_codebooks))  # [B, P, D]
+        e = torch.cat([e, e]) if p.guided else e  # [N, P, D]
+        x = e + state.summary[:, None]
+        if state.stacked is not None:
+            state.stacked.run(x[None], 0)
+        else:
+            state.history.append(x)
+        state.seq = list(seq.unbind(-1))
+        state.frames = list(prompt_codes.unbind(-1))
 
     @torch.no_grad()
     def step(self, state: DelayGeneration, sampler: Callable[[Tensor], Tensor]) -> Tensor:

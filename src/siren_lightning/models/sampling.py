@@ -277,7 +277,8 @@ def generate_frames(
         total_frames: [B] length of each requested clip, which duration-conditioned models
             are told (num_frames for every clip when None).
         prompt_codes: [B, r, P] codes the clips start with (P <= T): frames 0 .. P-1 are
-            these codes, not draws, and the rest continue them.
+            these codes, not draws, and the rest continue them. `model.begin` feeds them in
+            one forward (prefill); the first `model.step` makes frame P.
 
     Yields:
         [B, r] long codes of each frame.
@@ -311,8 +312,11 @@ def generate_frames(
             )
     sampler = Sampler(config, prompts.guided, generator)
     state = model.begin(prompts, num_frames, use_cache, batch_experts, prompt_codes)
+    given = 0 if prompt_codes is None else prompt_codes.shape[-1]
     try:
-        for _ in range(num_frames):
+        for t in range(given):  # `begin` has read them (the prefill)
+            yield prompt_codes[:, :, t]
+        for _ in range(num_frames - given):
             yield model.step(state, sampler)
     finally:
         model.end(state)  # frees the caches the attention modules hold
@@ -330,25 +334,21 @@ def generate(
     return torch.stack(frames, dim=-1)
 
 
-def generate_for_captions(
-    model: Any,
-    text_encoder: Any,
-    captions: list[str],
-    num_frames: int,
-    negative_captions: list[str] | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """Generate codes for captions: encode them (and the captions that classifier-free
-    guidance contrasts them with) with `text_encoder.encode(list[str]) -> TextStates`, then
-    `generate`; see `generate_frames` for `kwargs` (cfg_scale, sampling filters, generator).
+def encode_captions(
+    text_encoder: Any, captions: list[str], negative_captions: list[str] | None = None
+) -> dict[str, Tensor]:
+    """The text conditioning of captions, as `generate`'s keyword arguments.
+
+    Encodes the captions and the captions classifier-free guidance contrasts them with
+    (`text_encoder.encode(list[str]) -> TextStates`).
 
     Args:
         negative_captions: one per caption, the text of its unconditional branch, so guidance
             mixes `negative + scale * (cond - negative)` (a negative prompt: what to steer
-            away from); None, or "" for a clip, is the empty caption.
+            away from); None, or "" for every clip, is the empty caption.
 
     Returns:
-        [B, r, T] long.
+        text_states [B, L, Dt], text_mask [B, L], uncond_states [1 or B, L', Dt], uncond_mask.
     """
     text = text_encoder.encode(captions)
     if negative_captions is None or not any(negative_captions):
@@ -359,12 +359,27 @@ def generate_for_captions(
         )
     else:
         empty = text_encoder.encode(list(negative_captions))  # [B, L', Dt]
-    return generate(
-        model,
-        text.states,
-        text.mask,
-        num_frames,
+    return dict(
+        text_states=text.states,
+        text_mask=text.mask,
         uncond_states=empty.states,
         uncond_mask=empty.mask,
-        **kwargs,
     )
+
+
+def generate_for_captions(
+    model: Any,
+    text_encoder: Any,
+    captions: list[str],
+    num_frames: int,
+    negative_captions: list[str] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Generate codes for captions: `encode_captions`, then `generate`; see `generate_frames`
+    for `kwargs` (cfg_scale, sampling filters, generator, prompt_codes).
+
+    Returns:
+        [B, r, T] long.
+    """
+    text = encode_captions(text_encoder, captions, negative_captions)
+    return generate(model, num_frames=num_frames, **text, **kwargs)

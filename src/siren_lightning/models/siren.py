@@ -382,7 +382,6 @@ class SirenGeneration:
         stacked: the experts' temporal stacks as one (cached, batched layout), or None.
         text_kv: each expert's cross-attention keys/values when the experts step one by one.
         history: without a cache, each expert's inputs so far (recomputed every frame).
-        prompt_codes: [B, r, P] codes the clips start with, or None.
         frame: the next frame t; previous: [B, r] codes of frame t - 1.
     """
 
@@ -393,7 +392,6 @@ class SirenGeneration:
     stacked: StackedTemporal | None
     text_kv: list[list[tuple[Tensor, Tensor]]]
     history: list[list[Tensor]] | None
-    prompt_codes: Tensor | None
     frame: int = 0
     previous: Tensor | None = None
     flat_tables: Tensor = field(init=False)  # [G * r * K, D], row (k * r + j) * K + code
@@ -405,6 +403,12 @@ class SirenGeneration:
         self.flat_tables = self.tables.view(-1, d)
         self.codebooks = torch.arange(r, device=self.tables.device)
         self.offsets = torch.arange(g * r, device=self.tables.device).view(g, r) * size
+
+    def frame_inputs(self, codes: Tensor) -> Tensor:
+        """Every expert's temporal input after each of T frames: the sum over the r codebooks
+        of its projected vectors. codes [B, r, T] -> [G, N, T, D]."""
+        x = sum(self.tables[:, j, codes[:, j]] for j in range(codes.shape[1]))  # [G, B, T, D]
+        return torch.cat([x, x], 1) if self.prompts.guided else x
 
     def embed(self, k: int, codes: Tensor, first: int) -> Tensor:
         """Sum of expert k's vectors of [B, m] codes of codebooks first .. first+m-1: [N, D]."""
@@ -549,7 +553,9 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             batch_experts: with the cache, run all experts' temporal steps as one batched step
                 (`StackedTemporal`); False steps the experts' own blocks one by one, each
                 self-attention holding its cache.
-            prompt_codes: [B, r, P] codes frames 0 .. P-1 are set to instead of drawn.
+            prompt_codes: [B, r, P] codes of frames 0 .. P-1, given instead of drawn: the
+                temporal transformers read them in one forward over positions 0 .. P-1
+                (`prefill`), and the first `step` makes frame P.
         """
         if self.training:
             raise ValueError("SirenLM.begin: put the model in eval mode (no dropout)")
@@ -569,7 +575,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         elif use_cache:
             for expert in experts:
                 expert.set_kv_cache(num_frames)
-        return SirenGeneration(
+        state = SirenGeneration(
             prompts=prompts,
             summaries=torch.stack([e.text_summary(states, mask) for e in experts]),
             tables=self.code_tables(states.dtype),
@@ -577,8 +583,39 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             stacked=stacked,
             text_kv=[] if stacked is not None else [e.text_kv(states) for e in experts],
             history=None if use_cache else [[] for _ in experts],
-            prompt_codes=prompt_codes,
         )
+        if prompt_codes is not None and prompt_codes.shape[-1] > 0:
+            self.prefill(state, prompt_codes)
+        return state
+
+    @torch.no_grad()
+    def prefill(self, state: SirenGeneration, prompt_codes: Tensor) -> None:
+        """Feed the P prompt frames to a fresh generation in one forward per expert stack.
+
+        The temporal input at position t is frame t-1's sum (the start vector at 0), so the
+        prompt fixes positions 0 .. P; positions 0 .. P-1 go into the caches here (their
+        outputs would only decode frames that are given) and position P, which reads frame
+        P-1, is the first `step`'s. Without a cache, the inputs join the recomputed history.
+
+        Args:
+            prompt_codes: [B, r, P] long, P >= 1.
+        """
+        if state.frame != 0:
+            raise ValueError("SirenLM.prefill: the generation has already started")
+        c, p, experts = self.config, state.prompts, list(self.experts)
+        n, dtype, frames = p.states.shape[0], p.states.dtype, prompt_codes.shape[-1]
+        start = torch.stack([e.start.to(dtype).expand(n, 1, -1) for e in experts])  # [G, N, 1, D]
+        inputs = torch.cat([start, state.frame_inputs(prompt_codes[..., :-1])], 2)  # [G,N,P,D]
+        if state.stacked is not None:
+            state.stacked.run(inputs, 0)
+        elif state.history is not None:
+            for k in range(len(experts)):
+                state.history[k].append(inputs[k])
+        else:
+            timing = clip_timing(p.total_frames, frames) if c.duration_conditioning else None
+            for k, expert in enumerate(experts):
+                expert.run_stack(inputs[k], state.text_kv[k], p.mask, timing=timing)
+        state.frame, state.previous = frames, prompt_codes[:, :, -1]
 
     @torch.no_grad()
     def step(self, state: SirenGeneration, sampler: Callable[[Tensor], Tensor]) -> Tensor:
@@ -611,9 +648,6 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
                 [self._temporal_step(k, inputs[k][:, None], state) for k in range(len(experts))]
             )
         state.frame += 1
-        if state.prompt_codes is not None and t < state.prompt_codes.shape[-1]:
-            state.previous = state.prompt_codes[:, :, t]  # given, not drawn: no decoder runs
-            return state.previous
         state.decoders.start(hidden)
         drawn: list[Tensor] = []  # [B] per codebook, in order
         for k in range(len(experts)):
