@@ -52,11 +52,7 @@ def main() -> None:
     frame_rate = codec.sample_rate / codec.hop_length
     clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
     root = Path(args.manifest).parent
-    cache = CodeCache(args.codes)
-    codes = {}
-    for i in range(len(cache)):
-        item = cache[i]
-        codes[item["id"]] = torch.as_tensor(item["codes"]).long()
+    codes = CodeCache(args.codes).codes_of([c.id for c in clips])
     sums = {"background": [], "onset": [], "rest": []}
     own_ce = {k: [] for k in sums}
     pitches = [c.attributes["pitch"] for c in clips]

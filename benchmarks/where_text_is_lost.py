@@ -134,13 +134,7 @@ def main() -> None:
     r = model.config.num_codebooks
     delay = type(model).__name__ == "DelayPatternLM"
     clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
-    cache = CodeCache(args.codes)
-    wanted = {c.id for c in clips}
-    codes = {}
-    for i in range(len(cache)):
-        item = cache[i]
-        if item["id"] in wanted:
-            codes[item["id"]] = torch.as_tensor(item["codes"]).long()
+    codes = CodeCache(args.codes).codes_of([c.id for c in clips])
     clips = sorted(clips, key=lambda c: (codes[c.id].shape[-1], c.id))
     attributes = [c.attributes for c in clips]
     hop = codec.hop_length

@@ -115,7 +115,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     """Adherence (and text gap) of an exported model on held-out captions with attributes."""
-    from siren_lightning.data.code_cache import CodeCache
+    from siren_lightning.data.code_cache import CodeCache, CodeCacheError
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError
 
@@ -155,16 +155,10 @@ def main(argv: list[str]) -> int:
         return 1
     codes = None
     if args.codes:
-        cache = CodeCache(args.codes)
-        wanted = {c.id for c in clips}
-        codes = {}
-        for i in range(len(cache)):
-            item = cache[i]
-            if item["id"] in wanted:
-                codes[item["id"]] = torch.as_tensor(item["codes"]).long()
-        missing = sorted(wanted - set(codes))
-        if missing:
-            print(f"siren adherence: {args.codes} lacks {len(missing)} clips, e.g. {missing[:3]}")
+        try:
+            codes = CodeCache(args.codes).codes_of([c.id for c in clips])
+        except CodeCacheError as err:
+            print(f"siren adherence: {err}")
             return 1
     out = Path(args.out)
     report = score_model(

@@ -58,6 +58,21 @@ def test_cache_round_trip_is_exact(tmp_path):
         assert torch.equal(item["codes"][:2, :-1].long(), alone[:2, :-1])
 
 
+def test_codes_of_reads_the_named_clips_and_names_the_missing(tmp_path):
+    manifest = make_manifest(tmp_path, LENGTHS)
+    c = codec()
+    tok.tokenize_manifest(
+        manifest, c, tmp_path / "cache", shard_size=3, batch_size=2, progress=False
+    )
+    cache = CodeCache(tmp_path / "cache")
+    got = cache.codes_of(["c5", "c1", "c5"])
+    assert list(got) == ["c5", "c1"]  # asked order, each once
+    for clip, i in (("c5", 5), ("c1", 1)):
+        assert got[clip].dtype == torch.long and torch.equal(got[clip], cache[i]["codes"].long())
+    with pytest.raises(CodeCacheError, match=r"lacks 2 of the clips, e.g. \['c9', 'x'\]"):
+        cache.codes_of(["c0", "x", "c9"])
+
+
 def _same_cache(a, b):
     """Same index and same items."""
     assert (a / "index.json").read_text() == (b / "index.json").read_text()

@@ -396,3 +396,17 @@ class CodeCache(Sequence):
         raw = self.dataset[i]
         check_item(raw, i, self.index, self.root)
         return decode_item(raw)
+
+    def codes_of(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The codes of the named clips: {id: long [r, T]}; only their items are read.
+
+        Raises:
+            CodeCacheError: naming how many of the ids the cache lacks, and a few of them.
+        """
+        position = {clip: i for i, clip in enumerate(self.index["ids"])}
+        missing = sorted(set(ids) - set(position))
+        if missing:
+            raise CodeCacheError(
+                f"code cache {self.root} lacks {len(missing)} of the clips, e.g. {missing[:3]}"
+            )
+        return {c: torch.as_tensor(self[position[c]]["codes"]).long() for c in dict.fromkeys(ids)}
