@@ -118,11 +118,13 @@ align: install
 	fit=$$?; wait $$before || { cat $(ALIGN)/report_before.log; exit 1; }; exit $$fit
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
 	# The aligned rows: seeds 0 and 1 on the two cores, then the report (seed 2, KL, the table).
-	for seed in 0 1; do \
+	# Wait by PID: a job that ended before `wait` reached it is gone from the job table (`wait %2`
+	# failed with "no such job" whenever seed 1 finished first)
+	pids=; for seed in 0 1; do \
 	  OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	    $(ALIGN_REPORT_ARGS) --seeds $$seed --kl-clips 0 --out $(ALIGN)/report_seed$$seed \
-	    > $(ALIGN)/report_seed$$seed.log 2>&1 & \
-	done; wait %1 && wait %2 || { tail -n 5 $(ALIGN)/report_seed*.log; exit 1; }
+	    > $(ALIGN)/report_seed$$seed.log 2>&1 & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || { for f in $(ALIGN)/report_seed*.log; do tail -n 5 "$$f"; done; exit 1; }; done
 	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	  $(ALIGN_REPORT_ARGS) --out $(ALIGN)/report
 	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
