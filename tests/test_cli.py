@@ -76,6 +76,21 @@ def test_every_training_yaml_lists_the_guards_docs_reliability_promises(config):
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_step_checkpointing_yaml_saves_its_last_step(config):
+    """ModelCheckpoint(every_n_train_steps=n) saves nothing after the last multiple of n, so a
+    max_steps that n does not divide loses the last steps (make align exported step 20 of 30)."""
+    import yaml
+
+    trainer = {}
+    for path in _layers(config)[1::2]:
+        trainer.update(yaml.safe_load(Path(path).read_text()).get("trainer") or {})
+    for callback in trainer.get("callbacks") or []:
+        every = (callback.get("init_args") or {}).get("every_n_train_steps")
+        if callback["class_path"].endswith("ModelCheckpoint") and every and "max_steps" in trainer:
+            assert trainer["max_steps"] % every == 0, (trainer["max_steps"], every)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_experiment_yaml_parses_through_the_cli(config, capsys):
     # --print_config validates every init argument against the classes' signatures.
     with pytest.raises(SystemExit) as exit_info:
