@@ -34,12 +34,7 @@ from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.generate import load_generation_stack
 from siren_lightning.metrics.adherence import JUDGED, adherence, mean_and_spread
-from siren_lightning.models.sampling import (
-    DEFAULT_SAMPLING,
-    Sampler,
-    SamplingConfig,
-    prepare_prompts,
-)
+from siren_lightning.models.sampling import DEFAULT_SAMPLING, Sampler, generate_for_captions
 
 
 class GivenSampler:
@@ -83,29 +78,16 @@ def generate_given(
     delay: bool,
 ):
     """[B, r, T] codes with codebooks `given` set to `truth` ([B, r, T]) and the rest drawn."""
-    text = text_encoder.encode(captions)
-    empty = text_encoder.encode([""])
-    frames = truth.shape[-1]
-    config = SamplingConfig(**DEFAULT_SAMPLING)
-    prompts = prepare_prompts(
-        text.states,
-        text.mask,
-        frames,
-        text_dim=model.config.text_dim,
-        dtype=model.codebook_table.dtype,
-        uncond_states=empty.states,
-        uncond_mask=empty.mask,
-        guided=config.cfg_scale != 1.0,
+    return generate_for_captions(
+        model,
+        text_encoder,
+        captions,
+        truth.shape[-1],
         total_frames=torch.tensor(lengths),
+        generator=torch.Generator().manual_seed(seed),
+        wrap_sampler=lambda sampler: GivenSampler(sampler, truth, given, delay),
+        **DEFAULT_SAMPLING,
     )
-    generator = torch.Generator().manual_seed(seed)
-    sampler = GivenSampler(Sampler(config, prompts.guided, generator), truth, given, delay)
-    state = model.begin(prompts, frames)
-    try:
-        out = [model.step(state, sampler) for _ in range(frames)]
-    finally:
-        model.end(state)
-    return torch.stack(out, -1)
 
 
 def parse_range(text: str) -> set[int]:

@@ -20,7 +20,7 @@ scores policies with the same function.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -259,6 +259,7 @@ def generate_frames(
     batch_experts: bool = True,
     total_frames: Tensor | None = None,
     prompt_codes: Tensor | None = None,
+    wrap_sampler: Callable[[Sampler], Callable[[Tensor], Tensor]] | None = None,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming): the loop over `model.begin` / `model.step`.
 
@@ -279,6 +280,8 @@ def generate_frames(
         prompt_codes: [B, r, P] codes the clips start with (P <= T): frames 0 .. P-1 are
             these codes, not draws, and the rest continue them. `model.begin` feeds them in
             one forward (prefill); the first `model.step` makes frame P.
+        wrap_sampler: wraps the sampler the model's steps call (an analysis hook, e.g. one that
+            replaces some draws by given codes: benchmarks/where_text_is_lost.py).
 
     Yields:
         [B, r] long codes of each frame.
@@ -311,6 +314,8 @@ def generate_frames(
                 f"generate: {prompt_codes.shape[-1]} prompt frames exceed num_frames {num_frames}"
             )
     sampler = Sampler(config, prompts.guided, generator)
+    if wrap_sampler is not None:
+        sampler = wrap_sampler(sampler)
     state = model.begin(prompts, num_frames, use_cache, batch_experts, prompt_codes)
     given = 0 if prompt_codes is None else prompt_codes.shape[-1]
     try:
