@@ -12,7 +12,8 @@ checkpoint; `to(device)` moves whatever they hold.
 - `LaionCLAPReward`: cosine x 100 with LAION CLAP (`transformers.ClapModel`, local folder or hub
   id), loaded on first use through `metrics.backbones.LaionClap`.
 - `EmbeddingCosineReward`: cosine x 100 between user-supplied audio and text embedding functions
-  (ImageBind-style models that this project does not ship).
+  (ImageBind-style models); `mel-probe` is the one this project ships for SynthCaps
+  (`align.probe_embedding`: fixed mel features, a ridge map into MiniLM's caption space).
 - `CallableReward`: any Python function ``(audio, sample_rate, captions) -> [B]`` named by its
   dotted path in a YAML.
 - `LoudnessReward`: RMS level in dB, a toy reward for tests.
@@ -179,6 +180,9 @@ class EmbeddingCosineReward(Reward):
         embed_text: ``(captions) -> [B, E]`` (a callable or its dotted path).
         family: the embedding model's family, recorded with every model it trains (e.g.
             "imagebind"); "embedding-cosine" when not given.
+
+    An `embed_audio` that carries a ``provenance()`` attribute (a function returning a JSON-able
+    dict, e.g. its checkpoint and SHA-256) has it merged into this reward's provenance.
     """
 
     def __init__(
@@ -197,7 +201,13 @@ class EmbeddingCosineReward(Reward):
         paths = [
             p if isinstance(p, str) else getattr(p, "__qualname__", repr(p)) for p in self._paths
         ]
-        return {**super().provenance(), "embed_audio": paths[0], "embed_text": paths[1]}
+        extra = getattr(self.embed_audio, "provenance", None)
+        return {
+            **super().provenance(),
+            "embed_audio": paths[0],
+            "embed_text": paths[1],
+            **(extra() if callable(extra) else {}),
+        }
 
     def score(self, audio: Tensor, sample_rate: int, captions: list[str]) -> Tensor:
         audio_emb = torch.as_tensor(self.embed_audio(audio, sample_rate))
@@ -246,7 +256,8 @@ def build_reward(spec: str) -> Reward:
     """A reward from a short spec (command-line tools).
 
     `loudness`; `tiny-clap:<name or folder>` or a bundled tiny CLAP name; `laion:<folder or hub
-    id>`; `callable:<dotted path>`; `embedding-cosine:<audio fn>,<text fn>` (dotted paths).
+    id>`; `callable:<dotted path>`; `embedding-cosine:<audio fn>,<text fn>` (dotted paths);
+    `mel-probe` (the committed `assets/mel-probe-reward`, family "mel-probe").
     """
     from siren_lightning.metrics.tiny_clap import BUNDLED
 
@@ -259,6 +270,11 @@ def build_reward(spec: str) -> Reward:
         return TinyCLAPReward(arg)
     if kind == "laion":
         return LaionCLAPReward(arg or "laion/clap-htsat-unfused")
+    if spec == "mel-probe":
+        probe = "siren_lightning.align.probe_embedding"
+        return EmbeddingCosineReward(
+            f"{probe}.embed_audio", f"{probe}.embed_text", family="mel-probe"
+        )
     if kind == "callable" and arg:
         return CallableReward(arg)
     if kind == "embedding-cosine" and arg.count(",") == 1:
@@ -266,6 +282,7 @@ def build_reward(spec: str) -> Reward:
         return EmbeddingCosineReward(embed_audio, embed_text)
     raise ValueError(
         f"unknown reward spec {spec!r}; use loudness, tiny-clap-reward, tiny-clap:<folder>, "
+        "mel-probe, "
         "laion:<folder or hub id>, callable:<package.module.function> or "
         "embedding-cosine:<audio function>,<text function>"
     )
