@@ -64,3 +64,29 @@ def test_a_tiny_yaml_naming_its_size_builds_the_reference_models_architecture(
     assert network.config.to_dict() == recorded["model_config"]
     codec_table = load_codec(str(ASSETS / "codec_tiny")).codebook_table().float()
     assert torch.equal(network.codebook_table, codec_table)
+
+
+def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(
+    tmp_path, monkeypatch
+):
+    """Stage 2 aligns expert 0 only (anti-causal: experts 1-5 complete the frame unchanged), and
+    the committed aligned model says which reward trained it (issue 17, reward provenance)."""
+    monkeypatch.chdir(tmp_path)
+    folder = ASSETS / "siren_tiny_aligned"
+    aligned, meta = load_lm(folder)
+    reference, _ = load_lm("siren_tiny_reference")
+    before = reference.state_dict()
+    changed = {
+        ".".join(name.split(".")[:2])
+        for name, value in aligned.state_dict().items()
+        if not torch.equal(value, before[name])
+    }
+    assert changed == {"experts.0"}
+    reward = meta["align"]["reward"]
+    weights = ASSETS / "tiny-clap-reward" / "model.safetensors"
+    assert reward["family"] == "tiny-clap" and reward["checkpoint"] == "tiny-clap-reward"
+    assert reward["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert meta["align"]["grader"]["clap"] == "tiny-clap-eval"
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    stated = re.findall(r"SHA-256 `([0-9a-f]{64})`", (folder / "README.md").read_text())
+    assert stated == [digest]
