@@ -66,9 +66,7 @@ def test_a_tiny_yaml_naming_its_size_builds_the_reference_models_architecture(
     assert torch.equal(network.codebook_table, codec_table)
 
 
-def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(
-    tmp_path, monkeypatch
-):
+def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp_path, monkeypatch):
     """Stage 2 aligns expert 0 only (anti-causal: experts 1-5 complete the frame unchanged), and
     the committed aligned model says which reward trained it (issue 17, reward provenance)."""
     monkeypatch.chdir(tmp_path)
