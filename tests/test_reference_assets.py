@@ -16,6 +16,12 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 REFERENCES = sorted(p for p in ASSETS.glob("*_tiny_reference") if p.is_dir())
 
 
+def assert_readme_states_the_weights_sha256(folder: Path) -> None:
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    stated = re.findall(r"SHA-256 `([0-9a-f]{64})`", (folder / "README.md").read_text())
+    assert stated == [digest]
+
+
 def test_both_references_are_committed():
     assert [p.name for p in REFERENCES] == ["delay_tiny_reference", "siren_tiny_reference"]
 
@@ -27,9 +33,7 @@ def test_reference_loads_from_another_folder_and_its_readme_is_true(folder, tmp_
     assert model.config.duration_conditioning and not model.config.bias
     sidecar = (folder / "siren.json").read_text()
     assert codec.sha256() in sidecar  # the codec the model was trained with
-    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    stated = re.findall(r"SHA-256 `([0-9a-f]{64})`", (folder / "README.md").read_text())
-    assert stated == [digest]
+    assert_readme_states_the_weights_sha256(folder)
 
 
 def test_alignment_starts_from_the_reference_siren(tmp_path, monkeypatch):
@@ -85,6 +89,4 @@ def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp
     assert reward["family"] == "tiny-clap" and reward["checkpoint"] == "tiny-clap-reward"
     assert reward["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert meta["align"]["grader"]["clap"] == "tiny-clap-eval"
-    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    stated = re.findall(r"SHA-256 `([0-9a-f]{64})`", (folder / "README.md").read_text())
-    assert stated == [digest]
+    assert_readme_states_the_weights_sha256(folder)

@@ -169,17 +169,8 @@ def _captions() -> CaptionEmbeddingCache:
     return _LOADED["captions"]
 
 
-def text_embedding(
-    captions: Sequence[str], cache: CaptionEmbeddingCache, batch: int = 64
-) -> Tensor:
-    """captions: B strings -> [B, E] L2-normalised MiniLM sentence embeddings (float32, CPU).
-
-    New captions are encoded in batches of similar length (little padding: thousands of train
-    captions in one padded batch cost a quarter more time).
-    """
-    new = sorted({c for c in captions if c not in cache.vectors}, key=lambda c: (len(c), c))
-    for i in range(0, len(new), batch):
-        cache(new[i : i + batch])
+def text_embedding(captions: Sequence[str], cache: CaptionEmbeddingCache) -> Tensor:
+    """captions: B strings -> [B, E] L2-normalised MiniLM sentence embeddings (float32, CPU)."""
     return F.normalize(cache(list(captions)).float(), dim=-1)
 
 

@@ -150,22 +150,28 @@ class TinyCLAP(nn.Module, PyTorchModelHubMixin):
 class CaptionEmbeddingCache:
     """Frozen text encoder + a dictionary caption -> pooled vector [Dt] (kept on the CPU).
 
-    The text tower's input never changes for a caption, so each is encoded once.
+    The text tower's input never changes for a caption, so each is encoded once. New captions
+    are encoded `batch_size` at a time in order of length, so a batch pads little (thousands of
+    captions in one padded batch cost about a quarter more time).
     """
 
-    def __init__(self, backend: str = "minilm", name_or_path: str | None = None):
+    def __init__(
+        self, backend: str = "minilm", name_or_path: str | None = None, batch_size: int = 64
+    ):
         from siren_lightning.text import TextEncoder
 
         self.encoder = TextEncoder(backend, name_or_path)
+        self.batch_size = batch_size
         self.vectors: dict[str, Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> Tensor:
         """captions: B strings. Returns [B, Dt]."""
-        new = sorted({c for c in captions if c not in self.vectors})
-        if new:
-            pooled = self.encoder.encode(new).pooled.float().cpu()
-            self.vectors.update(zip(new, pooled, strict=True))
+        new = sorted({c for c in captions if c not in self.vectors}, key=lambda c: (len(c), c))
+        for i in range(0, len(new), self.batch_size):
+            chunk = sorted(new[i : i + self.batch_size])
+            pooled = self.encoder.encode(chunk).pooled.float().cpu()
+            self.vectors.update(zip(chunk, pooled, strict=True))
         return torch.stack([self.vectors[c] for c in captions])
 
 
