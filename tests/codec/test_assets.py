@@ -30,3 +30,35 @@ def test_committed_codec_keeps_a_tone_pitch_band():
         audio = (tone + 0.0015 * torch.randn(16000, generator=gen))[None, None]
         recon = codec.decode(codec.encode(audio))[0, 0]
         assert measure_attributes(recon.numpy())["pitch"] == band
+
+
+CLEAN = ASSET.parent / "codec_tiny_clean"
+
+
+def test_clean_codec_matches_its_recorded_hashes():
+    meta = json.loads((CLEAN / "codec.json").read_text())
+    codec = load_codec(CLEAN)
+    assert codec.sha256() == meta["sha256"]
+    readme = (CLEAN / "README.md").read_text()
+    assert meta["sha256"] in readme and file_sha256(CLEAN / WEIGHTS_FILE) in readme
+    assert codec.config.log_floor == 0.01
+
+
+def test_clean_codec_spells_silence_with_one_code_and_decodes_it_silent():
+    """Digital silence between two tone events: the silent frames far from the events are one
+    code tuple, decoded >= 50 dB under the tone; the events keep their pitch band and count.
+    (assets/codec_tiny decodes the same silence at RMS 0.055, under 20 dB down.)"""
+    codec = load_codec(CLEAN)
+    t = torch.arange(8000) / 16000
+    tone = 0.5 * torch.sin(2 * math.pi * 520.0 * t)
+    silence = torch.zeros(16000)
+    audio = torch.cat([silence, tone, silence, tone, silence])[None, None]  # 4 s, 2 events
+    codes = codec.encode(audio)[0]  # [12, 200]
+    deep = torch.cat([codes[:, 10:40], codes[:, 85:115], codes[:, 160:190]], dim=1)  # [12, 90]
+    assert all(len(set(row.tolist())) == 1 for row in deep)  # one code per codebook
+    recon = codec.decode(codes[None])[0, 0]
+    quiet = recon[16000 + 8000 + 4000 : 16000 + 8000 + 12000]  # 0.25 s into the middle silence
+    loud = recon[16000 + 2000 : 16000 + 6000]
+    assert 20 * math.log10(quiet.pow(2).mean().sqrt() / loud.pow(2).mean().sqrt()) < -50
+    attrs = measure_attributes(recon.numpy())
+    assert (attrs["pitch"], attrs["count"]) == ("medium", "twice")

@@ -220,3 +220,24 @@ def test_prepare_where_keeps_the_clips_whose_attributes_match():
     assert select_clips(clips, []) == clips
     with pytest.raises(ManifestError, match="KEY=VALUE"):
         select_clips(clips, ["source"])
+
+
+def test_prepare_synthcaps_background_flag_sets_the_noise_floor(tmp_path):
+    """`--background 0` writes digital silence before the first event; the default floor does
+    not, and the two sets differ only there (same clips, same seed)."""
+    import soundfile as sf
+
+    def first_clip(background: list[str]) -> np.ndarray:
+        out = tmp_path / ("clean" if background else "noisy")
+        argv = ["synthcaps", "--out", str(out), "--train", "1", "--val", "0", "--test", "0"]
+        assert prepare.main(argv + ["--workers", "1", *background]) == 0
+        row = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+        assert json.loads((out / "config.json").read_text())["background"] == (
+            0.0 if background else 0.003
+        )
+        return sf.read(out / row["audio"], dtype="float32")[0]
+
+    clean, noisy = first_clip(["--background", "0"]), first_clip([])
+    head = slice(0, 800)  # the first 50 ms: every SynthCaps event starts later (5%+ of >= 1 s)
+    assert np.all(clean[head] == 0.0)
+    assert np.sqrt(np.mean(noisy[head] ** 2)) > 0.0005  # 0.003 x a peak of 0.3-0.8

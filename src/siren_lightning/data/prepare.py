@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--min-seconds", type=float, default=1.0)
     sc.add_argument("--max-seconds", type=float, default=6.0)
     sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument(
+        "--background",
+        type=float,
+        default=0.003,
+        help="RMS of the white-noise floor relative to each clip's peak (0: digital silence "
+        "between events, for a codec that decodes silence as silence: experiments/codec_tiny_clean.yaml)",
+    )
     sc.add_argument("--workers", type=int, default=None)
     sc.add_argument("--force", action="store_true", help="regenerate even if the set exists")
     return p
@@ -171,6 +178,7 @@ def _synthcaps(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
         seed=args.seed,
+        background=args.background,
     )
     stamp = args.out / "config.json"
     wanted = json.dumps(cfg.__dict__, sort_keys=True)
