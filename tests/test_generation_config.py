@@ -95,6 +95,7 @@ def test_generate_samples_with_the_models_file_and_a_flag_overrides_it(
         ({"sampling": {}, "note": "x"}, "unknown key(s) ['note']"),
         ({"temperature": 0.7}, 'must be {"sampling": {...}, "chosen_on": "..."}'),
         ({"sampling": {"top_p": None}}, "a sampling value is null"),
+        ({"sampling": {}, "chosen_on": ["val"]}, "chosen_on must be text, got ['val']"),
         ("{not json", "not valid JSON"),
     ],
 )

@@ -57,6 +57,8 @@ def check_generation_config(config: Any, path: str | Path) -> dict[str, Any]:
             f"{path}: unknown key(s) {unknown}; known: {list(KEYS)}, "
             f"sampling.{list(DEFAULT_SAMPLING)}"
         )
+    if not isinstance(config.get("chosen_on", ""), str):
+        raise GenerationConfigError(f"{path}: chosen_on must be text, got {config['chosen_on']!r}")
     if any(v is None for v in sampling.values()):
         raise GenerationConfigError(f"{path}: a sampling value is null; leave the key out instead")
     try:
