@@ -32,6 +32,7 @@ TOOLS: dict[str, str] = {
     "adherence": "siren_lightning.text_following:main",
     "download-weights": "siren_lightning.metrics.weights:main",
     "demo": "siren_lightning.demo:main",
+    "set-sampling": "siren_lightning.generation_config:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

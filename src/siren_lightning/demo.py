@@ -2,7 +2,9 @@
 
 The page takes a caption, a negative caption, seconds, guidance scale, temperature, seed and an
 optional prompt audio; each result shows an audio player, a spectrogram and the `siren generate`
-command that reproduces it exactly (same seed and batch size 1: the same samples). Generation
+command that reproduces it exactly (same seed and batch size 1: the same samples). Guidance and
+temperature start at the model's own sampling defaults (its generation.json, else the global
+ones), as do top-k and top-p, which the page does not show. Generation
 goes through `generate.generate_audio`, the CLI's own path, so the page and the CLI cannot
 drift apart.
 
@@ -21,15 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
+from siren_lightning.models.sampling import resolve_sampling
 
-# What the page's fields start at.
-DEFAULTS: dict[str, Any] = {
-    "seconds": 2.0,
-    "cfg_scale": DEFAULT_SAMPLING["cfg_scale"],
-    "temperature": DEFAULT_SAMPLING["temperature"],
-    "seed": 0,
-}
+# What the page's fields start at (guidance and temperature: the model's, `DemoGenerator.sampling`).
+DEFAULTS: dict[str, Any] = {"seconds": 2.0, "seed": 0}
 MAX_SECONDS = 30.0
 
 
@@ -122,12 +119,15 @@ class DemoGenerator:
         stack: tuple[Any, Any, Any] | None = None,
     ) -> None:
         from siren_lightning.generate import load_generation_stack
+        from siren_lightning.generation_config import model_sampling
 
         self.model_dir = str(model_dir)
         self.overrides = {"codec": codec, "text_encoder": text_encoder}
         self.model, self.codec, self.text_encoder = stack or load_generation_stack(
             model_dir, device, codec=codec, text_encoder=text_encoder
         )
+        # The model's own defaults (its generation.json), else the global ones.
+        self.sampling = model_sampling(model_dir, "siren demo").values
         self.out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="siren-demo-"))
         self.count = 0
 
@@ -152,13 +152,8 @@ class DemoGenerator:
             raise ValueError(f"seconds must be in (0, {MAX_SECONDS:g}], got {seconds}")
         if negative_caption and float(cfg_scale) == 1.0:
             raise ValueError("a negative caption acts through guidance: set guidance != 1")
-        sampling = {
-            "temperature": float(temperature),
-            "top_k": int(DEFAULT_SAMPLING["top_k"]),
-            "top_p": float(DEFAULT_SAMPLING["top_p"]),
-            "cfg_scale": float(cfg_scale),
-        }
-        check_sampling("siren demo", **sampling)
+        given = {"temperature": float(temperature), "cfg_scale": float(cfg_scale)}
+        sampling = resolve_sampling("siren demo", given, self.sampling).values
         prompt = None
         if prompt_audio:
             device = self.model.codebook_table.device
@@ -231,10 +226,15 @@ def build_demo(generator: DemoGenerator) -> Any:
                     elem_id="seconds",
                 )
                 guidance = gr.Number(
-                    DEFAULTS["cfg_scale"], label="Guidance (cfg scale)", elem_id="guidance"
+                    generator.sampling["cfg_scale"],
+                    label="Guidance (cfg scale)",
+                    elem_id="guidance",
                 )
                 temperature = gr.Number(
-                    DEFAULTS["temperature"], label="Temperature", minimum=0, elem_id="temperature"
+                    generator.sampling["temperature"],
+                    label="Temperature",
+                    minimum=0,
+                    elem_id="temperature",
                 )
                 seed = gr.Number(DEFAULTS["seed"], label="Seed", precision=0, elem_id="seed")
                 prompt = gr.Audio(

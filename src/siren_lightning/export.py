@@ -12,6 +12,10 @@ plain model folder as above, the adapters folded into the weights) or as its ada
 `adapter_model.safetensors` (the LoRA matrices only) and `siren.json`, whose `adapter` entry
 names the base export folder and its weights' SHA-256.
 
+The folder may also hold `generation.json`, the model's own sampling defaults
+(`generation_config`); `siren export` writes none, except for an aligned checkpoint, whose export
+carries over the file of the model the alignment started from (`align.init_from`).
+
 `load_lm(spec)` is the one way to load an LM: from an export folder (an adapter-only one loads
 its base, adds the adapters and merges them), from a stage's Lightning `.ckpt` (the one place the
 `network.` prefix of its weights is stripped), or by the name of a committed reference model
@@ -162,7 +166,24 @@ def export_checkpoint(
     if adapter is not None:
         sidecar["adapter"] = adapter
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    if meta.get("align") is not None:
+        _carry_generation_config(meta["align"].get("init_from"), out)
     return out
+
+
+def _carry_generation_config(init_from: str | None, out: Path) -> None:
+    """An aligned export samples as the model its alignment started from: copy that model's
+    generation.json (if it is an export folder that has one), its provenance kept."""
+    from siren_lightning.generation_config import read_generation_config, write_generation_config
+
+    source = lm_location(init_from) if init_from else None
+    config = read_generation_config(source) if source is not None and source.is_dir() else None
+    if config is None:
+        return
+    chosen_on = config.get("chosen_on") or "not recorded"
+    write_generation_config(
+        out, config["sampling"], f"for {source}, the model this alignment started from: {chosen_on}"
+    )
 
 
 def _read_checkpoint(

@@ -5,7 +5,9 @@ one caption a line) writes `OUT/<id>.wav` per caption and `OUT/generations.jsonl
 caption, path, seed and sampling settings of each. With `--manifest`, the id is the clip's id, so
 `siren evaluate --generated OUT --reference MANIFEST` pairs each file with its reference; else
 ids count from 00000. The model folder comes from `siren export`;
-its sidecar names the codec and the text encoder, both overridable on the command line.
+its sidecar names the codec and the text encoder, both overridable on the command line. The
+sampling flags not given come from the model's `generation.json` (`generation_config`), else
+`DEFAULT_SAMPLING`; the settings in effect are printed with where each came from.
 `--negative-caption TEXT` replaces the empty caption in the unconditional branch of
 classifier-free guidance (what to steer away from).
 
@@ -32,12 +34,7 @@ from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
-from siren_lightning.models.sampling import (
-    DEFAULT_SAMPLING,
-    check_sampling,
-    encode_captions,
-    generate,
-)
+from siren_lightning.models.sampling import encode_captions, generate, resolve_sampling
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.text.encoder import TextEncoder
 
@@ -86,7 +83,9 @@ def generate_audio(
         seconds: length of every clip, or one length per caption (a batch is generated to its
             longest and each clip cut to its own length).
         seed: seeds one `torch.Generator` for the whole run (same seed and batch size: same audio).
-        sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`.
+        sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` for `models.sampling.generate`
+            (`DEFAULT_SAMPLING` for those not given; `siren generate` passes the model's own,
+            `generation_config.model_sampling`).
         ids: one file name (without .wav) per caption, e.g. manifest clip ids; default
             00000, 00001, ...
         negative_captions: the unconditional branch's caption, for every clip or one per
@@ -107,7 +106,7 @@ def generate_audio(
     check_file_ids(ids, "generate_audio")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+    sampling = resolve_sampling("generate_audio", sampling).values
     lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else list(seconds)
     if len(lengths) != len(captions) or min(lengths, default=1.0) <= 0:
         raise ValueError(f"generate_audio: need one positive length per caption, got {lengths}")
@@ -229,7 +228,7 @@ def infill_audio(
     import soundfile as sf
 
     out = Path(out)
-    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+    sampling = resolve_sampling("infill_audio", sampling).values
     device = model.codebook_table.device
     codes = encode_prompt(codec, clip, device=device)  # [1, r, T]
     frames = codes.shape[-1]
@@ -320,6 +319,7 @@ def load_generation_stack(
 def main(argv: list[str]) -> int:
     """Generate audio from captions with a model folder written by `siren export`."""
     from siren_lightning.export import ExportError
+    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
 
     p = argparse.ArgumentParser(prog="siren generate", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -342,10 +342,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--cfg-scale", type=float, default=3.0)
+    add_sampling_flags(p)
     p.add_argument(
         "--negative-caption",
         default="",
@@ -384,23 +381,17 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    # Nonsense values fail here, before the model and codec load.
-    check_sampling(
-        "siren generate",
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        cfg_scale=args.cfg_scale,
-    )
+    # Nonsense values (given or in the model's generation.json) fail here, before the model loads.
+    sampling = model_sampling(args.model, "siren generate", given_sampling(args))
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"siren generate: {name} must be >= 1, got {value}")
     if not args.seconds > 0:
         raise ValueError(f"siren generate: --seconds must be positive, got {args.seconds}")
-    if args.negative_caption and args.cfg_scale == 1.0:
+    if args.negative_caption and sampling.values["cfg_scale"] == 1.0:
         raise ValueError(
-            "siren generate: --negative-caption enters through guidance; --cfg-scale 1 turns "
-            "guidance off"
+            "siren generate: --negative-caption enters through guidance; cfg_scale 1 (--cfg-scale "
+            "or the model's generation.json) turns guidance off"
         )
 
     _check_editing_arguments(args)
@@ -435,12 +426,7 @@ def main(argv: list[str]) -> int:
     except (ExportError, ValueError) as err:
         print(f"siren generate: {err}")
         return 1
-    sampling = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "cfg_scale": args.cfg_scale,
-    }
+    print(sampling.describe())
     try:
         if args.infill:
             record = infill_audio(
@@ -453,7 +439,7 @@ def main(argv: list[str]) -> int:
                 args.out,
                 candidates=args.candidates,
                 seed=args.seed,
-                sampling=sampling,
+                sampling=sampling.values,
                 negative_caption=args.negative_caption,
             )
             print(f"wrote {record['path']} (candidate {record['chosen']} of {args.candidates})")
@@ -470,7 +456,7 @@ def main(argv: list[str]) -> int:
             seconds=seconds,
             seed=args.seed,
             batch_size=args.batch_size,
-            sampling=sampling,
+            sampling=sampling.values,
             ids=ids,
             negative_captions=args.negative_caption,
             prompt_codes=prompt,

@@ -5,7 +5,8 @@ duration (one run per sampling seed), score every generation with `measure_attri
 report adherence per attribute, as the mean of the three and as all-three-right, with the mean
 and spread over the seeds beside the chance level. With `--codes` (the split's code cache) it
 also reports the text gap per codebook. The WAVs stay in `<out>/seed<S>/` for `siren evaluate`
-(CLAP, FD) on the same generations.
+(CLAP, FD) on the same generations. Sampling flags not given come from the model's
+`generation.json`, else the defaults; the report records the settings and where each came from.
 
     siren adherence --model runs/siren_tiny/model --manifest data/synthcaps/test.jsonl \\
         --codes data/synthcaps/codes_litdata/test --limit 200 --seeds 0 1 2 --out runs/siren_tiny/follow
@@ -30,7 +31,7 @@ from siren_lightning.metrics.adherence import (
     mean_and_spread,
     text_gap,
 )
-from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
+from siren_lightning.models.sampling import resolve_sampling
 
 SCORES = (*JUDGED, "mean", "all")
 
@@ -92,7 +93,7 @@ def score_model(
         "text_gap": gap,
         "clips": len(clips),
         "seeds": list(seeds),
-        "sampling": {**DEFAULT_SAMPLING, **(sampling or {})},
+        "sampling": resolve_sampling("score_model", sampling).values,
         "chance": {**CHANCE, "mean": sum(CHANCE.values()) / 3},
     }
 
@@ -118,6 +119,7 @@ def main(argv: list[str]) -> int:
     from siren_lightning.data.code_cache import CodeCache, CodeCacheError
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError
+    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
 
     p = argparse.ArgumentParser(prog="siren adherence", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -127,16 +129,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds")
     p.add_argument("--out", required=True, help="folder for the WAVs and report.json")
     p.add_argument("--batch-size", type=int, default=16)
-    for name, value in DEFAULT_SAMPLING.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    add_sampling_flags(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1:
         print("siren adherence: --limit and --batch-size must be >= 1")
         return 2
-    sampling = {k: getattr(args, k) for k in DEFAULT_SAMPLING}
-    try:
-        check_sampling("siren adherence", **sampling)
+    try:  # a bad flag or generation.json fails here, before the model loads
+        sampling = model_sampling(args.model, "siren adherence", given_sampling(args))
     except ValueError as err:
         print(err)
         return 2
@@ -161,9 +161,11 @@ def main(argv: list[str]) -> int:
             print(f"siren adherence: {err}")
             return 1
     out = Path(args.out)
+    print(sampling.describe())
     report = score_model(
-        model, text_encoder, codec, clips, out, args.seeds, sampling, args.batch_size, codes
+        model, text_encoder, codec, clips, out, args.seeds, sampling.values, args.batch_size, codes
     )
+    report["sampling_from"] = sampling.sources
     report["model"] = str(Path(args.model).resolve())
     report["manifest"] = str(Path(args.manifest).resolve())
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

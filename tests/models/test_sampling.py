@@ -3,11 +3,13 @@ import torch
 from siren_testing import make_model, make_text
 
 from siren_lightning.models.sampling import (
+    DEFAULT_SAMPLING,
     check_sampling,
     filter_top_k,
     filter_top_p,
     generate,
     generate_frames,
+    resolve_sampling,
     sample_logits,
 )
 
@@ -123,3 +125,27 @@ def test_sampling_refuses_nonsense_settings(setting, message):
     with pytest.raises(ValueError, match=f"generate: {message}"):
         generate(model, states, mask, 2, **setting)
     check_sampling(temperature=0.0, top_k=0, top_p=1.0, cfg_scale=-1.0)  # greedy, all off: fine
+
+
+def test_given_settings_beat_the_models_which_beat_the_defaults():
+    assert DEFAULT_SAMPLING == {"temperature": 1.0, "top_k": 250, "top_p": 1.0, "cfg_scale": 3.0}
+    model = {"temperature": 0.7, "top_p": 0.9, "cfg_scale": 2.0}
+    given = {"temperature": 0.0, "top_k": None, "cfg_scale": 2.5}  # None: not given
+    resolved = resolve_sampling("test", given, model, model_label="m/generation.json")
+    assert resolved.values == {"temperature": 0.0, "top_k": 250, "top_p": 0.9, "cfg_scale": 2.5}
+    assert resolved.sources == {
+        "temperature": "given",
+        "top_k": "default",
+        "top_p": "m/generation.json",
+        "cfg_scale": "given",
+    }
+    assert resolved.describe() == (
+        "sampling: temperature 0 (given), top_k 250 (default), top_p 0.9 (m/generation.json), "
+        "cfg_scale 2.5 (given)"
+    )
+    assert resolve_sampling("test").values == DEFAULT_SAMPLING  # nothing given, no model file
+    assert resolve_sampling("test", None, {"top_k": 40.0}).values["top_k"] == 40  # an int
+    with pytest.raises(ValueError, match=r"test: unknown sampling setting\(s\) \['temp'\]"):
+        resolve_sampling("test", {"temp": 0.5})
+    with pytest.raises(ValueError, match="test: top_p must be in"):
+        resolve_sampling("test", {"top_p": 0.0}, model)

@@ -28,10 +28,7 @@ from siren_lightning.align.objectives import kl_exact
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.blocks import clip_timing
-from siren_lightning.models.sampling import DEFAULT_SAMPLING, generate, guide
-
-# `siren generate`'s defaults: held-out clips are sampled the way users sample.
-EVAL_SAMPLING = DEFAULT_SAMPLING
+from siren_lightning.models.sampling import generate, guide, resolve_sampling
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,9 @@ def evaluate_policy(
         reward: the training reward (logged as `reward`), or None.
         evaluator: a `metrics.protocol.Evaluator` (never built on the reward model), or None.
         reference: group k -> frozen reference expert; gives `kl_ref` when set.
-        seconds, sampling, seed, batch_size: generation settings (`EVAL_SAMPLING` by default).
+        seconds, sampling, seed, batch_size: generation settings (`siren generate`'s defaults,
+            `DEFAULT_SAMPLING`, for the sampling settings not given: held-out clips are
+            sampled the way users sample).
 
     Returns:
         metrics (name -> float) and the first clips' audio (caption -> [N]) for logging.
@@ -145,7 +144,7 @@ def evaluate_policy(
     check_file_ids([c.id for c in clips], "held-out evaluation")  # ids name the WAVs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sampling = {**EVAL_SAMPLING, **(sampling or {})}
+    sampling = resolve_sampling("held-out evaluation", sampling).values
     frames = seconds_to_frames(seconds, codec.sample_rate, codec.hop_length)
     device = network.codebook_table.device
     generator = torch.Generator(device=device).manual_seed(seed)

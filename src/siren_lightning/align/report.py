@@ -5,8 +5,9 @@
 
 For each model and each sampling seed, one clip per held-out caption is generated at its clip's
 own duration with `siren generate`'s sampling (`text_following.score_model`, as `siren
-adherence` does: the same seeds and batch size give the same clips), then graded by what did
-not train the policy:
+adherence` does: the same seeds and batch size give the same clips; flags not given come from
+the models' generation.json, which must agree, else the defaults), then graded by what did not
+train the policy:
 - adherence (`measure_attributes`: pitch band, onset count, envelope; signal processing, another
   family than any CLAP), per attribute, their mean and all-three-right;
 - CLAP score and FD of the `tiny` preset (`tiny-clap-eval`, never the reward's checkpoint; the
@@ -42,8 +43,9 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from siren_lightning.align.heldout import EVAL_SAMPLING, HeldoutClip, evaluate_policy
+from siren_lightning.align.heldout import HeldoutClip, evaluate_policy
 from siren_lightning.metrics.adherence import mean_and_spread
+from siren_lightning.models.sampling import resolve_sampling
 
 # (key, title, which way is better)
 COLUMNS = (
@@ -166,6 +168,7 @@ def compare(
     trained_with: dict[str, Any] | None = None,
     grader: dict[str, Any] | None = None,
     cache: str | Path | None = None,
+    sampling_from: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Grade each model on the same held-out clips and seeds; write `report.json` / `report.md`.
 
@@ -181,12 +184,14 @@ def compare(
         trained_with: the `after` model's `align` record (its training reward's provenance).
         grader: what grades (recorded as given).
         cache: folder of per-model metrics (see the module's docstring), or None.
+        sampling_from: where each sampling setting came from (`ResolvedSampling.sources`),
+            recorded as given.
 
     Returns:
         the report dict (also written as JSON).
     """
     out = Path(out)
-    sampling = {**EVAL_SAMPLING, **(sampling or {})}
+    sampling = resolve_sampling("siren align-report", sampling).values
     ref_experts = {k: reference.experts[k] for k in policy_groups}
     rows, timing = {}, {}
     for name, model in models.items():
@@ -258,6 +263,7 @@ def compare(
         "clip_ids": [c.id for c in clips],
         "seeds": list(seeds),
         "sampling": sampling,
+        "sampling_from": sampling_from,
         "batch_size": batch_size,
         "kl_clips": kl_clips,
         "kl_seconds": kl_seconds,
@@ -318,9 +324,9 @@ def main(argv: list[str]) -> int:
     from siren_lightning.codec.checkpoint import load_codec
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError, exported_codec, load_lm
+    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
     from siren_lightning.metrics.adherence import has_attributes
     from siren_lightning.metrics.protocol import build_evaluator
-    from siren_lightning.models.sampling import check_sampling
     from siren_lightning.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
@@ -339,11 +345,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cache", default=None, help="evaluator feature cache folder")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--kl-clips", type=int, default=32, help="captions for the KL (0: none)")
-    p.add_argument("--cfg-scale", type=float, default=EVAL_SAMPLING["cfg_scale"])
-    p.add_argument("--top-k", type=int, default=EVAL_SAMPLING["top_k"])
+    add_sampling_flags(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args(argv)
-    check_sampling("siren align-report", top_k=args.top_k, cfg_scale=args.cfg_scale)
+    sampling = model_sampling(args.before, "siren align-report", given_sampling(args))
+    if args.after:  # both rows at one setting: the report measures the alignment, not sampling
+        after_sampling = model_sampling(args.after, "siren align-report", given_sampling(args))
+        differ = {
+            k: (v, after_sampling.values[k])
+            for k, v in sampling.values.items()
+            if v != after_sampling.values[k]
+        }
+        if differ:
+            cells = ", ".join(f"{k} {a:g} vs {b:g}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"siren align-report: --before and --after sample differently ({cells}, from "
+                "their generation.json); give the flags to grade both at one setting"
+            )
     if args.limit < 1:
         raise ValueError(f"siren align-report: --limit must be >= 1, got {args.limit}")
     if args.batch_size < 1 or args.kl_clips < 0:
@@ -393,6 +411,7 @@ def main(argv: list[str]) -> int:
         "adherence": "measure_attributes (signal processing)",
     }
     models = {"before": before} if after is None else {"before": before, "after": after}
+    print(sampling.describe())
     report = compare(
         models,
         before,
@@ -404,7 +423,8 @@ def main(argv: list[str]) -> int:
         seeds=args.seeds,
         reward=build_reward(args.reward),
         evaluator=build_evaluator("tiny", tiny_clap=args.tiny_clap, cache_dir=args.cache),
-        sampling={"cfg_scale": args.cfg_scale, "top_k": args.top_k},
+        sampling=sampling.values,
+        sampling_from=sampling.sources,
         batch_size=args.batch_size,
         kl_clips=args.kl_clips,
         trained_with=trained_with,

@@ -37,7 +37,7 @@ from siren_lightning.callbacks.media import log_clips, tensorboard_writer
 from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
-from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling
+from siren_lightning.models.sampling import resolve_sampling
 
 # Seed offset between the generations of one clip when `test_seeds` > 1 (a prime far above
 # any batch-index seed, so no two generations share a seed).
@@ -141,8 +141,8 @@ class EvaluationCallback(L.Callback):
         self.every = every_n_validations
         self.seconds = seconds
         self.seed = seed
-        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
-        check_sampling("EvaluationCallback: sampling", **self.sampling)
+        # The global defaults: the model in training has no export folder, no generation.json.
+        self.sampling = resolve_sampling("EvaluationCallback: sampling", sampling).values
         self.batch_size = batch_size
         self.log_audio = log_audio
         self.log_metrics = list(log_metrics or ["fd", "clap_score"])

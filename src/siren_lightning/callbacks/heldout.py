@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import lightning as L
 
-from siren_lightning.align.heldout import EVAL_SAMPLING, evaluate_policy, heldout_clips
-from siren_lightning.models.sampling import check_sampling
+from siren_lightning.align.heldout import evaluate_policy, heldout_clips
+from siren_lightning.models.sampling import resolve_sampling
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class HeldoutEvaluation(L.Callback):
         self.every_n_steps = every_n_steps
         self.num_clips = num_clips
         self.seconds = seconds
-        self.sampling = {**EVAL_SAMPLING, **(sampling or {})}
-        check_sampling("HeldoutEvaluation: sampling", **self.sampling)
+        # The global defaults: the policy in training has no export folder, no generation.json.
+        self.sampling = resolve_sampling("HeldoutEvaluation: sampling", sampling).values
         self.seed = seed
         self.preset = preset
         self.tiny_clap = tiny_clap

@@ -7,7 +7,8 @@ K codebook size, L text tokens, Dt text width.
 The models own their generation: `model.begin(prompts, T)` allocates its caches and
 `model.step(state, sampler)` runs one step (Siren: one frame, experts in order; the delay LM:
 one delay step), drawing each code with `sampler(logits)`. This module only
-- checks the settings (`SamplingConfig`, `check_sampling`, defaults defined once here);
+- checks the settings (`SamplingConfig`, `check_sampling`, defaults defined once here) and
+  chooses the ones in effect (`resolve_sampling`: given > the model's own > the defaults);
 - stacks the unconditional prompt under the prompt when guiding (`prepare_prompts`);
 - turns logits into codes (`Sampler`: `guide`, then temperature, top-k, top-p);
 - drives the loop (`generate_frames`, `generate`, `generate_for_captions`).
@@ -20,7 +21,7 @@ scores policies with the same function.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -49,13 +50,6 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         check_sampling("SamplingConfig", **asdict(self))
 
-    @classmethod
-    def with_defaults(cls, owner: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults overridden by `values` (checked, one message naming `owner`), as a dict."""
-        merged = {**asdict(cls()), **(values or {})}
-        check_sampling(owner, **merged)
-        return merged
-
 
 def check_sampling(owner: str = "sampling", **settings: Any) -> None:
     """One clear error for a nonsense sampling setting (before any model loads).
@@ -81,8 +75,53 @@ def check_sampling(owner: str = "sampling", **settings: Any) -> None:
             raise ValueError(f"{owner}: {name} {rule}, got {value}")
 
 
-# The defaults as a plain dict (for `**sampling` calls and argparse defaults).
+# The defaults as a plain dict (for `**sampling` calls).
 DEFAULT_SAMPLING: dict[str, float] = asdict(SamplingConfig())
+
+
+class ResolvedSampling(NamedTuple):
+    """The sampling settings in effect and where each came from (`resolve_sampling`).
+
+    Attributes:
+        values: all four settings, for `generate(**values)`.
+        sources: setting -> "given", the model's label (its generation.json) or "default".
+    """
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    def describe(self) -> str:
+        """One line: `sampling: temperature 0.7 (model generation.json), top_k 250 (default), ...`."""
+        cells = [f"{k} {v:g} ({self.sources[k]})" for k, v in self.values.items()]
+        return "sampling: " + ", ".join(cells)
+
+
+def resolve_sampling(
+    owner: str,
+    given: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    model_label: str = "model generation.json",
+) -> ResolvedSampling:
+    """The one place the settings in effect are chosen: given > the model's own > the defaults.
+
+    Args:
+        owner: who asks, for error messages.
+        given: explicit settings (flags, arguments); a None value counts as not given.
+        model: the model's own defaults (`generation_config.read_generation_config`), if any.
+        model_label: how `sources` names the model's defaults.
+    """
+    layers = (("default", DEFAULT_SAMPLING), (model_label, model or {}), ("given", given or {}))
+    values, sources = {}, {}
+    for label, layer in layers:
+        unknown = set(layer) - set(DEFAULT_SAMPLING)
+        if unknown:
+            raise ValueError(f"{owner}: unknown sampling setting(s) {sorted(unknown)}")
+        for name, value in layer.items():
+            if value is not None:
+                values[name], sources[name] = value, label
+    check_sampling(owner, **values)
+    values["top_k"] = int(values["top_k"])
+    return ResolvedSampling(values, sources)
 
 
 def filter_top_k(logits: Tensor, k: int) -> Tensor:
