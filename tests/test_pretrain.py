@@ -327,3 +327,28 @@ def test_resuming_with_another_architecture_of_equal_shapes_is_refused(tmp_path)
     resumed = _trainer(3)
     resumed.fit(same, data, ckpt_path=str(ckpt))
     assert resumed.global_step == 3
+
+
+def test_sample_codes_fills_in_siren_generates_defaults(monkeypatch):
+    """In-loop samples (TextFollowingCallback, AudioSamplesCallback) sample as `siren generate`
+    and `siren adherence` do: what is not given is SamplingConfig's default (top-k 250, CFG 3),
+    not generate_frames' own keyword defaults (top-k 0)."""
+    from siren_lightning.models import sampling as sampling_module
+
+    seen = {}
+
+    def spy(model, encoder, captions, num_frames, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(len(captions), 6, num_frames, dtype=torch.long)
+
+    monkeypatch.setattr(sampling_module, "generate_for_captions", spy)
+    module = PretrainModule(make_model(), text_encoder=CharEncoder(), caption_dropout=0.1)
+    frames = torch.tensor([4])
+    module.sample_codes(["a beep"], 4, seed=1, temperature=0.5, total_frames=frames)
+    assert {k: seen[k] for k in ("temperature", "top_k", "top_p", "cfg_scale")} == {
+        "temperature": 0.5,
+        "top_k": 250,
+        "top_p": 1.0,
+        "cfg_scale": 3.0,
+    }
+    assert seen["total_frames"] is frames

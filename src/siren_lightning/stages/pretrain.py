@@ -282,15 +282,25 @@ class PretrainModule(StageModule):
         captions: list[str],
         num_frames: int,
         seed: int = 0,
-        cfg_scale: float = 3.0,
-        **sampling: Any,
+        **kwargs: Any,
     ) -> Tensor:
         """Generate codes [B, r, T] for captions (in-loop samples; needs the text encoder).
 
         Args:
-            sampling: `temperature`, `top_k`, `top_p` for `models.sampling.generate`.
+            kwargs: sampling settings (`temperature`, `top_k`, `top_p`, `cfg_scale`; what is
+                not given is `siren generate`'s default, `DEFAULT_SAMPLING`, so in-loop curves
+                and offline `siren adherence` sample alike) and other arguments of
+                `generate_for_captions` (e.g. `total_frames`).
         """
-        from siren_lightning.models.sampling import generate_for_captions
+        from siren_lightning.models.sampling import (
+            DEFAULT_SAMPLING,
+            generate_for_captions,
+            resolve_sampling,
+        )
+
+        given = {k: v for k, v in kwargs.items() if k in DEFAULT_SAMPLING}
+        settings = resolve_sampling("PretrainModule.sample_codes", given=given).values
+        rest = {k: v for k, v in kwargs.items() if k not in DEFAULT_SAMPLING}
 
         if self.text_encoder is None:
             raise ValueError("PretrainModule.sample_codes needs a text_encoder")
@@ -302,9 +312,9 @@ class PretrainModule(StageModule):
             self.text_encoder,
             captions,
             num_frames,
-            cfg_scale=cfg_scale,
             generator=generator,
-            **sampling,
+            **settings,
+            **rest,
         )
         self.network.train(was_training)
         return codes
