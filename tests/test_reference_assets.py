@@ -90,3 +90,25 @@ def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp
     assert reward["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert meta["align"]["grader"]["clap"] == "tiny-clap-eval"
     assert_readme_states_the_weights_sha256(folder)
+
+
+@pytest.mark.parametrize("name", ["siren_tiny_clean", "delay_tiny_clean"])
+def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
+    name, tmp_path, monkeypatch
+):
+    """The models trained on SynthCaps clean (issue 23, session 9) load from another folder with
+    the codec that spells silence with one code, and carry the temperature chosen on val that
+    their README states."""
+    from siren_lightning.generation_config import read_generation_config
+
+    monkeypatch.chdir(tmp_path)
+    folder = ASSETS / name
+    model, codec, _ = load_generation_stack(folder)
+    assert codec.sha256() == load_codec(str(ASSETS / "codec_tiny_clean")).sha256()
+    assert codec.sha256() in (folder / "siren.json").read_text()
+    assert model.config.duration_conditioning
+    assert_readme_states_the_weights_sha256(folder)
+    config = read_generation_config(folder)
+    assert config is not None and "val" in config["chosen_on"]
+    temperature = config["sampling"]["temperature"]
+    assert f"temperature {temperature:g}" in (folder / "README.md").read_text()
