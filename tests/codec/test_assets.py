@@ -2,6 +2,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from siren_lightning.codec.checkpoint import WEIGHTS_FILE, file_sha256, load_codec
@@ -10,13 +11,18 @@ from siren_lightning.data.synthcaps import measure_attributes
 ASSET = Path(__file__).parents[2] / "assets" / "codec_tiny"
 
 
-def test_committed_codec_matches_its_recorded_hashes():
-    meta = json.loads((ASSET / "codec.json").read_text())
-    codec = load_codec(ASSET)
+@pytest.mark.parametrize(
+    "name, log_floor", [("codec_tiny", 1e-5), ("codec_tiny_clean", 0.01)], ids=["tiny", "clean"]
+)
+def test_committed_codec_matches_its_recorded_hashes(name, log_floor):
+    folder = ASSET.parent / name
+    meta = json.loads((folder / "codec.json").read_text())
+    codec = load_codec(folder)
     assert codec.sha256() == meta["sha256"]
-    readme = (ASSET / "README.md").read_text()
-    assert meta["sha256"] in readme and file_sha256(ASSET / WEIGHTS_FILE) in readme
+    readme = (folder / "README.md").read_text()
+    assert meta["sha256"] in readme and file_sha256(folder / WEIGHTS_FILE) in readme
     assert (codec.n_codebooks, codec.codebook_size, codec.hop_length) == (12, 1024, 320)
+    assert codec.config.log_floor == log_floor
 
 
 def test_committed_codec_keeps_a_tone_pitch_band():
@@ -33,15 +39,6 @@ def test_committed_codec_keeps_a_tone_pitch_band():
 
 
 CLEAN = ASSET.parent / "codec_tiny_clean"
-
-
-def test_clean_codec_matches_its_recorded_hashes():
-    meta = json.loads((CLEAN / "codec.json").read_text())
-    codec = load_codec(CLEAN)
-    assert codec.sha256() == meta["sha256"]
-    readme = (CLEAN / "README.md").read_text()
-    assert meta["sha256"] in readme and file_sha256(CLEAN / WEIGHTS_FILE) in readme
-    assert codec.config.log_floor == 0.01
 
 
 def test_clean_codec_spells_silence_with_one_code_and_decodes_it_silent():
