@@ -121,15 +121,19 @@ def model_sampling(
     return resolve_sampling(owner, given, config and config["sampling"])
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+def add_sampling_flags(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """`--temperature`, `--top-k`, `--top-p`, `--cfg-scale`, not given by default (None), so that
-    the model's generation.json, then `DEFAULT_SAMPLING`, fill in what is not given."""
+    the model's generation.json, then `DEFAULT_SAMPLING`, fill in what is not given.
+
+    Args:
+        help: every flag's help text (default: where a value not given comes from).
+    """
     for name, value in DEFAULT_SAMPLING.items():
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=type(value),
             default=None,
-            help=f"default: the model's {GENERATION_FILE}, else {value:g}",
+            help=help or f"default: the model's {GENERATION_FILE}, else {value:g}",
         )
 
 
@@ -144,8 +148,7 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="siren set-sampling", description=main.__doc__)
     p.add_argument("model", help="folder written by `siren export`")
-    for name, value in DEFAULT_SAMPLING.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
+    add_sampling_flags(p, help=f"the value to write into {GENERATION_FILE}")
     p.add_argument(
         "--chosen-on",
         help="how the values were chosen (split, clips, seeds, the command); needed to write",
