@@ -81,6 +81,9 @@ def test_save_and_load_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("SIREN_ASSETS", str(tmp_path / "no-assets"))
     with pytest.raises(FileNotFoundError, match="tiny-clap-eval.yaml"):
         load_tiny_clap("tiny-clap-eval")
+    # an overlay: the message names both YAMLs, base first
+    with pytest.raises(FileNotFoundError, match="reward.yaml --config experiments/tiny-clap-rew"):
+        load_tiny_clap("tiny-clap-reward-clean")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
         load_tiny_clap(tmp_path / "missing")

@@ -27,7 +27,8 @@ from siren_lightning.metrics.backbones import AudioBackbone, BackboneOutput
 from siren_lightning.metrics.weights import sha256_file
 
 # Checkpoints the embedded default ships (see assets/<name>/README.md for how each was made).
-BUNDLED = ("tiny-clap-reward", "tiny-clap-eval")
+# The "-clean" pair is trained on SynthCaps clean (digital silence) by an overlay on the base YAML.
+BUNDLED = ("tiny-clap-reward", "tiny-clap-eval", "tiny-clap-reward-clean", "tiny-clap-eval-clean")
 
 
 def assets_dir() -> Path:
@@ -212,9 +213,12 @@ def load_tiny_clap(name_or_path: str | Path) -> TinyCLAP:
     """A bundled name (`tiny-clap-eval`, `tiny-clap-reward`) or a saved folder / hub id."""
     path = tiny_clap_path(name_or_path)
     if str(name_or_path) in BUNDLED and not (path / "model.safetensors").is_file():
+        configs = f"--config experiments/{name_or_path}.yaml"
+        if str(name_or_path).endswith("-clean"):
+            configs = f"--config experiments/{str(name_or_path)[: -len('-clean')]}.yaml " + configs
         raise FileNotFoundError(
-            f"{name_or_path}: no checkpoint at {path}. Train it with "
-            f"`siren fit --config experiments/{name_or_path}.yaml` (see assets/README.md)."
+            f"{name_or_path}: no checkpoint at {path}. Train it with `siren fit {configs}` "
+            f"(see {path}/README.md)."
         )
     if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "0") == "1":
         raise FileNotFoundError(
