@@ -12,9 +12,10 @@ import soundfile as sf
 import torch
 from siren_testing import TableCodec, make_model
 
+from siren_lightning import text_following
 from siren_lightning.callbacks.text_following import TextFollowingCallback
 from siren_lightning.data.manifest import Clip, write_manifest
-from siren_lightning.metrics.adherence import adherence, text_gap
+from siren_lightning.metrics.adherence import adherence, attribute_gaps, text_gap
 from siren_lightning.stages.pretrain import PretrainModule
 from siren_lightning.text import TextEncoder
 from siren_lightning.text_following import format_report, main, score_model
@@ -68,6 +69,49 @@ def test_score_model_reports_what_its_generations_measure(tmp_path):
     gap = text_gap(model, text, [codes[c.id] for c in clips], [c.captions[0] for c in clips], ATTRS)
     assert report["text_gap"] == gap and len(gap["gap"]) == 6
     assert "text gap" in format_report(report) and "(chance 0.25)" in format_report(report)
+    per_attribute = attribute_gaps(model, text, [codes[c.id] for c in clips], ATTRS)
+    assert report["attribute_gaps"] == per_attribute and per_attribute["seed"] == 0
+    assert_gap_table(format_report(report), per_attribute)
+    without = score_model(model, text, codec, clips, tmp_path / "out", [0])
+    assert without["attribute_gaps"] is None and "attribute gaps" not in format_report(without)
+
+
+def assert_gap_table(printed, per_attribute):
+    """The printed attribute-gap table: a row per swap with codebook 0's gap and the mean."""
+    lines = printed.splitlines()
+    head = lines.index("attribute gaps (nats, CE with one attribute's words swapped - own wording)")
+    assert lines[head + 1].split() == ["swapped", "cb0", "mean"]
+    for i, row in enumerate(("pitch", "count", "envelope", "empty")):
+        cells = per_attribute[row]
+        want = [row, f"{cells['gap'][0]:+.3f}", f"{cells['mean']:+.3f}"]
+        assert lines[head + 2 + i].split() == want
+
+
+def test_tool_prints_and_stores_the_attribute_gaps(tmp_path, monkeypatch, capsys):
+    model, codec, text = _stack()
+    clips = _clips(tmp_path)
+    write_manifest(tmp_path / "m.jsonl", clips)
+    codes = {c.id: torch.randint(16, (6, 4 + i)) for i, c in enumerate(clips)}
+    monkeypatch.setattr(
+        text_following, "load_generation_stack", lambda spec, device: (model, codec, text)
+    )
+
+    class Cache:  # the split's code cache, as `CodeCache(root).codes_of(ids)` reads it
+        def __init__(self, root):
+            assert root == str(tmp_path / "codes")
+
+        def codes_of(self, ids):
+            return {i: codes[i] for i in ids}
+
+    monkeypatch.setattr("siren_lightning.data.code_cache.CodeCache", Cache)
+    (tmp_path / "model").mkdir()
+    argv = ["--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.jsonl")]
+    argv += ["--codes", str(tmp_path / "codes"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    stored = json.loads((tmp_path / "o" / "report.json").read_text())["attribute_gaps"]
+    assert stored == attribute_gaps(model, text, [codes[c.id] for c in clips], ATTRS)
+    assert_gap_table(printed, stored)
 
 
 def test_tool_skips_data_without_attributes_and_refuses_bad_limits(tmp_path, capsys):
@@ -105,6 +149,11 @@ def test_callback_logs_the_metrics_of_its_own_generations(tmp_path):
     gap = text_gap(model, text, codes, [c.captions[0] for c in clips], ATTRS)
     assert logged["val/text_gap_cb00"] == pytest.approx(gap["gap"][0], abs=1e-6)
     assert logged["val/text_gap"] == pytest.approx(sum(gap["gap"]) / 6, abs=1e-6)
+    per_attribute = attribute_gaps(model, text, codes, ATTRS, rng_seed=0, batch_size=2)
+    for row in ("pitch", "count", "envelope", "empty"):
+        assert logged[f"val/attribute_gap_{row}_cb00"] == per_attribute[row]["gap"][0]
+        assert logged[f"val/attribute_gap_{row}_mean"] == per_attribute[row]["mean"]
+    assert len([k for k in logged if k.startswith("val/attribute_gap")]) == 8
     assert set(logged) >= {f"val/adherence_{k}" for k in ("pitch", "count", "envelope", "all")}
     assert 0.0 <= logged["val/adherence_mean"] <= 1.0
     # Without attributes: nothing logged, and it stays off.

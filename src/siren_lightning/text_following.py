@@ -4,9 +4,11 @@ For the first N clips of a manifest with SynthCaps attributes, generate at each 
 duration (one run per sampling seed), score every generation with `measure_attributes`, and
 report adherence per attribute, as the mean of the three and as all-three-right, with the mean
 and spread over the seeds beside the chance level. With `--codes` (the split's code cache) it
-also reports the text gap per codebook. The WAVs stay in `<out>/seed<S>/` for `siren evaluate`
-(CLAP, FD) on the same generations. Sampling flags not given come from the model's
-`generation.json`, else the defaults; the report records the settings and where each came from.
+also reports the text gap per codebook and the attribute gaps (one attribute's words swapped
+at a time, and the empty caption: which words the model reads). The WAVs stay in
+`<out>/seed<S>/` for `siren evaluate` (CLAP, FD) on the same generations. Sampling flags not
+given come from the model's `generation.json`, else the defaults; the report records the
+settings and where each came from.
 
     siren adherence --model runs/siren_tiny/model --manifest data/synthcaps/test.jsonl \\
         --codes data/synthcaps/codes_litdata/test --limit 200 --seeds 0 1 2 --out runs/siren_tiny/follow
@@ -25,8 +27,10 @@ import torch
 from siren_lightning.generate import generate_audio, load_generation_stack
 from siren_lightning.metrics.adherence import (
     CHANCE,
+    GAP_ROWS,
     JUDGED,
     adherence,
+    attribute_gaps,
     has_attributes,
     mean_and_spread,
     text_gap,
@@ -47,7 +51,8 @@ def score_model(
     batch_size: int = 16,
     codes: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Adherence over sampling seeds (and the text gap when `codes` maps clip id -> [r, T]).
+    """Adherence over sampling seeds (and the text gap and attribute gaps when `codes` maps
+    clip id -> [r, T]).
 
     Args:
         clips: manifest `Clip`s with `attributes` and a first caption; generated in order of
@@ -55,7 +60,8 @@ def score_model(
 
     Returns:
         {"adherence": {score: {"mean", "spread", "per_seed"}}, "text_gap": ... or None,
-        "clips": n, "seeds", "sampling", "chance"}.
+        "attribute_gaps": ... or None (`attribute_gaps`, caption seed 0), "clips": n, "seeds",
+        "sampling", "chance"}.
     """
     clips = sorted(clips, key=lambda c: (c.duration or 0.0, c.id))
     captions = [c.captions[0] for c in clips]
@@ -85,12 +91,15 @@ def score_model(
         values = [s[key] for s in per_seed]
         mean, spread = mean_and_spread(values)
         summary[key] = {"mean": mean, "spread": spread, "per_seed": values}
-    gap = None
+    gap = per_attribute = None
     if codes is not None:
-        gap = text_gap(model, text_encoder, [codes[c.id] for c in clips], captions, attributes)
+        clip_codes = [codes[c.id] for c in clips]
+        gap = text_gap(model, text_encoder, clip_codes, captions, attributes)
+        per_attribute = attribute_gaps(model, text_encoder, clip_codes, attributes)
     return {
         "adherence": summary,
         "text_gap": gap,
+        "attribute_gaps": per_attribute,
         "clips": len(clips),
         "seeds": list(seeds),
         "sampling": resolve_sampling("score_model", sampling).values,
@@ -99,7 +108,8 @@ def score_model(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The printed table: adherence mean ± seed spread beside chance, then the text gap."""
+    """The printed table: adherence mean ± seed spread beside chance, then the text gap and the
+    attribute gaps (codebook 0 and the mean over codebooks)."""
     seeds = len(report["seeds"])
     lines = [f"adherence on {report['clips']} clips, mean ± sd over {seeds} sampling seed(s)"]
     for key in SCORES:
@@ -111,6 +121,14 @@ def format_report(report: dict[str, Any]) -> str:
     if gap:
         cells = " ".join(f"{g:+.2f}" for g in gap["gap"])
         lines.append(f"text gap (nats, CE other caption - own) per codebook: {cells}")
+    per_attribute = report.get("attribute_gaps")
+    if per_attribute:
+        first = per_attribute["codebooks"][0]
+        lines.append("attribute gaps (nats, CE with one attribute's words swapped - own wording)")
+        lines.append(f"  {'swapped':<9} {f'cb{first}':>7} {'mean':>7}")
+        for row in GAP_ROWS:
+            cells = per_attribute[row]
+            lines.append(f"  {row:<9} {cells['gap'][0]:+7.3f} {cells['mean']:+7.3f}")
     return "\n".join(lines)
 
 

@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from text_lm_testing import TextLogitsLM
 from torch import nn
 
 from siren_lightning.data.synthcaps import synthesize
 from siren_lightning.metrics.adherence import adherence, mismatched_partners, text_gap
-from siren_lightning.models.siren import SirenConfig, SirenLM, SirenOutput
+from siren_lightning.models.siren import SirenConfig, SirenLM
 from siren_lightning.text.encoder import TextStates
 
 SR = 16_000
@@ -51,44 +52,31 @@ def test_partners_have_another_combination_and_are_deterministic():
 
 
 class _NumberText:
-    """Caption "s=3.0" -> one token whose state is 3.0."""
+    """Caption "s=3.0" -> one token whose state is [0, 3.0]: `TextLogitsLM`'s logits."""
 
     def encode(self, captions):
-        states = torch.tensor([[[float(c.split("=")[1])]] for c in captions])  # [B, 1, 1]
+        s = torch.tensor([float(c.split("=")[1]) for c in captions])
+        states = torch.stack([torch.zeros_like(s), s], -1)[:, None]  # [B, 1, 2]
         return TextStates(states, torch.ones(len(captions), 1, dtype=torch.bool), states[:, 0])
-
-
-class _ScoreLM(nn.Module):
-    """Logits [0, s] for every frame of one codebook, s = the caption's number."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("codebook_table", torch.zeros(1))
-
-    def forward(self, codes, states, text_mask, mask):
-        b, _, t = codes.shape
-        s = states[:, 0, 0]
-        logits = torch.stack([torch.zeros(b), s], -1)[:, None, None].expand(b, 1, t, 2)
-        return SirenOutput(logits, mask[:, None], [0])
 
 
 def test_text_gap_by_hand():
     base = {"source": "tone", "pitch": "low", "count": "once", "envelope": "steady"}
     attrs = [base, {**base, "count": "twice"}]
     codes = [torch.ones(1, 5, dtype=torch.long), torch.ones(1, 3, dtype=torch.long)]
-    got = text_gap(_ScoreLM(), _NumberText(), codes, ["s=3", "s=0"], attrs)
+    got = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=3", "s=0"], attrs)
     # CE of code 1 under logits [0, s] is log(1 + e^-s). Clip 0: own s=3, other (clip 1) s=0;
     # clip 1: own s=0, other s=3.
     own = (math.log(1 + math.exp(-3)) + math.log(2)) / 2
     other = (math.log(2) + math.log(1 + math.exp(-3))) / 2
     assert got["own"] == pytest.approx([own]) and got["other"] == pytest.approx([other])
     assert got["gap"] == pytest.approx([0.0], abs=1e-7)
-    one_sided = text_gap(_ScoreLM(), _NumberText(), codes, ["s=3", "s=3"], attrs)
+    one_sided = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=3", "s=3"], attrs)
     assert one_sided["gap"] == pytest.approx([0.0], abs=1e-7)  # same caption: no gap
     # Clip 0 is all code 1 with caption s=5, clip 1 all code 0 with s=-5: each caption makes its
     # own clip likely, so each swap costs log(1 + e^5) - log(1 + e^-5) = 5 nats exactly.
     codes = [torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)]
-    better = text_gap(_ScoreLM(), _NumberText(), codes, ["s=5", "s=-5"], attrs)
+    better = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=5", "s=-5"], attrs)
     assert better["gap"] == pytest.approx([5.0], abs=1e-5)
     assert better["own"] == pytest.approx([math.log(1 + math.exp(-5))])
 

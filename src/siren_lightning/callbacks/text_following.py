@@ -6,7 +6,10 @@ every N-th validation, for a fixed set of validation clips with SynthCaps attrib
   `measure_attributes` (`val/adherence_pitch`, `_count`, `_envelope`, `_mean`, `_all`);
 - text gap: teacher-forced CE of the clips' true codes under a caption of another attribute
   combination minus under their own (`val/text_gap_cb00` ... per codebook, `val/text_gap`
-  their mean).
+  their mean);
+- attribute gaps: the same with one attribute's words swapped at a time, and with the empty
+  caption, on the same clips (`val/attribute_gap_{pitch,count,envelope,empty}_cb00` and
+  `..._mean` over codebooks; 5 teacher-forced passes: the own wording and the 4 rows).
 On data without attributes it logs nothing and says so once.
 """
 
@@ -20,14 +23,21 @@ import torch
 
 from siren_lightning.callbacks.evaluation import reference_clips
 from siren_lightning.callbacks.samples import generate_waveforms
-from siren_lightning.metrics.adherence import JUDGED, adherence, has_attributes, text_gap
+from siren_lightning.metrics.adherence import (
+    GAP_ROWS,
+    JUDGED,
+    adherence,
+    attribute_gaps,
+    has_attributes,
+    text_gap,
+)
 from siren_lightning.models.sampling import check_sampling
 
 log = logging.getLogger(__name__)
 
 
 class TextFollowingCallback(L.Callback):
-    """Logs adherence and text gap of a `PretrainModule` on validation clips.
+    """Logs adherence, text gap and attribute gaps of a `PretrainModule` on validation clips.
 
     Args:
         val_manifest: reference manifest with attributes (default: the DataModule's, else the
@@ -35,7 +45,8 @@ class TextFollowingCallback(L.Callback):
         num_clips: validation clips used (the first ones of the val code cache that the
             manifest describes).
         every_n_validations: evaluate at every N-th validation (sanity checks do not count).
-        seed: generation seed, the same each time so that curves are comparable.
+        seed: generation seed and the attribute gaps' caption seed, the same each time so that
+            curves are comparable.
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default: `siren generate`'s).
         batch_size: clips generated together.
     """
@@ -123,23 +134,31 @@ class TextFollowingCallback(L.Callback):
         metrics = {f"val/adherence_{k}": scores[k] for k in (*JUDGED, "mean", "all")}
         was_training = pl_module.network.training
         pl_module.network.eval()
-        gap = text_gap(
-            pl_module.network,
-            pl_module.text_encoder,
-            [c["codes"].to(pl_module.device) for c in clips],
-            [c["caption"] for c in clips],
-            attributes,
-            batch_size=self.batch_size,
+        codes = [c["codes"].to(pl_module.device) for c in clips]
+        network, text = pl_module.network, pl_module.text_encoder
+        captions = [c["caption"] for c in clips]
+        gap = text_gap(network, text, codes, captions, attributes, batch_size=self.batch_size)
+        per_attribute = attribute_gaps(
+            network, text, codes, attributes, rng_seed=self.seed, batch_size=self.batch_size
         )
         pl_module.network.train(was_training)
         for book, value in zip(gap["codebooks"], gap["gap"], strict=True):
             metrics[f"val/text_gap_cb{book:02d}"] = value
         metrics["val/text_gap"] = sum(gap["gap"]) / len(gap["gap"])
+        first = per_attribute["codebooks"][0]
+        for row in GAP_ROWS:
+            metrics[f"val/attribute_gap_{row}_cb{first:02d}"] = per_attribute[row]["gap"][0]
+            metrics[f"val/attribute_gap_{row}_mean"] = per_attribute[row]["mean"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         summary = ", ".join(f"{k}={scores[k]:.2f}" for k in (*JUDGED, "mean"))
+        rows = ", ".join(f"{row} {per_attribute[row]['gap'][0]:+.3f}" for row in GAP_ROWS)
         log.info(
-            "step %d: adherence %s; text gap cb00 %.3f", trainer.global_step, summary, gap["gap"][0]
+            "step %d: adherence %s; text gap cb00 %.3f; attribute gaps cb00 %s",
+            trainer.global_step,
+            summary,
+            gap["gap"][0],
+            rows,
         )

@@ -1,4 +1,4 @@
-"""Does a model follow its caption? Two measures on SynthCaps-style data (DESIGN.md section 4).
+"""Does a model follow its caption? Measures on SynthCaps-style data (DESIGN.md section 4).
 
 - **Adherence**: generate from held-out captions at their clips' own durations, recover pitch
   band, onset count and envelope direction from the audio by signal processing
@@ -7,6 +7,9 @@
 - **Text gap**: teacher-forced cross-entropy of the true codes under a caption of a *different*
   attribute combination minus under the clip's own caption, per codebook. Near 0 means the LM
   ignores its text (it learned to continue audio, not to follow the caption).
+- **Attribute gaps**: the same with one attribute's words swapped at a time (pitch, count,
+  envelope; the others kept true and the wording kept), and with the empty caption. The
+  combination swap changes every attribute at once, so it hides which words the LM reads.
 
 Letters: B clips, r codebooks, n predicted codebooks, T frames, L text tokens, Dt text width.
 """
@@ -21,7 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from siren_lightning.data.synthcaps import ATTRIBUTES, attribute_agreement, measure_attributes
+from siren_lightning.data.synthcaps import (
+    ATTRIBUTES,
+    COUNTS,
+    ENVELOPES,
+    PITCH_RANGES_HZ,
+    attribute_agreement,
+    make_caption,
+    measure_attributes,
+)
 
 JUDGED = ("pitch", "count", "envelope")
 # Chance of a uniform guess per judged attribute: 3 pitch bands, 4 counts, 3 envelopes.
@@ -106,6 +117,49 @@ def codebook_ce(
 
 
 @torch.no_grad()
+def caption_ce(
+    network: torch.nn.Module,
+    text_encoder: Any,
+    codes: Sequence[Tensor],
+    caption_sets: Sequence[Sequence[str]],
+    batch_size: int = 16,
+) -> tuple[Tensor, list[int]]:
+    """Mean teacher-forced CE over clips of the same codes under each of S caption sets.
+
+    Clips are padded into batches of `batch_size`; every batch is scored once per caption set.
+
+    Args:
+        network: an LM (`SirenLM` or `DelayPatternLM`) returning `SirenOutput`.
+        text_encoder: `encode(list[str]) -> TextStates`.
+        codes: one [r, T_i] long tensor per clip (whole clips).
+        caption_sets: S lists, each with one caption per clip.
+
+    Returns:
+        ce [S, n] (nats, mean over clips) and the n codebook indices.
+    """
+    if any(len(captions) != len(codes) for captions in caption_sets):
+        raise ValueError(f"caption_ce: every caption set needs one caption per clip ({len(codes)})")
+    device = network.codebook_table.device
+    sums, books = 0.0, None
+    for start in range(0, len(codes), batch_size):
+        idx = list(range(start, min(start + batch_size, len(codes))))
+        t_max = max(codes[i].shape[-1] for i in idx)
+        batch = torch.zeros(len(idx), codes[idx[0]].shape[0], t_max, dtype=torch.long)
+        mask = torch.zeros(len(idx), t_max, dtype=torch.bool)
+        for b, i in enumerate(idx):
+            batch[b, :, : codes[i].shape[-1]] = codes[i]
+            mask[b, : codes[i].shape[-1]] = True
+        batch, mask = batch.to(device), mask.to(device)
+        ces = []
+        for captions in caption_sets:
+            enc = text_encoder.encode([captions[i] for i in idx])
+            ce, books = codebook_ce(network, batch, mask, enc.states.to(device), enc.mask)
+            ces.append(ce.sum(0))  # [n]
+        sums = sums + torch.stack(ces)  # [S, n]
+    return sums / len(codes), books.tolist()
+
+
+@torch.no_grad()
 def text_gap(
     network: torch.nn.Module,
     text_encoder: Any,
@@ -127,32 +181,100 @@ def text_gap(
         "n": clips}; lists of floats.
     """
     partners = mismatched_partners(attributes)
-    device = network.codebook_table.device
-    own_sum, other_sum, books = 0.0, 0.0, None
-    for start in range(0, len(codes), batch_size):
-        idx = list(range(start, min(start + batch_size, len(codes))))
-        t_max = max(codes[i].shape[-1] for i in idx)
-        batch = torch.zeros(len(idx), codes[idx[0]].shape[0], t_max, dtype=torch.long)
-        mask = torch.zeros(len(idx), t_max, dtype=torch.bool)
-        for b, i in enumerate(idx):
-            batch[b, :, : codes[i].shape[-1]] = codes[i]
-            mask[b, : codes[i].shape[-1]] = True
-        batch, mask = batch.to(device), mask.to(device)
-        ces = []
-        for text in ([captions[i] for i in idx], [captions[partners[i]] for i in idx]):
-            enc = text_encoder.encode(text)
-            ce, books = codebook_ce(network, batch, mask, enc.states.to(device), enc.mask)
-            ces.append(ce.sum(0))  # [n]
-        own_sum = own_sum + ces[0]
-        other_sum = other_sum + ces[1]
-    own, other = own_sum / len(codes), other_sum / len(codes)
+    other_captions = [captions[j] for j in partners]
+    (own, other), books = caption_ce(
+        network, text_encoder, codes, [captions, other_captions], batch_size
+    )
     return {
         "gap": (other - own).tolist(),
         "own": own.tolist(),
         "other": other.tolist(),
-        "codebooks": books.tolist(),
+        "codebooks": books,
         "n": len(codes),
     }
+
+
+ATTRIBUTE_VALUES = {"pitch": tuple(PITCH_RANGES_HZ), "count": COUNTS, "envelope": ENVELOPES}
+GAP_ROWS = (*JUDGED, "empty")  # one attribute's words swapped, then the empty caption
+
+
+def attribute_captions(
+    attributes: Sequence[dict[str, Any]], rng_seed: int = 0
+) -> dict[str, list[str]]:
+    """Per clip, a caption of its true attributes and one per judged attribute with that
+    attribute alone changed, worded alike.
+
+    A Generator seeded with `rng_seed` draws, per clip, a caption seed and then (pitch, count,
+    envelope in turn) a replacement value uniformly among the attribute's other values. Every
+    caption of a clip is `make_caption` under a fresh Generator seeded with that clip's caption
+    seed, so own and swapped captions draw the same random numbers: each `make_caption` pick
+    consumes one draw whatever the number of options (bar numpy's rejection step, under 1 in
+    10^9 a pick), so the template, noun, verb and the other attributes' words are the same, and only
+    the swapped attribute's words differ (with a count swap, also the noun's number where the
+    template counts nouns: "two beeps").
+
+    Args:
+        attributes: one dict per clip with "source", "pitch", "count", "envelope".
+
+    Returns:
+        {"own": [B] captions, "pitch", "count", "envelope": [B] swapped captions,
+        "empty": [B] empty captions}.
+    """
+    rng = np.random.default_rng(rng_seed)
+    out: dict[str, list[str]] = {"own": [], **{row: [] for row in GAP_ROWS}}
+    for attrs in attributes:
+        caption_seed = int(rng.integers(2**63))
+        out["own"].append(make_caption(attrs, np.random.default_rng(caption_seed)))
+        for key in JUDGED:
+            others = [v for v in ATTRIBUTE_VALUES[key] if v != attrs[key]]
+            swapped = {**attrs, key: others[int(rng.integers(len(others)))]}
+            out[key].append(make_caption(swapped, np.random.default_rng(caption_seed)))
+        out["empty"].append("")
+    return out
+
+
+@torch.no_grad()
+def attribute_gaps(
+    network: torch.nn.Module,
+    text_encoder: Any,
+    codes: Sequence[Tensor],
+    attributes: Sequence[dict[str, Any]],
+    rng_seed: int = 0,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Which caption words does the LM read? The text gap of one attribute at a time.
+
+    For each judged attribute, teacher-forced CE of the true codes under a caption with that
+    attribute alone changed minus under a caption of the true attributes worded alike
+    (`attribute_captions`), per codebook; "empty" is the empty caption against the same own
+    caption. `text_gap` swaps the whole combination, so it cannot tell which words are read.
+
+    Args:
+        network: an LM (`SirenLM` or `DelayPatternLM`) returning `SirenOutput`.
+        text_encoder: `encode(list[str]) -> TextStates`.
+        codes: one [r, T_i] long tensor per clip (whole clips).
+        attributes: one dict per clip with "source", "pitch", "count", "envelope".
+        rng_seed: seeds the captions and the replacement values (same seed, same captions).
+
+    Returns:
+        {"pitch", "count", "envelope", "empty": {"gap": [n] nats (swapped - own, mean over
+        clips), "mean": mean of the gap over codebooks}, "own": [n] CE under the own captions,
+        "codebooks": [n], "n": clips, "seed": rng_seed}.
+    """
+    captions = attribute_captions(attributes, rng_seed)
+    ce, books = caption_ce(
+        network,
+        text_encoder,
+        codes,
+        [captions["own"], *(captions[row] for row in GAP_ROWS)],
+        batch_size,
+    )  # [1 + rows, n]
+    out: dict[str, Any] = {}
+    for row, swapped in zip(GAP_ROWS, ce[1:], strict=True):
+        gap = swapped - ce[0]
+        out[row] = {"gap": gap.tolist(), "mean": float(gap.mean())}
+    out.update(own=ce[0].tolist(), codebooks=books, n=len(codes), seed=rng_seed)
+    return out
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
