@@ -50,6 +50,9 @@ def test_audio_batches_shapes_masks_and_seeded_crops(synthcaps_small):
         and batch["audio_mask"].dtype == torch.bool
     )
     assert batch["skipped"] == [] and len(batch["captions"]) == 8
+    # each clip's SynthCaps attributes travel with it (the tiny CLAP's attribute-swap loss)
+    manifest = {c.id: c.attributes for c in read_manifest(synthcaps_small["train"])}
+    assert batch["attributes"] == [manifest[i] for i in batch["ids"]]
     # padding is zero and masked out; every clip is at least 1 s long
     assert batch["audio"][:, 0][~batch["audio_mask"]].eq(0).all()
     assert batch["audio_mask"][:, :16_000].all()

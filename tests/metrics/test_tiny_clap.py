@@ -1,4 +1,5 @@
 import math
+import zlib
 
 import lightning as L
 import pytest
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from siren_lightning.data.datamodule import SirenDataModule
+from siren_lightning.metrics.adherence import attribute_captions
 from siren_lightning.metrics.tiny_clap import (
     TinyCLAP,
     contrastive_loss,
@@ -113,6 +115,66 @@ def test_module_fits_on_synthcaps_with_minilm_and_exports(synthcaps_small, tmp_p
     exported = load_tiny_clap(tmp_path / "export")
     result = evaluate_retrieval(exported, synthcaps_small["test"], module.captions, max_seconds=2.0)
     assert result["clips"] == 16 and 0 <= result["combo_R@1"] <= result["combo_R@5"] <= 1
+
+
+class _FakeCaptions:
+    """caption -> a fixed [8] vector seeded by the caption's bytes (a stand-in text encoder)."""
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        rows = []
+        for c in captions:
+            g = torch.Generator().manual_seed(zlib.crc32(c.encode()))
+            rows.append(torch.randn(8, generator=g))
+        return torch.stack(rows)
+
+
+SWAP_CLIPS = [
+    {"source": "tone", "pitch": "low", "count": "once", "envelope": "steady"},
+    {"source": "clicks", "pitch": "high", "count": "continuous", "envelope": "fade_out"},
+    {"source": "siren", "pitch": "medium", "count": "twice", "envelope": "fade_in"},
+]
+
+
+def test_attribute_swap_loss_matches_a_hand_computation():
+    """Per clip, a 4-way softmax over (own caption, pitch-, count-, envelope-swapped), own first."""
+    torch.manual_seed(0)
+    module = TinyCLAPModule(TinyCLAP(**TINY), attribute_loss_weight=1.0)
+    module.captions = _FakeCaptions()
+    audio = F.normalize(torch.randn(3, 16), dim=-1)
+    loss, acc = module._attribute_swap(audio, SWAP_CLIPS)
+
+    captions = attribute_captions(SWAP_CLIPS, rng_seed=0)  # step 0 of a module without a trainer
+    scale = module.clap.logit_scale.exp().item()
+    expected, right = 0.0, 0
+    for i in range(3):
+        texts = [captions[key][i] for key in ("own", "pitch", "count", "envelope")]
+        t = module.clap.embed_text(module.captions(texts))
+        scores = [scale * float(audio[i] @ t[j]) for j in range(4)]
+        expected += -(scores[0] - math.log(sum(math.exp(x) for x in scores))) / 3
+        right += max(range(4), key=lambda j: scores[j]) == 0
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert acc.item() == pytest.approx(right / 3)
+    with pytest.raises(ValueError, match="attribute_loss_weight > 0 needs SynthCaps attributes"):
+        module._attribute_swap(audio, [{}, {}, {}])
+    with pytest.raises(ValueError, match=">= 0"):
+        TinyCLAPModule(TinyCLAP(**TINY), attribute_loss_weight=-1.0)
+
+
+def test_attribute_swap_loss_trains_the_audio_toward_its_own_attributes():
+    """A few steps on the swap loss alone raise the own caption's rank among its swaps."""
+    torch.manual_seed(0)
+    module = TinyCLAPModule(TinyCLAP(**TINY), attribute_loss_weight=1.0)
+    module.captions = _FakeCaptions()
+    audio = torch.randn(3, 16_000) * 0.1
+    opt = torch.optim.Adam(module.clap.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, _ = module._attribute_swap(module.clap.embed_audio(audio), SWAP_CLIPS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_attention_key_bias_gets_exactly_zero_gradient():

@@ -74,7 +74,13 @@ class AudioClipDataset(Dataset):
         start = int(torch.randint(spare + 1, (), generator=gen)) if self.train and spare else 0
         piece, mask = crop_or_pad(audio, self.crop_samples, start)
         caption = clip.captions[_choose(len(clip.captions), self.train, gen)]
-        return {"id": clip.id, "audio": piece, "audio_mask": mask, "caption": caption}
+        return {
+            "id": clip.id,
+            "audio": piece,
+            "audio_mask": mask,
+            "caption": caption,
+            "attributes": dict(clip.attributes),
+        }
 
 
 def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,6 +89,7 @@ def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
     skipped = [(it["skipped"], it["reason"]) for it in items if "skipped" in it]
     batch: dict[str, Any] = {"skipped": skipped, "ids": [it["id"] for it in good]}
     batch["captions"] = [it["caption"] for it in good]
+    batch["attributes"] = [it.get("attributes", {}) for it in good]  # SynthCaps: the clip's own
     if good:
         batch["audio"] = torch.stack([it["audio"] for it in good]).unsqueeze(1)  # [B, 1, N]
         batch["audio_mask"] = torch.stack([it["audio_mask"] for it in good])  # [B, N]
