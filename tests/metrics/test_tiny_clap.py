@@ -117,6 +117,22 @@ def test_module_fits_on_synthcaps_with_minilm_and_exports(synthcaps_small, tmp_p
     assert result["clips"] == 16 and 0 <= result["combo_R@1"] <= result["combo_R@5"] <= 1
 
 
+def test_log_floor_hides_a_noise_floor_and_is_saved(tmp_path):
+    """With the clean CLAPs' floor 0.1 a noise floor at RMS 5e-4 (the clean codec's silence)
+    leaves digital silence's log-mel all but unchanged; the default 1e-5 moves it by nats."""
+    noise = 5e-4 * torch.randn(1, 16_000, generator=torch.Generator().manual_seed(0))
+    silence = torch.zeros(1, 16_000)
+    default, floored = TinyCLAP(**TINY), TinyCLAP(**TINY, log_floor=0.1)
+    assert (default.log_mel(noise) - default.log_mel(silence)).mean() > 3.0
+    assert (floored.log_mel(noise) - floored.log_mel(silence)).abs().max() < 0.1
+    tone = 0.05 * torch.sin(2 * math.pi * 500 * torch.arange(16_000) / 16_000)[None]
+    assert (floored.log_mel(tone) - floored.log_mel(silence)).max() > 5.0  # events stay visible
+    floored.save_pretrained(tmp_path / "clap")
+    assert load_tiny_clap(tmp_path / "clap").log_floor == 0.1
+    with pytest.raises(ValueError, match="log_floor"):
+        TinyCLAP(**TINY, log_floor=0.0)
+
+
 class _FakeCaptions:
     """caption -> a fixed [8] vector seeded by the caption's bytes (a stand-in text encoder)."""
 
