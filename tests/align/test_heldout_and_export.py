@@ -114,6 +114,18 @@ def test_report_table(tiny_parts, tmp_path):
     )
     assert both["rows"] == first["rows"] and not (tmp_path / "r4" / "before" / "seed1").exists()
 
+    # a grader retrained under the same name (other weights) gets its rows computed anew
+    def graded(out: str, sha: str) -> dict:
+        grader = {"clap": "tiny-clap-eval", "clap_sha256": sha}
+        return report.compare(
+            models, network, [0], text, codec, clips, tmp_path / out, cache=tmp_path / "e",
+            grader=grader, **kwargs,
+        )  # fmt: skip
+
+    graded("r5", "0" * 64)
+    assert "before_seed1_cached" in graded("r6", "0" * 64)["seconds"]
+    assert "before_seed1_cached" not in graded("r7", "1" * 64)["seconds"]
+
 
 def test_report_differences_by_hand():
     def row(mean, sd, seeds=3):

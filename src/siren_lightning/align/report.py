@@ -22,8 +22,8 @@ captions (2 s, seed 0) says how far the policy moved.
 `align` entry), the grader, the manifest and the clip ids.
 
 With `--cache DIR`, each model's metrics of each seed are kept in `DIR/align_report/<key>.json`,
-the key hashing the model's weights, the clip ids, the seed, sampling, batch size, grader and
-reward: the `before` rows of one stage-1 model are computed once for every report that compares
+the key hashing the model's weights, the clip ids, the seed, sampling, batch size, grader (with
+its weights' SHA-256) and reward: the `before` rows of one stage-1 model are computed once for every report that compares
 with it, and seeds run as separate processes (`--seeds 0`, `--seeds 1`, ...) add up.
 
 Letters: B clips, N samples.
@@ -208,6 +208,8 @@ def compare(
                 "batch_size": batch_size,
                 "grader": None if evaluator is None else evaluator.protocol.name,
                 "grader_clap": (grader or {}).get("clap"),
+                # a judge retrained under the same name must not reuse the old one's rows
+                "grader_clap_sha256": (grader or {}).get("clap_sha256"),
                 "reward": None if reward is None else reward.provenance(),
             }
             name_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -327,6 +329,8 @@ def main(argv: list[str]) -> int:
     from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
     from siren_lightning.metrics.adherence import has_attributes
     from siren_lightning.metrics.protocol import build_evaluator
+    from siren_lightning.metrics.tiny_clap import tiny_clap_path
+    from siren_lightning.metrics.weights import sha256_file
     from siren_lightning.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
@@ -403,9 +407,11 @@ def main(argv: list[str]) -> int:
         max_length=text_info.get("max_length") or 64,
     )
     family = trained_reward.get("family")
+    weights = tiny_clap_path(args.tiny_clap) / "model.safetensors"
     grader = {
         "preset": "tiny",
         "clap": args.tiny_clap,
+        "clap_sha256": sha256_file(weights) if weights.is_file() else None,
         "clap_family": "tiny-clap",
         "same_family": family == "tiny-clap",
         "adherence": "measure_attributes (signal processing)",
