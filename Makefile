@@ -94,26 +94,53 @@ pretrain: tokenize
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
 
-# Stage 2: align expert 0 of the reference tiny Siren (SIREN_MODEL) with the tiny-clap-reward (GRPO
-# on train captions; a run that was cut off resumes, as `siren fit` refuses a fresh run in a used
-# folder), export it, and compare before/after on ALIGN_REPORT_CLIPS held-out test captions (never
-# used in rollouts) x 3 sampling seeds, graded by what did not train it: adherence
-# (measure_attributes), the other tiny CLAP (tiny-clap-eval) and FD (docs/align.md).
+# Stage 2: align expert 0 of a reference tiny Siren with a tiny CLAP reward (GRPO on train captions;
+# a run that was cut off resumes, as `siren fit` refuses a fresh run in a used folder), export it,
+# and compare before/after on ALIGN_REPORT_CLIPS held-out test captions (never used in rollouts) x
+# 3 sampling seeds, graded by what did not train it: adherence (measure_attributes), the other tiny
+# CLAP and FD (docs/align.md). ALIGN_SET picks the set:
+# - clean (the default): SynthCaps clean (digital silence between the events), the clean reference
+#   Siren assets/siren_tiny_clean (the one that follows pitch), reward tiny-clap-reward-clean,
+#   grader tiny-clap-eval-clean (docs/align.md "Issue 17 on SynthCaps clean");
+# - noisy: the embedded default's set, SIREN_MODEL, reward tiny-clap-reward, grader tiny-clap-eval.
+# Naming SIREN_MODEL (e.g. runs/siren_tiny/model, which make pretrain trains on the noisy set)
+# picks noisy unless ALIGN_SET says otherwise.
+ifeq ($(origin SIREN_MODEL),file)
+ALIGN_SET ?= clean
+else
+ALIGN_SET ?= noisy
+endif
+ifeq ($(ALIGN_SET),clean)
+ALIGN_FROM := $(if $(filter file,$(origin SIREN_MODEL)),assets/siren_tiny_clean,$(SIREN_MODEL))
+ALIGN := runs/align_tiny_clean
+ALIGN_DATA := data/synthcaps_clean
+ALIGN_PREPARE = $(SIREN) prepare synthcaps --out $(ALIGN_DATA) --background 0
+ALIGN_CONFIGS := --config experiments/align_tiny.yaml --config experiments/align_tiny_clean.yaml
+ALIGN_JUDGES := --tiny-clap tiny-clap-eval-clean --reward tiny-clap-reward-clean
+else ifeq ($(ALIGN_SET),noisy)
+ALIGN_FROM := $(SIREN_MODEL)
 ALIGN := runs/align_tiny
+ALIGN_DATA := data/synthcaps
+ALIGN_PREPARE = $(MAKE) data
+ALIGN_CONFIGS := --config experiments/align_tiny.yaml
+ALIGN_JUDGES :=
+else
+$(error ALIGN_SET must be clean or noisy, not '$(ALIGN_SET)')
+endif
 ALIGN_REPORT_CLIPS ?= 200
 ALIGN_SEEDS ?= 0 1 2
-ALIGN_REPORT_ARGS = --manifest data/synthcaps/test.jsonl --limit $(ALIGN_REPORT_CLIPS) \
-  --seeds $(ALIGN_SEEDS) --cache runs/feature_cache --threads 1
+ALIGN_REPORT_ARGS = --manifest $(ALIGN_DATA)/test.jsonl --limit $(ALIGN_REPORT_CLIPS) \
+  --seeds $(ALIGN_SEEDS) --cache runs/feature_cache --threads 1 $(ALIGN_JUDGES)
 align: install
-	test -f $(SIREN_MODEL)/model.safetensors || $(MAKE) pretrain
-	$(MAKE) data
+	test -f $(ALIGN_FROM)/model.safetensors || $(MAKE) pretrain
+	$(ALIGN_PREPARE)
 	mkdir -p $(ALIGN)
 	# The stage-1 rows of the report need no aligned model: they are graded on the second core
 	# while the fit runs on the first, and cached (runs/feature_cache/align_report) for the report.
-	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) $(ALIGN_REPORT_ARGS) \
+	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) $(ALIGN_REPORT_ARGS) \
 	  --out $(ALIGN)/report_before > $(ALIGN)/report_before.log 2>&1 & before=$$!; \
-	OMP_NUM_THREADS=1 $(SIREN) fit --config experiments/align_tiny.yaml \
-	  --model.init_args.init_from $(SIREN_MODEL) \
+	OMP_NUM_THREADS=1 $(SIREN) fit $(ALIGN_CONFIGS) \
+	  --model.init_args.init_from $(ALIGN_FROM) \
 	  $$(test -f $(ALIGN)/checkpoints/last.ckpt && echo --ckpt_path $(ALIGN)/checkpoints/last.ckpt); \
 	fit=$$?; wait $$before || { cat $(ALIGN)/report_before.log; exit 1; }; exit $$fit
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
@@ -121,11 +148,11 @@ align: install
 	# Wait by PID: a job that ended before `wait` reached it is gone from the job table (`wait %2`
 	# failed with "no such job" whenever seed 1 finished first)
 	pids=; for seed in 0 1; do \
-	  OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
+	  OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) --after $(ALIGN)/model \
 	    $(ALIGN_REPORT_ARGS) --seeds $$seed --kl-clips 0 --out $(ALIGN)/report_seed$$seed \
 	    > $(ALIGN)/report_seed$$seed.log 2>&1 & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || { for f in $(ALIGN)/report_seed*.log; do tail -n 5 "$$f"; done; exit 1; }; done
-	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
+	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) --after $(ALIGN)/model \
 	  $(ALIGN_REPORT_ARGS) --out $(ALIGN)/report
 	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
 
