@@ -8,10 +8,8 @@ import torch
 from tests.test_reference_assets import assert_readme_states_the_weights_sha256
 
 from siren_lightning.data.synthcaps import (
-    COUNTS,
-    ENVELOPES,
     PITCH_RANGES_HZ,
-    SOURCES,
+    all_combinations,
     class_prompts,
     synthesize,
 )
@@ -40,24 +38,20 @@ def test_clean_judge_picks_the_pitch_of_clean_clips(name):
     than the same caption naming either other band (both judges: 1.00 on 200 test clips)."""
     model = load_tiny_clap(name)
     captions = CaptionEmbeddingCache(model.text_encoder_name)
-    prompts = class_prompts()  # 252, in itertools.product(source, pitch, count, envelope) order
+    # class_prompts() holds one caption per combination, in all_combinations() order
+    prompts = dict(zip(all_combinations(), class_prompts(), strict=True))
     rng = np.random.default_rng(0)
     bands = list(PITCH_RANGES_HZ)
-    for source_i, band_i, count_i, env_i in [
-        (0, 0, 0, 0),
-        (1, 1, 1, 1),
-        (3, 2, 2, 2),
-        (6, 0, 3, 1),
+    for source, band, count, envelope in [
+        ("tone", "low", "once", "steady"),
+        ("chord", "medium", "twice", "fade_in"),
+        ("chirp_up", "high", "three_times", "fade_out"),
+        ("siren", "low", "continuous", "fade_in"),
     ]:
-        attrs = {
-            "source": SOURCES[source_i],
-            "pitch": bands[band_i],
-            "count": COUNTS[count_i],
-            "envelope": ENVELOPES[env_i],
-        }
+        attrs = {"source": source, "pitch": band, "count": count, "envelope": envelope}
         audio, _ = synthesize(attrs, 3.0, rng, background=0.0)
-        rows = [((source_i * 3 + b) * 4 + count_i) * 3 + env_i for b in range(3)]
+        texts = [prompts[(source, b, count, envelope)] for b in bands]
         with torch.no_grad():
             a = model.embed(torch.from_numpy(audio)[None], 16000)
-            t = model.embed_text(captions([prompts[i] for i in rows]))
-        assert int((a @ t.T).argmax()) == band_i, attrs
+            t = model.embed_text(captions(texts))
+        assert bands[int((a @ t.T).argmax())] == band, attrs

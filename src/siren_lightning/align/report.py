@@ -23,8 +23,9 @@ captions (2 s, seed 0) says how far the policy moved.
 
 With `--cache DIR`, each model's metrics of each seed are kept in `DIR/align_report/<key>.json`,
 the key hashing the model's weights, the clip ids, the seed, sampling, batch size, grader (with
-its weights' SHA-256) and reward: the `before` rows of one stage-1 model are computed once for every report that compares
-with it, and seeds run as separate processes (`--seeds 0`, `--seeds 1`, ...) add up.
+its weights' SHA-256) and reward: the `before` rows of one stage-1 model are computed once for
+every report that compares with it, and seeds run as separate processes (`--seeds 0`,
+`--seeds 1`, ...) add up.
 
 Letters: B clips, N samples.
 """

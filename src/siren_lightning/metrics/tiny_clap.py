@@ -26,9 +26,14 @@ from siren_lightning.data.audio import resample
 from siren_lightning.metrics.backbones import AudioBackbone, BackboneOutput
 from siren_lightning.metrics.weights import sha256_file
 
-# Checkpoints the embedded default ships (see assets/<name>/README.md for how each was made).
-# The "-clean" pair is trained on SynthCaps clean (digital silence) by an overlay on the base YAML.
-BUNDLED = ("tiny-clap-reward", "tiny-clap-eval", "tiny-clap-reward-clean", "tiny-clap-eval-clean")
+# Checkpoints the embedded default ships, each with the YAMLs that train it (assets/<name>/README.md
+# says how each was made). The "-clean" pair is trained on SynthCaps clean by an overlay.
+BUNDLED = {
+    "tiny-clap-reward": ("tiny-clap-reward.yaml",),
+    "tiny-clap-eval": ("tiny-clap-eval.yaml",),
+    "tiny-clap-reward-clean": ("tiny-clap-reward.yaml", "tiny-clap-reward-clean.yaml"),
+    "tiny-clap-eval-clean": ("tiny-clap-eval.yaml", "tiny-clap-eval-clean.yaml"),
+}
 
 
 def assets_dir() -> Path:
@@ -225,9 +230,7 @@ def load_tiny_clap(name_or_path: str | Path) -> TinyCLAP:
     """A bundled name (`tiny-clap-eval`, `tiny-clap-reward`) or a saved folder / hub id."""
     path = tiny_clap_path(name_or_path)
     if str(name_or_path) in BUNDLED and not (path / "model.safetensors").is_file():
-        configs = f"--config experiments/{name_or_path}.yaml"
-        if str(name_or_path).endswith("-clean"):
-            configs = f"--config experiments/{str(name_or_path)[: -len('-clean')]}.yaml " + configs
+        configs = " ".join(f"--config experiments/{y}" for y in BUNDLED[str(name_or_path)])
         raise FileNotFoundError(
             f"{name_or_path}: no checkpoint at {path}. Train it with `siren fit {configs}` "
             f"(see {path}/README.md)."

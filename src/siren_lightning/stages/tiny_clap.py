@@ -92,8 +92,8 @@ class TinyCLAPModule(L.LightningModule):
             self.log("train/attribute_loss", swap_loss, batch_size=n)
             self.log("train/attribute_acc", swap_acc, batch_size=n)
             loss = loss + self.hparams.attribute_loss_weight * swap_loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
-        self.log("train/logit_scale", self.clap.logit_scale.exp(), batch_size=len(batch["ids"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/logit_scale", self.clap.logit_scale.exp(), batch_size=n)
         return loss
 
     def _attribute_swap(
