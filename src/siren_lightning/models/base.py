@@ -243,6 +243,14 @@ class CodecLM(nn.Module):
                 f"{tuple(text_states.shape)}, text_mask {tuple(text_mask.shape)}"
             )
 
+    def check_history(self, codes: Tensor, history: Tensor) -> None:
+        """One clear message for a history that is not codes' shape and dtype."""
+        if history.shape != codes.shape or history.dtype != codes.dtype:
+            raise ValueError(
+                f"{type(self).__name__}.forward: history must match codes "
+                f"{tuple(codes.shape)} {codes.dtype}, got {tuple(history.shape)} {history.dtype}"
+            )
+
     def end(self, state: Any) -> None:
         """After a generation: drop the caches that `begin` gave the self-attentions."""
         for module in self.modules():

@@ -247,6 +247,7 @@ class DelayPatternLM(
         groups: list[int] | None = None,
         total_frames: Tensor | None = None,
         frame_offset: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> LMOutput:
         """Teacher-forced logits of every codebook.
 
@@ -257,6 +258,8 @@ class DelayPatternLM(
             groups: None or [0] (the model is one group; the argument mirrors `SirenLM`).
             total_frames, frame_offset: [B] clip lengths and window starts for
                 `duration_conditioning`, as in `SirenLM.forward`.
+            history: [B, r, T] long, the codes the steps read as their inputs (`codes` when
+                None), as in `SirenLM.forward`; the targets stay `codes`.
 
         Returns:
             `LMOutput` with logits [B, r, T, K], mask [B, r, T] and codebooks 0 .. r-1.
@@ -269,7 +272,9 @@ class DelayPatternLM(
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=codes.device)
         text_states = text_states.to(self.codebook_table.dtype)
-        x = self.embed(self.step_inputs(codes, mask))  # [B, S, D]
+        if history is not None:
+            self.check_history(codes, history)
+        x = self.embed(self.step_inputs(codes if history is None else history, mask))  # [B, S, D]
         x = x + self.text_summary(text_states, text_mask)[:, None]
         timing = None
         if c.duration_conditioning:

@@ -237,6 +237,7 @@ class ResidualGroupTransformer(TextConditionedStack):
         text_states: Tensor,
         text_mask: Tensor,
         timing: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> Tensor:
         """Teacher-forced logits of this expert's codebooks.
 
@@ -244,6 +245,9 @@ class ResidualGroupTransformer(TextConditionedStack):
             vectors: [B, r, T, D_lat] codec vectors of the ground-truth codes.
             text_states: [B, L, Dt]; text_mask: [B, L] bool.
             timing: [B, T, 2] `clip_timing` (duration-conditioned experts only).
+            history: [B, r, T, D_lat] vectors the temporal stack reads as the previous frames
+                (`vectors` when None). The codebooks below this expert's, of the current
+                frame, always come from `vectors`.
 
         Returns:
             [B, g, T, K] logits for codebooks gk .. gk + g - 1.
@@ -255,6 +259,8 @@ class ResidualGroupTransformer(TextConditionedStack):
         own = self.project(vectors[:, k0 : k0 + g - 1], range(k0, k0 + g - 1))  # [B, g-1, T, D]
         rest = self.project_sum(vectors, k0 + g - 1, r)  # [B, T, D]
         total = lower + own.sum(1) + rest
+        if history is not None:
+            total = self.project_sum(history, 0, r)
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
         h = self.run_stack(x, self.text_kv(text_states), text_mask, timing=timing)
@@ -482,6 +488,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         groups: list[int] | None = None,
         total_frames: Tensor | None = None,
         frame_offset: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> SirenOutput:
         """Teacher-forced logits of every codebook (or of the chosen groups' codebooks).
 
@@ -493,6 +500,10 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             total_frames: [B] frames of each whole clip, for `duration_conditioning` (the
                 valid frames of `mask` when None: the window is the whole clip).
             frame_offset: [B] first frame of the window within its clip (0 when None).
+            history: [B, r, T] long, the codes the experts read as the previous frames (`codes`
+                when None): a corrupted copy trains robustness to the model's own mistakes
+                (`PretrainModule(history_noise)`); the targets and the current frame's lower
+                codebooks stay `codes`.
 
         Returns:
             `SirenOutput` with logits [B, n, T, K], mask [B, n, T] and the n codebook indices.
@@ -507,9 +518,14 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         if c.duration_conditioning:
             timing = window_timing(mask, t, total_frames, frame_offset)  # [B, T, 2]
         vectors = self.codebook_vectors(codes)  # [B, r, T, D_lat]
+        past = None
+        if history is not None:
+            self.check_history(codes, history)
+            past = self.codebook_vectors(history)
         text_states = text_states.to(vectors.dtype)
         logits = torch.cat(
-            [self.experts[k](vectors, text_states, text_mask, timing) for k in groups], dim=1
+            [self.experts[k](vectors, text_states, text_mask, timing, past) for k in groups],
+            dim=1,
         )  # [B, n, T, K]
         codebooks = [j for k in groups for j in self.codebooks_of(k)]
         return SirenOutput(logits, mask[:, None].expand(b, len(codebooks), t), codebooks)

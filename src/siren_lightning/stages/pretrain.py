@@ -64,6 +64,32 @@ def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tupl
     return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
 
 
+def corrupt_history(codes: Tensor, mask: Tensor, rate: float) -> Tensor:
+    """A copy of `codes` in which each real frame, with probability `rate`, is replaced by a
+    frame drawn uniformly from the same clip's real frames (all r codebooks together).
+
+    The LM reads it as its history while its targets stay the true codes, so it learns that one
+    out-of-place frame (a silence frame drawn inside an event, a sounding one in a gap: the
+    mistakes sampling makes) does not decide what comes next; the caption and the clip's
+    timing must. Draws from torch's global generator (`StepSeed` makes it per-step exact).
+
+    Args:
+        codes: [B, r, T] long; mask: [B, T] bool, True for real frames.
+
+    Returns:
+        [B, r, T] long; padded frames and, at rate 0, everything are `codes` unchanged.
+    """
+    if rate <= 0:
+        return codes
+    b, _, t = codes.shape
+    lengths = mask.sum(1).clamp(min=1)  # [B]
+    # Bucketed batches are left-aligned: the real frames of clip i are 0 .. lengths[i] - 1.
+    source = (torch.rand(b, t, device=codes.device) * lengths[:, None]).long()  # [B, T]
+    replace = (torch.rand(b, t, device=codes.device) < rate) & mask
+    index = torch.where(replace, source, torch.arange(t, device=codes.device).expand(b, t))
+    return codes.gather(2, index[:, None].expand_as(codes))
+
+
 def _check_ranges(warmup_steps: int, total_steps: int | None, min_lr_ratio: float) -> None:
     """One clear message per out-of-range schedule setting."""
     if warmup_steps < 0:
@@ -103,6 +129,10 @@ class PretrainModule(StageModule):
         min_lr_ratio: final learning rate as a fraction of the optimizer's.
         train_groups: experts to train (all when None); the others stay frozen.
         caption_dropout: probability of replacing a caption by the empty caption.
+        history_noise: probability that a frame of the history the LM reads is replaced by
+            another frame of the same clip (`corrupt_history`; training steps only, the targets
+            stay true). A deviation from the paper (docs/model.md "Noisy history"); 0 is the
+            paper's teacher forcing.
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
@@ -124,6 +154,7 @@ class PretrainModule(StageModule):
         min_lr_ratio: float = 0.1,
         train_groups: Sequence[int] | None = None,
         caption_dropout: float = 0.1,
+        history_noise: float = 0.0,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -135,6 +166,10 @@ class PretrainModule(StageModule):
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(
                 f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
+            )
+        if not 0.0 <= history_noise < 1.0:
+            raise ValueError(
+                f"PretrainModule: history_noise must be in [0, 1), got {history_noise}"
             )
         if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
             raise FileNotFoundError(
@@ -321,7 +356,9 @@ class PretrainModule(StageModule):
 
     # Steps.
 
-    def _stats(self, batch: dict[str, Any], dropout: float) -> tuple[Tensor, Tensor, Tensor]:
+    def _stats(
+        self, batch: dict[str, Any], dropout: float, history_noise: float = 0.0
+    ) -> tuple[Tensor, Tensor, Tensor]:
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
         out = self.network(
@@ -332,11 +369,12 @@ class PretrainModule(StageModule):
             groups=self.train_groups,
             total_frames=batch.get("total_frames"),
             frame_offset=batch.get("frame_offset"),
+            history=corrupt_history(codes, mask, history_noise) if history_noise > 0 else None,
         )
         return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        ce, _, _ = self._stats(batch, self.hparams.caption_dropout)
+        ce, _, _ = self._stats(batch, self.hparams.caption_dropout, self.hparams.history_noise)
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)

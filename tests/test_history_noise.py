@@ -1,0 +1,124 @@
+"""Noisy history (`PretrainModule(history_noise)`): the LM reads a corrupted copy of its
+history while its targets, and Siren's within-frame lower codebooks, stay the true codes."""
+
+import pytest
+import torch
+from delay_testing import make_delay_model  # noqa: E402
+from siren_testing import make_model, make_text  # noqa: E402
+
+from siren_lightning.stages.pretrain import PretrainModule, corrupt_history  # noqa: E402
+
+
+def _codes(b=3, r=6, t=10, k=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(k, (b, r, t), generator=g)
+
+
+def test_corrupt_history_moves_whole_frames_within_their_clip():
+    # Every frame a distinct column, so where each output frame came from can be read off.
+    b, r, t = 3, 4, 12
+    codes = (torch.arange(b * t).view(b, 1, t) * 10 + torch.arange(r).view(1, r, 1)).long()
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 7:] = False  # clip 1 has 7 real frames
+    mask[2, 3:] = False
+    torch.manual_seed(0)
+    out = corrupt_history(codes, mask, 0.5)
+    assert out.shape == codes.shape
+    frame = out[:, 0] // 10  # [B, T]: the global frame each output frame holds
+    # All r codebooks of a frame move together.
+    assert torch.equal(out, frame[:, None] * 10 + torch.arange(r).view(1, r, 1))
+    for i in range(b):
+        n = int(mask[i].sum())
+        source = frame[i] - i * t
+        assert ((source[:n] >= 0) & (source[:n] < n)).all()  # real frames of the same clip
+        assert torch.equal(out[i, :, n:], codes[i, :, n:])  # padding untouched
+    assert not torch.equal(out, codes)
+
+
+def test_corrupt_history_rate_and_zero_rate():
+    codes, mask = _codes(b=8, t=200), torch.ones(8, 200, dtype=torch.bool)
+    assert corrupt_history(codes, mask, 0.0) is codes
+    torch.manual_seed(0)
+    out = corrupt_history(codes, mask, 0.25)
+    changed = (out != codes).any(1).float().mean().item()
+    # Replaced frames that drew themselves (1/200) or an identical frame stay equal.
+    assert 0.20 < changed < 0.30
+    torch.manual_seed(0)
+    assert torch.equal(corrupt_history(codes, mask, 0.25), out)  # seeded: the same draw
+
+
+@pytest.mark.parametrize("make", [make_model, make_delay_model])
+def test_history_none_equals_history_codes_and_is_causal(make):
+    model = make()
+    codes = _codes()
+    states, text_mask = make_text(3)
+    base = model(codes, states, text_mask).logits
+    same = model(codes, states, text_mask, history=codes.clone()).logits
+    torch.testing.assert_close(same, base, rtol=1e-5, atol=1e-5)
+
+    s = 4  # change the history at frame s only
+    history = codes.clone()
+    history[:, :, s] = (codes[:, :, s] + 1) % model.config.codebook_size
+    out = model(codes, states, text_mask, history=history).logits  # [B, n, T, K]
+    if make is make_model:
+        # Siren: frame t is predicted from history frames < t, so frames <= s cannot change.
+        torch.testing.assert_close(out[:, :, : s + 1], base[:, :, : s + 1], rtol=1e-5, atol=1e-5)
+    else:
+        # Delay LM: codebook j of frame t is read at step t + j, whose inputs are steps < t + j:
+        # codebook 0 of frames <= s cannot change.
+        torch.testing.assert_close(out[:, 0, : s + 1], base[:, 0, : s + 1], rtol=1e-5, atol=1e-5)
+    assert (out[:, :, s + 1 :] - base[:, :, s + 1 :]).abs().amax() > 1e-3
+
+
+def test_siren_reads_the_current_frames_lower_codebooks_from_codes_not_history():
+    model = make_model()
+    codes = _codes()
+    states, text_mask = make_text(3)
+    base = model(codes, states, text_mask).logits
+    # Same history, a different codebook 0 in the *current* frames: expert 1 (codebooks 2-3)
+    # reads codebook 0 of its frame as `lower`, so it must change; its temporal input must not.
+    other = codes.clone()
+    other[:, 0] = (codes[:, 0] + 1) % model.config.codebook_size
+    out = model(other, states, text_mask, history=codes).logits
+    # Expert 0's codebooks (0, 1): their history is the same and codebook 0 has no lower ones,
+    # so codebook 0's logits are unchanged.
+    torch.testing.assert_close(out[:, 0], base[:, 0], rtol=1e-5, atol=1e-5)
+    assert (out[:, 2] - base[:, 2]).abs().amax() > 1e-3
+
+
+def test_history_must_match_codes():
+    model = make_model()
+    codes = _codes()
+    states, text_mask = make_text(3)
+    with pytest.raises(ValueError, match="history must match codes"):
+        model(codes, states, text_mask, history=codes[:, :, :-1])
+
+
+def test_training_reads_noisy_history_against_true_targets_and_validation_does_not(monkeypatch):
+    network = make_model()
+    module = PretrainModule(network, caption_dropout=0.0, history_noise=0.5, warmup_steps=0)
+    codes, mask = _codes(b=2, t=40), torch.ones(2, 40, dtype=torch.bool)
+    states, text_mask = make_text(2)
+    batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
+    seen = []
+    forward = network.forward
+
+    def spy(codes_in, *args, **kwargs):
+        seen.append((codes_in, kwargs.get("history")))
+        return forward(codes_in, *args, **kwargs)
+
+    monkeypatch.setattr(network, "forward", spy)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    torch.manual_seed(0)
+    module.training_step(batch, 0)
+    targets, history = seen[-1]
+    assert targets is codes  # the loss is against the true codes
+    changed = (history != codes).any(1).float().mean().item()
+    assert 0.3 < changed < 0.6
+    module.validation_step(batch, 0)
+    assert seen[-1][1] is None  # validation is plain teacher forcing
+
+
+def test_history_noise_is_checked():
+    with pytest.raises(ValueError, match="history_noise must be in"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_noise=1.0)
