@@ -13,14 +13,53 @@ SIREN := $(VENV)/bin/siren
 # The embedded default (DESIGN.md section 4). The codec asset is committed; `make codec` retrains it.
 CODEC ?= assets/codec_tiny
 CODES := data/synthcaps/codes_litdata
+# SET: the SynthCaps variant that `make pretrain`, `make align` and `make evaluate` work on.
+# - clean (the default): SynthCaps with digital silence between its events (`siren prepare
+#   synthcaps --background 0`), the committed codec that spells silence with one code
+#   (assets/codec_tiny_clean), the reference Siren trained on it (assets/siren_tiny_clean), the
+#   tiny CLAPs trained on it (reward tiny-clap-reward-clean, grader tiny-clap-eval-clean).
+#   `make pretrain` runs experiments/siren_tiny_clean.yaml with its cosine ending at the last step,
+#   and samples at the clean reference's temperature (0.7, chosen on val). docs/model.md
+#   "make pretrain on SynthCaps clean".
+# - noisy: SynthCaps with its noise floor, CODEC, assets/siren_tiny_reference, tiny-clap-reward
+#   and tiny-clap-eval; `make pretrain` runs experiments/siren_tiny.yaml alone (sessions 1-10).
+SET ?= clean
+ifeq ($(SET),clean)
+SET_DATA := data/synthcaps_clean
+SET_CODEC := assets/codec_tiny_clean
+SET_PREPARE := --background 0
+RUN := runs/siren_tiny_clean
+REFERENCE := assets/siren_tiny_clean
+# Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget.
+PRETRAIN_STEPS ?= 250
+PRETRAIN_CONFIGS = --config experiments/siren_tiny.yaml --config experiments/siren_tiny_clean.yaml \
+  --model.init_args.total_steps $(PRETRAIN_STEPS)
+PRETRAIN_SAMPLING := --temperature 0.7
+GRADER := tiny-clap-eval-clean
+REWARD := tiny-clap-reward-clean
+ALIGN := runs/align_tiny_clean
+ALIGN_CONFIGS := --config experiments/align_tiny.yaml --config experiments/align_tiny_clean.yaml
+else ifeq ($(SET),noisy)
+SET_DATA := data/synthcaps
+SET_CODEC := $(CODEC)
+SET_PREPARE :=
 RUN := runs/siren_tiny
-# Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget;
+REFERENCE := assets/siren_tiny_reference
 # experiments/siren_tiny.yaml alone runs 1,500 (PRETRAIN_STEPS=1500 make pretrain).
 PRETRAIN_STEPS ?= 150
-# The model `make align`, `make evaluate` and the notebook start from: the committed reference
-# tiny Siren (assets/siren_tiny_reference/README.md). SIREN_MODEL=runs/siren_tiny/model picks the
-# model `make pretrain` trained instead.
-SIREN_MODEL ?= assets/siren_tiny_reference
+PRETRAIN_CONFIGS = --config experiments/siren_tiny.yaml
+PRETRAIN_SAMPLING :=
+GRADER := tiny-clap-eval
+REWARD := tiny-clap-reward
+ALIGN := runs/align_tiny
+ALIGN_CONFIGS := --config experiments/align_tiny.yaml
+else
+$(error SET must be clean or noisy, not '$(SET)')
+endif
+SET_CODES := $(SET_DATA)/codes_litdata
+# The model `make align`, `make evaluate` and the notebook start from: SET's committed reference
+# tiny Siren. SIREN_MODEL=$(RUN)/model picks the model `make pretrain` trained instead.
+SIREN_MODEL ?= $(REFERENCE)
 # Held-out test clips whose adherence `make pretrain` prints at its end.
 ADHERENCE_CLIPS ?= 48
 
@@ -75,21 +114,26 @@ codec: data
 	$(SIREN) fit --config experiments/codec_tiny_finetune2.yaml
 	$(SIREN) export-codec runs/codec_tiny_finetune2/checkpoints/last.ckpt $(CODEC) --half
 
-tokenize: data
-	test -f $(CODEC)/codec.json || $(MAKE) codec
+# The code caches of SET (both steps skip what is already written).
+tokenize: install
+	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
+	test -f $(SET_CODEC)/codec.json || $(MAKE) codec
 	for split in train val test; do \
-	  $(SIREN) tokenize --manifest data/synthcaps/$$split.jsonl --codec $(CODEC) --out $(CODES)/$$split || exit 1; \
+	  $(SIREN) tokenize --manifest $(SET_DATA)/$$split.jsonl --codec $(SET_CODEC) \
+	    --out $(SET_CODES)/$$split || exit 1; \
 	done
 
 # Tokenize, pretrain tiny Siren (resuming a run that was cut off), export, generate held-out clips.
 pretrain: tokenize
-	$(SIREN) fit --config experiments/siren_tiny.yaml --trainer.max_steps $(PRETRAIN_STEPS) \
+	$(SIREN) fit $(PRETRAIN_CONFIGS) --trainer.max_steps $(PRETRAIN_STEPS) \
 	  $$(test -f $(RUN)/checkpoints/last.ckpt && echo --ckpt_path $(RUN)/checkpoints/last.ckpt)
 	$(SIREN) export $(RUN)/checkpoints/last.ckpt --out $(RUN)/model
-	$(SIREN) generate --model $(RUN)/model --manifest data/synthcaps/test.jsonl --limit 6 \
+	$(if $(PRETRAIN_SAMPLING),$(SIREN) set-sampling $(RUN)/model $(PRETRAIN_SAMPLING) \
+	  --chosen-on "the clean reference Siren's choice on val (assets/siren_tiny_clean/README.md)")
+	$(SIREN) generate --model $(RUN)/model --manifest $(SET_DATA)/test.jsonl --limit 6 \
 	  --seconds 4 --out $(RUN)/samples
-	$(SIREN) adherence --model $(RUN)/model --manifest data/synthcaps/test.jsonl \
-	  --codes $(CODES)/test --limit $(ADHERENCE_CLIPS) --out $(RUN)/adherence
+	$(SIREN) adherence --model $(RUN)/model --manifest $(SET_DATA)/test.jsonl \
+	  --codes $(SET_CODES)/test --limit $(ADHERENCE_CLIPS) --out $(RUN)/adherence
 	@echo "model:       $(RUN)/model (siren generate --model $(RUN)/model --captions '...' --out DIR)"
 	@echo "TensorBoard: tensorboard --logdir $(RUN)/tensorboard"
 	@echo "samples:     $(RUN)/samples (held-out SynthCaps captions, generations.jsonl)"
@@ -98,49 +142,23 @@ pretrain: tokenize
 # a run that was cut off resumes, as `siren fit` refuses a fresh run in a used folder), export it,
 # and compare before/after on ALIGN_REPORT_CLIPS held-out test captions (never used in rollouts) x
 # 3 sampling seeds, graded by what did not train it: adherence (measure_attributes), the other tiny
-# CLAP and FD (docs/align.md). ALIGN_SET picks the set:
-# - clean (the default): SynthCaps clean (digital silence between the events), the clean reference
-#   Siren assets/siren_tiny_clean (the one that follows pitch), reward tiny-clap-reward-clean,
-#   grader tiny-clap-eval-clean (docs/align.md "Issue 17 on SynthCaps clean");
-# - noisy: the embedded default's set, SIREN_MODEL, reward tiny-clap-reward, grader tiny-clap-eval.
-# Naming SIREN_MODEL (e.g. runs/siren_tiny/model, which make pretrain trains on the noisy set)
-# picks noisy unless ALIGN_SET says otherwise.
-ifeq ($(origin SIREN_MODEL),file)
-ALIGN_SET ?= clean
-else
-ALIGN_SET ?= noisy
-endif
-ifeq ($(ALIGN_SET),clean)
-ALIGN_FROM := $(if $(filter file,$(origin SIREN_MODEL)),assets/siren_tiny_clean,$(SIREN_MODEL))
-ALIGN := runs/align_tiny_clean
-ALIGN_DATA := data/synthcaps_clean
-ALIGN_PREPARE = $(SIREN) prepare synthcaps --out $(ALIGN_DATA) --background 0
-ALIGN_CONFIGS := --config experiments/align_tiny.yaml --config experiments/align_tiny_clean.yaml
-ALIGN_JUDGES := --tiny-clap tiny-clap-eval-clean --reward tiny-clap-reward-clean
-else ifeq ($(ALIGN_SET),noisy)
-ALIGN_FROM := $(SIREN_MODEL)
-ALIGN := runs/align_tiny
-ALIGN_DATA := data/synthcaps
-ALIGN_PREPARE = $(MAKE) data
-ALIGN_CONFIGS := --config experiments/align_tiny.yaml
-ALIGN_JUDGES :=
-else
-$(error ALIGN_SET must be clean or noisy, not '$(ALIGN_SET)')
-endif
+# CLAP and FD (docs/align.md; on SET clean, "Issue 17 on SynthCaps clean"). SET picks the data,
+# the starting model (SIREN_MODEL), the reward and the grader.
+ALIGN_JUDGES := --tiny-clap $(GRADER) --reward $(REWARD)
 ALIGN_REPORT_CLIPS ?= 200
 ALIGN_SEEDS ?= 0 1 2
-ALIGN_REPORT_ARGS = --manifest $(ALIGN_DATA)/test.jsonl --limit $(ALIGN_REPORT_CLIPS) \
+ALIGN_REPORT_ARGS = --manifest $(SET_DATA)/test.jsonl --limit $(ALIGN_REPORT_CLIPS) \
   --seeds $(ALIGN_SEEDS) --cache runs/feature_cache --threads 1 $(ALIGN_JUDGES)
 align: install
-	test -f $(ALIGN_FROM)/model.safetensors || $(MAKE) pretrain
-	$(ALIGN_PREPARE)
+	test -f $(SIREN_MODEL)/model.safetensors || $(MAKE) pretrain
+	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
 	mkdir -p $(ALIGN)
 	# The stage-1 rows of the report need no aligned model: they are graded on the second core
 	# while the fit runs on the first, and cached (runs/feature_cache/align_report) for the report.
-	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) $(ALIGN_REPORT_ARGS) \
+	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) $(ALIGN_REPORT_ARGS) \
 	  --out $(ALIGN)/report_before > $(ALIGN)/report_before.log 2>&1 & before=$$!; \
 	OMP_NUM_THREADS=1 $(SIREN) fit $(ALIGN_CONFIGS) \
-	  --model.init_args.init_from $(ALIGN_FROM) \
+	  --model.init_args.init_from $(SIREN_MODEL) \
 	  $$(test -f $(ALIGN)/checkpoints/last.ckpt && echo --ckpt_path $(ALIGN)/checkpoints/last.ckpt); \
 	fit=$$?; wait $$before || { cat $(ALIGN)/report_before.log; exit 1; }; exit $$fit
 	$(SIREN) export $(ALIGN)/checkpoints/last.ckpt --out $(ALIGN)/model
@@ -148,23 +166,23 @@ align: install
 	# Wait by PID: a job that ended before `wait` reached it is gone from the job table (`wait %2`
 	# failed with "no such job" whenever seed 1 finished first)
 	pids=; for seed in 0 1; do \
-	  OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) --after $(ALIGN)/model \
+	  OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	    $(ALIGN_REPORT_ARGS) --seeds $$seed --kl-clips 0 --out $(ALIGN)/report_seed$$seed \
 	    > $(ALIGN)/report_seed$$seed.log 2>&1 & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || { for f in $(ALIGN)/report_seed*.log; do tail -n 5 "$$f"; done; exit 1; }; done
-	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(ALIGN_FROM) --after $(ALIGN)/model \
+	OMP_NUM_THREADS=1 $(SIREN) align-report --before $(SIREN_MODEL) --after $(ALIGN)/model \
 	  $(ALIGN_REPORT_ARGS) --out $(ALIGN)/report
 	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
 
 # Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling).
 EVAL_CLIPS ?= 32
-evaluate:
+evaluate: install
 	test -f $(SIREN_MODEL)/config.json || $(MAKE) pretrain
-	$(MAKE) data
-	$(SIREN) generate --model $(SIREN_MODEL) --manifest data/synthcaps/test.jsonl --limit $(EVAL_CLIPS) \
+	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
+	$(SIREN) generate --model $(SIREN_MODEL) --manifest $(SET_DATA)/test.jsonl --limit $(EVAL_CLIPS) \
 	  --match-durations --out $(RUN)/eval/generated
-	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference data/synthcaps/test.jsonl \
-	  --preset tiny --codec-ceiling $(CODEC) --out $(RUN)/eval/results.json \
+	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference $(SET_DATA)/test.jsonl \
+	  --preset tiny --tiny-clap $(GRADER) --codec-ceiling $(SET_CODEC) --out $(RUN)/eval/results.json \
 	  --per-clip $(RUN)/eval/per_clip.jsonl --bootstrap 200
 
 # The tables benchmarks/RESULTS.md quotes, with the arguments it states for each (CPU time, one

@@ -92,7 +92,7 @@ def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp
     assert_readme_states_the_weights_sha256(folder)
 
 
-@pytest.mark.parametrize("name", ["siren_tiny_clean", "delay_tiny_clean"])
+@pytest.mark.parametrize("name", ["siren_tiny_clean", "siren_tiny_clean_hn", "delay_tiny_clean"])
 def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
     name, tmp_path, monkeypatch
 ):

@@ -33,6 +33,9 @@ def test_notebook_runs_and_writes_the_three_rows(tmp_path, synthcaps_small, monk
         "MANIFEST": synthcaps_small["test"],
         "GENERATED": generated,
         "CODEC": ROOT / "assets" / "codec_tiny",
+        # A judge of noisy SynthCaps (this data) that is neither the notebook's default nor the
+        # library's, so the test sees the variable reach the evaluator.
+        "TINY_CLAP": "tiny-clap-reward",
         "NUM_CLIPS": 12,
         "OUT": out,
         "SHOW": 1,
@@ -48,6 +51,10 @@ def test_notebook_runs_and_writes_the_three_rows(tmp_path, synthcaps_small, monk
 
     results = json.loads(out.read_text())
     assert results["counts"]["paired"] == 12 and results["preset"] == "tiny"
+    from siren_lightning.metrics.tiny_clap import TinyCLAPBackbone
+
+    judge = results["backbones"]["clap"]["weights_sha256"]
+    assert judge == TinyCLAPBackbone.from_pretrained("tiny-clap-reward").weights_sha256
     assert results["metrics"]["fad"] is None
     ceiling, truth = results["codec_ceiling"]["metrics"], results["ground_truth"]["metrics"]
     # The hum makes the "model" worse than the codec round trip of the references.
