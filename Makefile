@@ -31,7 +31,7 @@ SET_PREPARE := --background 0
 RUN := runs/siren_tiny_clean
 REFERENCE := assets/siren_tiny_clean
 # Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget.
-PRETRAIN_STEPS ?= 250
+PRETRAIN_STEPS ?= 500
 PRETRAIN_CONFIGS = --config experiments/siren_tiny.yaml --config experiments/siren_tiny_clean.yaml \
   --model.init_args.total_steps $(PRETRAIN_STEPS)
 PRETRAIN_SAMPLING := --temperature 0.7

@@ -72,7 +72,7 @@ def test_make_pretrain_and_evaluate_follow_the_set():
     assert "--codec assets/codec_tiny_clean --out data/synthcaps_clean/codes_litdata/" in flat(out)
     fit = next(line for line in commands(out) if " fit --config" in line)
     assert "--config experiments/siren_tiny.yaml --config experiments/siren_tiny_clean.yaml" in fit
-    assert "--model.init_args.total_steps 250 --trainer.max_steps 250" in fit
+    assert "--model.init_args.total_steps 500 --trainer.max_steps 500" in fit
     assert "set-sampling runs/siren_tiny_clean/model --temperature 0.7" in out
     assert "adherence --model runs/siren_tiny_clean/model --manifest data/synthcaps_clean/" in flat(
         out
