@@ -34,7 +34,8 @@ REFERENCE := assets/siren_tiny_clean
 PRETRAIN_STEPS ?= 500
 PRETRAIN_CONFIGS = --config experiments/siren_tiny.yaml --config experiments/siren_tiny_clean.yaml \
   --model.init_args.total_steps $(PRETRAIN_STEPS)
-PRETRAIN_SAMPLING := --temperature 0.7
+PRETRAIN_SAMPLING := --temperature 0.7 \
+  --chosen-on "the clean reference Siren's choice on val (assets/siren_tiny_clean/README.md)"
 GRADER := tiny-clap-eval-clean
 REWARD := tiny-clap-reward-clean
 ALIGN := runs/align_tiny_clean
@@ -57,6 +58,8 @@ else
 $(error SET must be clean or noisy, not '$(SET)')
 endif
 SET_CODES := $(SET_DATA)/codes_litdata
+# Writes SET's clips (a no-op when they are already there with the same config).
+PREPARE_SET = $(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
 # The model `make align`, `make evaluate` and the notebook start from: SET's committed reference
 # tiny Siren. SIREN_MODEL=$(RUN)/model picks the model `make pretrain` trained instead.
 SIREN_MODEL ?= $(REFERENCE)
@@ -116,7 +119,7 @@ codec: data
 
 # The code caches of SET (both steps skip what is already written).
 tokenize: install
-	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
+	$(PREPARE_SET)
 	test -f $(SET_CODEC)/codec.json || $(MAKE) codec
 	for split in train val test; do \
 	  $(SIREN) tokenize --manifest $(SET_DATA)/$$split.jsonl --codec $(SET_CODEC) \
@@ -128,8 +131,7 @@ pretrain: tokenize
 	$(SIREN) fit $(PRETRAIN_CONFIGS) --trainer.max_steps $(PRETRAIN_STEPS) \
 	  $$(test -f $(RUN)/checkpoints/last.ckpt && echo --ckpt_path $(RUN)/checkpoints/last.ckpt)
 	$(SIREN) export $(RUN)/checkpoints/last.ckpt --out $(RUN)/model
-	$(if $(PRETRAIN_SAMPLING),$(SIREN) set-sampling $(RUN)/model $(PRETRAIN_SAMPLING) \
-	  --chosen-on "the clean reference Siren's choice on val (assets/siren_tiny_clean/README.md)")
+	$(if $(PRETRAIN_SAMPLING),$(SIREN) set-sampling $(RUN)/model $(PRETRAIN_SAMPLING))
 	$(SIREN) generate --model $(RUN)/model --manifest $(SET_DATA)/test.jsonl --limit 6 \
 	  --seconds 4 --out $(RUN)/samples
 	$(SIREN) adherence --model $(RUN)/model --manifest $(SET_DATA)/test.jsonl \
@@ -151,7 +153,7 @@ ALIGN_REPORT_ARGS = --manifest $(SET_DATA)/test.jsonl --limit $(ALIGN_REPORT_CLI
   --seeds $(ALIGN_SEEDS) --cache runs/feature_cache --threads 1 $(ALIGN_JUDGES)
 align: install
 	test -f $(SIREN_MODEL)/model.safetensors || $(MAKE) pretrain
-	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
+	$(PREPARE_SET)
 	mkdir -p $(ALIGN)
 	# The stage-1 rows of the report need no aligned model: they are graded on the second core
 	# while the fit runs on the first, and cached (runs/feature_cache/align_report) for the report.
@@ -178,7 +180,7 @@ align: install
 EVAL_CLIPS ?= 32
 evaluate: install
 	test -f $(SIREN_MODEL)/config.json || $(MAKE) pretrain
-	$(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
+	$(PREPARE_SET)
 	$(SIREN) generate --model $(SIREN_MODEL) --manifest $(SET_DATA)/test.jsonl --limit $(EVAL_CLIPS) \
 	  --match-durations --out $(RUN)/eval/generated
 	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference $(SET_DATA)/test.jsonl \

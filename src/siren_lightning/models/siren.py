@@ -257,9 +257,10 @@ class ResidualGroupTransformer(TextConditionedStack):
         # Three sums cover all r codebooks once: below the expert's, its first g-1, the rest.
         lower = self.project_sum(vectors, 0, k0)  # [B, T, D]
         own = self.project(vectors[:, k0 : k0 + g - 1], range(k0, k0 + g - 1))  # [B, g-1, T, D]
-        rest = self.project_sum(vectors, k0 + g - 1, r)  # [B, T, D]
-        total = lower + own.sum(1) + rest
-        if history is not None:
+        if history is None:
+            rest = self.project_sum(vectors, k0 + g - 1, r)  # [B, T, D]
+            total = lower + own.sum(1) + rest
+        else:  # the temporal input is another sequence: all r codebooks projected afresh
             total = self.project_sum(history, 0, r)
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
