@@ -33,6 +33,7 @@ TOOLS: dict[str, str] = {
     "download-weights": "siren_lightning.metrics.weights:main",
     "demo": "siren_lightning.demo:main",
     "set-sampling": "siren_lightning.generation_config:main",
+    "silence-codes": "siren_lightning.codec.silence:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -45,11 +45,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+def masked_codebook_stats(
+    logits: Tensor, targets: Tensor, mask: Tensor, frame_weights: Tensor | None = None
+) -> tuple[Tensor, ...]:
     """Per-codebook masked cross-entropy and accuracy.
 
     Args:
         logits: [B, n, T, K]; targets: [B, n, T] long; mask: [B, n, T] bool.
+        frame_weights: optional [B, T] weights of each frame's CE (all codebooks alike); the
+            CE is then the weighted mean over the valid frames. Accuracy stays unweighted.
 
     Returns:
         ce [n], accuracy [n] (means over the valid frames) and the valid frame counts [n].
@@ -61,7 +65,38 @@ def masked_codebook_stats(logits: Tensor, targets: Tensor, mask: Tensor) -> tupl
     count = weights.sum(dim=(0, 2))  # [n]
     denom = count.clamp_min(1.0)
     correct = (logits.argmax(-1) == targets).to(ce.dtype)
-    return (ce * weights).sum((0, 2)) / denom, (correct * weights).sum((0, 2)) / denom, count
+    accuracy = (correct * weights).sum((0, 2)) / denom
+    if frame_weights is not None:
+        weights = weights * frame_weights[:, None].to(ce.dtype)
+        denom = weights.sum(dim=(0, 2)).clamp_min(1e-12)
+    return (ce * weights).sum((0, 2)) / denom, accuracy, count
+
+
+def transition_weights(
+    codes: Tensor, mask: Tensor, silence_codes: Sequence[int], weight: float, frames: int
+) -> Tensor:
+    """Per-frame loss weights that stress where events start and end.
+
+    A frame is silent when its codebook-0 code is one of `silence_codes` (what the codec spells
+    digital silence with). A transition is a real frame whose silence differs from the frame
+    before it; it and the `frames - 1` frames after it get `weight`, every other frame 1. These
+    are the frames where the caption and the timing decide (start now, stop now, at what level),
+    and the history cannot: a few in a hundred, so plain teacher forcing barely trains them.
+
+    Args:
+        codes: [B, r, T] long; mask: [B, T] bool, True for real frames.
+
+    Returns:
+        [B, T] float (padded frames 1; the loss masks them anyway).
+    """
+    silent = torch.isin(codes[:, 0], torch.as_tensor(list(silence_codes), device=codes.device))
+    change = torch.zeros_like(mask)
+    change[:, 1:] = (silent[:, 1:] != silent[:, :-1]) & mask[:, 1:] & mask[:, :-1]
+    # A frame is in a window when a transition sits in the `frames` frames up to it.
+    window = F.max_pool1d(
+        F.pad(change[:, None].float(), (frames - 1, 0)), kernel_size=frames, stride=1
+    )[:, 0]
+    return 1.0 + (weight - 1.0) * window * mask
 
 
 def corrupt_history(codes: Tensor, mask: Tensor, rate: float) -> Tensor:
@@ -133,6 +168,12 @@ class PretrainModule(StageModule):
             another frame of the same clip (`corrupt_history`; training steps only, the targets
             stay true). A deviation from the paper (docs/model.md "Noisy history"); 0 is the
             paper's teacher forcing.
+        transition_weight: loss weight of the frames where events start and end
+            (`transition_weights`; training steps only). 1 is the paper's plain mean; a
+            deviation from the paper otherwise (docs/model.md "Transition-weighted loss").
+        transition_frames: how many frames from each transition on get `transition_weight`.
+        silence_codes: the codebook-0 codes that spell silence (`siren silence-codes` prints
+            them for a codec); needed when `transition_weight` is not 1.
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
@@ -155,6 +196,9 @@ class PretrainModule(StageModule):
         train_groups: Sequence[int] | None = None,
         caption_dropout: float = 0.1,
         history_noise: float = 0.0,
+        transition_weight: float = 1.0,
+        transition_frames: int = 4,
+        silence_codes: Sequence[int] | None = None,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -170,6 +214,16 @@ class PretrainModule(StageModule):
         if not 0.0 <= history_noise < 1.0:
             raise ValueError(
                 f"PretrainModule: history_noise must be in [0, 1), got {history_noise}"
+            )
+        if transition_weight <= 0 or transition_frames < 1:
+            raise ValueError(
+                "PretrainModule: transition_weight must be > 0 and transition_frames >= 1, got "
+                f"{transition_weight} and {transition_frames}"
+            )
+        if transition_weight != 1.0 and not silence_codes:
+            raise ValueError(
+                "PretrainModule: transition_weight needs silence_codes (the codebook-0 codes of "
+                "digital silence: `siren silence-codes --codec CODEC` prints them)"
             )
         if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
             raise FileNotFoundError(
@@ -357,7 +411,11 @@ class PretrainModule(StageModule):
     # Steps.
 
     def _stats(
-        self, batch: dict[str, Any], dropout: float, history_noise: float = 0.0
+        self,
+        batch: dict[str, Any],
+        dropout: float,
+        history_noise: float = 0.0,
+        transition_weight: float = 1.0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
@@ -371,10 +429,17 @@ class PretrainModule(StageModule):
             frame_offset=batch.get("frame_offset"),
             history=corrupt_history(codes, mask, history_noise) if history_noise > 0 else None,
         )
-        return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask)
+        weights = None
+        if transition_weight != 1.0:
+            h = self.hparams
+            weights = transition_weights(
+                codes, mask, h.silence_codes, transition_weight, h.transition_frames
+            )
+        return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask, weights)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        ce, _, _ = self._stats(batch, self.hparams.caption_dropout, self.hparams.history_noise)
+        h = self.hparams
+        ce, _, _ = self._stats(batch, h.caption_dropout, h.history_noise, h.transition_weight)
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
