@@ -18,18 +18,22 @@ S = 7  # the silence code in these tests
 
 
 def test_transition_weights_by_hand():
-    # codebook 0 per frame: silent S S, sound 1 1 1, silent S, sound 2, then a padded frame.
-    cb0 = torch.tensor([[S, S, 1, 1, 1, S, 2, 3]])
-    codes = torch.stack([cb0, cb0 + 1], dim=1)  # [1, 2, 8]; only codebook 0 decides
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    # codebook 0 per frame: silent x3, sound x4 (frames 3-6), silent x3 (7-9), sound (10), pad.
+    cb0 = torch.tensor([[S, S, S, 1, 1, 1, 1, S, S, S, 2, 3]])
+    codes = torch.stack([cb0, cb0 + 1], dim=1)  # [1, 2, 12]; only codebook 0 decides
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, 11] = False
+    # Transitions at frames 3 (onset), 7 (end), 10 (onset). frames=1: each and the frame
+    # before it; frame 11 is padding: 1.
+    w = transition_weights(codes, mask, [S], weight=3.0, frames=1)
+    assert w.tolist() == [[1, 1, 3, 3, 1, 1, 3, 3, 1, 3, 3, 1]]
+    # frames=2: two before, the transition, one after (windows overlap at 8-9).
     w = transition_weights(codes, mask, [S], weight=3.0, frames=2)
-    # Transitions at frames 2 (onset), 5 (end), 6 (onset); each marks itself and the next frame.
-    # Frame 7 is padding: 1.
-    assert w.tolist() == [[1.0, 1.0, 3.0, 3.0, 1.0, 3.0, 3.0, 1.0]]
+    assert w.tolist() == [[1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1]]
     # A code that is not in the silence set is sound: with S unknown nothing is a transition.
-    assert transition_weights(codes, mask, [99], 3.0, 2).tolist() == [[1.0] * 8]
+    assert transition_weights(codes, mask, [99], 3.0, 2).tolist() == [[1.0] * 12]
     # Weight 1 is the plain loss.
-    assert transition_weights(codes, mask, [S], 1.0, 4).tolist() == [[1.0] * 8]
+    assert transition_weights(codes, mask, [S], 1.0, 4).tolist() == [[1.0] * 12]
 
 
 def test_weighted_codebook_ce_is_the_weighted_mean():
@@ -76,16 +80,16 @@ def test_training_loss_weights_transitions_and_validation_does_not(monkeypatch):
     monkeypatch.setattr(module, "log", lambda name, value, **k: logged.__setitem__(name, value))
     loss = module.training_step(batch, 0)
 
-    # The reference: per-frame CE of the network's own output, weighted 5 on frames 10-12 and
-    # 20-22 of each clip's real frames, 1 elsewhere.
+    # The reference: per-frame CE of the network's own output, weighted 5 on frames 7-12 and
+    # 17-22 (3 before each transition at 10 and 20, and 3 from it on), 1 elsewhere.
     with torch.no_grad():
         out = network(batch["codes"], batch["text_states"], batch["text_mask"], batch["mask"])
     targets = batch["codes"][:, out.codebooks]
     nll = F.cross_entropy(out.logits.flatten(0, 2), targets.flatten(), reduction="none")
     nll = nll.view_as(targets).float()  # [B, n, T]
     frame_w = torch.ones(2, 40)
-    frame_w[:, 10:13] = 5.0
-    frame_w[:, 20:23] = 5.0
+    frame_w[:, 7:13] = 5.0
+    frame_w[:, 17:23] = 5.0
     w = out.mask.float() * frame_w[:, None]
     expected = ((nll * w).sum((0, 2)) / w.sum((0, 2))).mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-4)

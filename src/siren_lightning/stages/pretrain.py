@@ -79,9 +79,12 @@ def transition_weights(
 
     A frame is silent when its codebook-0 code is one of `silence_codes` (what the codec spells
     digital silence with). A transition is a real frame whose silence differs from the frame
-    before it; it and the `frames - 1` frames after it get `weight`, every other frame 1. These
-    are the frames where the caption and the timing decide (start now, stop now, at what level),
-    and the history cannot: a few in a hundred, so plain teacher forcing barely trains them.
+    before it. The `frames` frames before it, it, and the `frames - 1` after it get `weight`,
+    every other frame 1. These are the frames where the caption and the timing decide (start
+    now, stop now, at what level), and the history cannot: a few in a hundred, so plain
+    teacher forcing barely trains them. The frames before matter at an event's end: the last
+    sounding frame holds the event's fade-out edge, so the first silent frame is easy given it
+    (the decision was that edge frame), as measured in docs/model.md "Transition-weighted loss".
 
     Args:
         codes: [B, r, T] long; mask: [B, T] bool, True for real frames.
@@ -92,9 +95,9 @@ def transition_weights(
     silent = torch.isin(codes[:, 0], torch.as_tensor(list(silence_codes), device=codes.device))
     change = torch.zeros_like(mask)
     change[:, 1:] = (silent[:, 1:] != silent[:, :-1]) & mask[:, 1:] & mask[:, :-1]
-    # A frame is in a window when a transition sits in the `frames` frames up to it.
+    # Frame u is in a window when a transition sits in u - frames + 1 .. u + frames.
     window = F.max_pool1d(
-        F.pad(change[:, None].float(), (frames - 1, 0)), kernel_size=frames, stride=1
+        F.pad(change[:, None].float(), (frames - 1, frames)), kernel_size=2 * frames, stride=1
     )[:, 0]
     return 1.0 + (weight - 1.0) * window * mask
 
@@ -171,7 +174,8 @@ class PretrainModule(StageModule):
         transition_weight: loss weight of the frames where events start and end
             (`transition_weights`; training steps only). 1 is the paper's plain mean; a
             deviation from the paper otherwise (docs/model.md "Transition-weighted loss").
-        transition_frames: how many frames from each transition on get `transition_weight`.
+        transition_frames: the half-width of each transition's window: that many frames
+            before it and from it on get `transition_weight`.
         silence_codes: the codebook-0 codes that spell silence (`siren silence-codes` prints
             them for a codec); needed when `transition_weight` is not 1.
         gradient_checkpointing: recompute block activations in the backward pass.
