@@ -122,3 +122,62 @@ def test_training_reads_noisy_history_against_true_targets_and_validation_does_n
 def test_history_noise_is_checked():
     with pytest.raises(ValueError, match="history_noise must be in"):
         PretrainModule(make_model(), caption_dropout=0.0, history_noise=1.0)
+
+
+def test_hold_history_repeats_the_last_kept_frame():
+    from siren_lightning.stages.pretrain import hold_history
+
+    b, r, t = 4, 3, 200
+    codes = (torch.arange(b * t).view(b, 1, t) * 10 + torch.arange(r).view(1, r, 1)).long()
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 150:] = False
+    assert hold_history(codes, mask, 0.0) is codes
+    torch.manual_seed(0)
+    out = hold_history(codes, mask, 0.4)
+    frame = out[:, 0] // 10  # [B, T]: the global frame each output frame holds
+    assert torch.equal(out, frame[:, None] * 10 + torch.arange(r).view(1, r, 1))  # whole frames
+    source = frame - torch.arange(b)[:, None] * t  # the frame of the same clip it holds
+    own = torch.arange(t).expand(b, t)
+    # Each frame is itself or a repeat of the frame before it (as read): a lagging history.
+    assert ((source == own)[:, 1:] | (source[:, 1:] == source[:, :-1])).all()
+    assert (source[:, 0] == 0).all() and (source <= own).all()
+    assert torch.equal(out[1, :, 150:], codes[1, :, 150:])  # padding untouched
+    held = (source != own)[mask].float().mean().item()
+    assert 0.33 < held < 0.47  # about the rate (a held frame can hold itself only at t=0)
+    torch.manual_seed(0)
+    assert torch.equal(hold_history(codes, mask, 0.4), out)
+
+
+def test_training_reads_held_history_and_validation_does_not(monkeypatch):
+    network = make_model()
+    module = PretrainModule(network, caption_dropout=0.0, history_hold=0.5, warmup_steps=0)
+    codes = (torch.arange(40).view(1, 1, 40) % 16).expand(2, 6, 40).contiguous()
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    states, text_mask = make_text(2)
+    batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
+    seen = []
+    forward = network.forward
+
+    def spy(codes_in, *args, **kwargs):
+        seen.append((codes_in, kwargs.get("history")))
+        return forward(codes_in, *args, **kwargs)
+
+    monkeypatch.setattr(network, "forward", spy)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    torch.manual_seed(0)
+    module.training_step(batch, 0)
+    targets, history = seen[-1]
+    assert targets is codes
+    lag = (history[:, 0] != codes[:, 0]).float().mean().item()
+    assert 0.3 < lag < 0.8  # held frames (and runs of them) read an earlier frame
+    # Held frames repeat the frame before them: the history never runs ahead.
+    assert (
+        (history[:, 0, 1:] == codes[:, 0, 1:]) | (history[:, 0, 1:] == history[:, 0, :-1])
+    ).all()
+    module.validation_step(batch, 0)
+    assert seen[-1][1] is None
+
+
+def test_history_hold_is_checked():
+    with pytest.raises(ValueError, match="history_hold must be in"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_hold=-0.1)

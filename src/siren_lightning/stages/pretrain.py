@@ -128,6 +128,34 @@ def corrupt_history(codes: Tensor, mask: Tensor, rate: float) -> Tensor:
     return codes.gather(2, index[:, None].expand_as(codes))
 
 
+def hold_history(codes: Tensor, mask: Tensor, rate: float) -> Tensor:
+    """A copy of `codes` in which each real frame, with probability `rate`, repeats the frame
+    before it as the LM reads it (so a run of held frames repeats the last kept one).
+
+    Held frames make the history lag: an event's sound runs on past its end, silence past an
+    onset, while the targets stay the true codes. The LM learns to end and start events from
+    the caption and the clip's timing rather than from the edge of the previous frame (the last
+    sounding frame holds the fade-out edge that gives an end away under teacher forcing, and
+    that generation must produce itself). Frame 0 is always kept. Draws from torch's global
+    generator (`StepSeed` makes it per-step exact).
+
+    Args:
+        codes: [B, r, T] long; mask: [B, T] bool, True for real frames.
+
+    Returns:
+        [B, r, T] long; padded frames and, at rate 0, everything are `codes` unchanged.
+    """
+    if rate <= 0:
+        return codes
+    b, _, t = codes.shape
+    steps = torch.arange(t, device=codes.device).expand(b, t)
+    held = (torch.rand(b, t, device=codes.device) < rate) & mask
+    held[:, 0] = False
+    # Each frame reads the last kept frame at or before it.
+    index = torch.where(held, torch.zeros_like(steps), steps).cummax(dim=1).values
+    return codes.gather(2, index[:, None].expand_as(codes))
+
+
 def _check_ranges(warmup_steps: int, total_steps: int | None, min_lr_ratio: float) -> None:
     """One clear message per out-of-range schedule setting."""
     if warmup_steps < 0:
@@ -171,6 +199,9 @@ class PretrainModule(StageModule):
             another frame of the same clip (`corrupt_history`; training steps only, the targets
             stay true). A deviation from the paper (docs/model.md "Noisy history"); 0 is the
             paper's teacher forcing.
+        history_hold: probability that a frame of the history the LM reads repeats the one
+            before it (`hold_history`; training steps only, the targets stay true; applied
+            before `history_noise` when both are set). A deviation from the paper.
         transition_weight: loss weight of the frames where events start and end
             (`transition_weights`; training steps only). 1 is the paper's plain mean; a
             deviation from the paper otherwise (docs/model.md "Transition-weighted loss").
@@ -200,6 +231,7 @@ class PretrainModule(StageModule):
         train_groups: Sequence[int] | None = None,
         caption_dropout: float = 0.1,
         history_noise: float = 0.0,
+        history_hold: float = 0.0,
         transition_weight: float = 1.0,
         transition_frames: int = 4,
         silence_codes: Sequence[int] | None = None,
@@ -215,10 +247,9 @@ class PretrainModule(StageModule):
             raise ValueError(
                 f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
             )
-        if not 0.0 <= history_noise < 1.0:
-            raise ValueError(
-                f"PretrainModule: history_noise must be in [0, 1), got {history_noise}"
-            )
+        for name, rate in (("history_noise", history_noise), ("history_hold", history_hold)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"PretrainModule: {name} must be in [0, 1), got {rate}")
         if transition_weight <= 0 or transition_frames < 1:
             raise ValueError(
                 "PretrainModule: transition_weight must be > 0 and transition_frames >= 1, got "
@@ -420,9 +451,13 @@ class PretrainModule(StageModule):
         dropout: float,
         history_noise: float = 0.0,
         transition_weight: float = 1.0,
+        history_hold: float = 0.0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
+        history = None  # the LM reads `codes`: the paper's teacher forcing
+        if history_hold > 0 or history_noise > 0:
+            history = corrupt_history(hold_history(codes, mask, history_hold), mask, history_noise)
         out = self.network(
             codes,
             states,
@@ -431,7 +466,7 @@ class PretrainModule(StageModule):
             groups=self.train_groups,
             total_frames=batch.get("total_frames"),
             frame_offset=batch.get("frame_offset"),
-            history=corrupt_history(codes, mask, history_noise) if history_noise > 0 else None,
+            history=history,
         )
         weights = None
         if transition_weight != 1.0:
@@ -443,7 +478,9 @@ class PretrainModule(StageModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         h = self.hparams
-        ce, _, _ = self._stats(batch, h.caption_dropout, h.history_noise, h.transition_weight)
+        ce, _, _ = self._stats(
+            batch, h.caption_dropout, h.history_noise, h.transition_weight, h.history_hold
+        )
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
