@@ -94,11 +94,12 @@ def test_history_must_match_codes():
         model(codes, states, text_mask, history=codes[:, :, :-1])
 
 
-def test_training_reads_noisy_history_against_true_targets_and_validation_does_not(monkeypatch):
+def _what_the_network_reads(monkeypatch, codes: torch.Tensor, **settings) -> list:
+    """[(codes, history)] the LM was called with: a training step, then a validation step."""
     network = make_model()
-    module = PretrainModule(network, caption_dropout=0.0, history_noise=0.5, warmup_steps=0)
-    codes, mask = _codes(b=2, t=40), torch.ones(2, 40, dtype=torch.bool)
-    states, text_mask = make_text(2)
+    module = PretrainModule(network, caption_dropout=0.0, warmup_steps=0, **settings)
+    states, text_mask = make_text(codes.shape[0])
+    mask = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool)
     batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
     seen = []
     forward = network.forward
@@ -111,12 +112,17 @@ def test_training_reads_noisy_history_against_true_targets_and_validation_does_n
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
     torch.manual_seed(0)
     module.training_step(batch, 0)
-    targets, history = seen[-1]
+    module.validation_step(batch, 0)
+    return seen
+
+
+def test_training_reads_noisy_history_against_true_targets_and_validation_does_not(monkeypatch):
+    codes = _codes(b=2, t=40)
+    (targets, history), validation = _what_the_network_reads(monkeypatch, codes, history_noise=0.5)
     assert targets is codes  # the loss is against the true codes
     changed = (history != codes).any(1).float().mean().item()
     assert 0.3 < changed < 0.6
-    module.validation_step(batch, 0)
-    assert seen[-1][1] is None  # validation is plain teacher forcing
+    assert validation[1] is None  # validation is plain teacher forcing
 
 
 def test_history_noise_is_checked():
@@ -149,24 +155,8 @@ def test_hold_history_repeats_the_last_kept_frame():
 
 
 def test_training_reads_held_history_and_validation_does_not(monkeypatch):
-    network = make_model()
-    module = PretrainModule(network, caption_dropout=0.0, history_hold=0.5, warmup_steps=0)
     codes = (torch.arange(40).view(1, 1, 40) % 16).expand(2, 6, 40).contiguous()
-    mask = torch.ones(2, 40, dtype=torch.bool)
-    states, text_mask = make_text(2)
-    batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
-    seen = []
-    forward = network.forward
-
-    def spy(codes_in, *args, **kwargs):
-        seen.append((codes_in, kwargs.get("history")))
-        return forward(codes_in, *args, **kwargs)
-
-    monkeypatch.setattr(network, "forward", spy)
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    torch.manual_seed(0)
-    module.training_step(batch, 0)
-    targets, history = seen[-1]
+    (targets, history), validation = _what_the_network_reads(monkeypatch, codes, history_hold=0.5)
     assert targets is codes
     lag = (history[:, 0] != codes[:, 0]).float().mean().item()
     assert 0.3 < lag < 0.8  # held frames (and runs of them) read an earlier frame
@@ -174,8 +164,7 @@ def test_training_reads_held_history_and_validation_does_not(monkeypatch):
     assert (
         (history[:, 0, 1:] == codes[:, 0, 1:]) | (history[:, 0, 1:] == history[:, 0, :-1])
     ).all()
-    module.validation_step(batch, 0)
-    assert seen[-1][1] is None
+    assert validation[1] is None
 
 
 def test_history_hold_is_checked():
