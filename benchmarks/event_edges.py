@@ -47,8 +47,11 @@ ROWS = ("own", "pitch", "count", "envelope", "empty")
 
 
 @torch.no_grad()
-def per_frame_ce(model, encoder, codes: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    """[B, n, T] teacher-forced CE of padded `codes` [B, r, T] (whole clips, mask from -1)."""
+def per_frame_ce(
+    model, encoder, codes: torch.Tensor, captions: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced CE [B, n, T] of padded `codes` [B, r, T] (whole clips, padding -1) and
+    codebook 0's log-probabilities [B, T, K]."""
     mask = codes[:, 0] >= 0
     x = codes.clamp_min(0)
     text = encoder.encode(captions)

@@ -11,6 +11,7 @@ the edge frames' codes included (a silence that starts or ends next to sound loo
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 
 import torch
@@ -27,8 +28,8 @@ def silence_codes(codec: nn.Module, seconds: float = 2.0) -> dict[int, int]:
     if seconds <= 0:
         raise ValueError(f"silence_codes: seconds must be > 0, got {seconds}")
     audio = torch.zeros(1, 1, max(1, int(round(seconds * codec.sample_rate))))
-    codes = codec.encode(audio)[0, 0].tolist()  # [T]
-    return {c: codes.count(c) for c in sorted(set(codes))}
+    counts = collections.Counter(codec.encode(audio)[0, 0].tolist())  # codebook 0, [T] frames
+    return dict(sorted(counts.items()))
 
 
 def main(argv: list[str]) -> int:

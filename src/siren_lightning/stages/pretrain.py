@@ -84,7 +84,7 @@ def transition_weights(
     now, stop now, at what level), and the history cannot: a few in a hundred, so plain
     teacher forcing barely trains them. The frames before matter at an event's end: the last
     sounding frame holds the event's fade-out edge, so the first silent frame is easy given it
-    (the decision was that edge frame), as measured in docs/model.md "Transition-weighted loss".
+    (the decision was that edge frame), as measured in docs/model.md "Events that do not end".
 
     Args:
         codes: [B, r, T] long; mask: [B, T] bool, True for real frames.
@@ -204,7 +204,7 @@ class PretrainModule(StageModule):
             before `history_noise` when both are set). A deviation from the paper.
         transition_weight: loss weight of the frames where events start and end
             (`transition_weights`; training steps only). 1 is the paper's plain mean; a
-            deviation from the paper otherwise (docs/model.md "Transition-weighted loss").
+            deviation from the paper otherwise (docs/model.md "Events that do not end").
         transition_frames: the half-width of each transition's window: that many frames
             before it and from it on get `transition_weight`.
         silence_codes: the codebook-0 codes that spell silence (`siren silence-codes` prints
@@ -446,18 +446,18 @@ class PretrainModule(StageModule):
     # Steps.
 
     def _stats(
-        self,
-        batch: dict[str, Any],
-        dropout: float,
-        history_noise: float = 0.0,
-        transition_weight: float = 1.0,
-        history_hold: float = 0.0,
+        self, batch: dict[str, Any], dropout: float, augment: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-codebook CE, accuracy and frame counts of a batch. With `augment` (training
+        steps), the history the LM reads is held and corrupted and the loss transition-weighted
+        as the hyperparameters say; without it, plain teacher forcing."""
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
+        h = self.hparams
         history = None  # the LM reads `codes`: the paper's teacher forcing
-        if history_hold > 0 or history_noise > 0:
-            history = corrupt_history(hold_history(codes, mask, history_hold), mask, history_noise)
+        if augment and (h.history_hold > 0 or h.history_noise > 0):
+            held = hold_history(codes, mask, h.history_hold)
+            history = corrupt_history(held, mask, h.history_noise)
         out = self.network(
             codes,
             states,
@@ -469,18 +469,14 @@ class PretrainModule(StageModule):
             history=history,
         )
         weights = None
-        if transition_weight != 1.0:
-            h = self.hparams
+        if augment and h.transition_weight != 1.0:
             weights = transition_weights(
-                codes, mask, h.silence_codes, transition_weight, h.transition_frames
+                codes, mask, h.silence_codes, h.transition_weight, h.transition_frames
             )
         return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask, weights)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        h = self.hparams
-        ce, _, _ = self._stats(
-            batch, h.caption_dropout, h.history_noise, h.transition_weight, h.history_hold
-        )
+        ce, _, _ = self._stats(batch, self.hparams.caption_dropout, augment=True)
         loss = ce.mean()
         b = batch["codes"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
