@@ -170,3 +170,39 @@ def test_training_reads_held_history_and_validation_does_not(monkeypatch):
 def test_history_hold_is_checked():
     with pytest.raises(ValueError, match="history_hold must be in"):
         PretrainModule(make_model(), caption_dropout=0.0, history_hold=-0.1)
+
+
+def test_self_history_puts_the_models_draws_in_whole_frames():
+    from siren_lightning.stages.pretrain import self_history
+
+    b, r, t, k = 3, 6, 120, 16
+    codes = _codes(b=b, r=r, t=t, k=k)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[2, 80:] = False
+    predicted = [2, 3]  # the LM predicts codebooks 2 and 3 only (one expert)
+    # Logits that make every draw certain: code (true + 1) % k.
+    want = (codes[:, predicted] + 1) % k  # [B, 2, T]
+    logits = torch.full((b, 2, t, k), -50.0).scatter(-1, want[..., None], 50.0)
+    assert self_history(codes, mask, logits, predicted, 0.0) is codes
+    torch.manual_seed(0)
+    out = self_history(codes, mask, logits, predicted, 0.4)
+    other = [j for j in range(r) if j not in predicted]
+    assert torch.equal(out[:, other], codes[:, other])  # codebooks the LM does not predict
+    replaced = out[:, predicted[0]] != codes[:, predicted[0]]  # [B, T]
+    # A replaced frame holds the draws in every predicted codebook; a kept one the true codes.
+    assert torch.equal(out[:, predicted], torch.where(replaced[:, None], want, codes[:, predicted]))
+    assert not replaced[~mask].any()  # padding untouched
+    assert 0.3 < replaced[mask].float().mean().item() < 0.5
+    torch.manual_seed(0)
+    assert torch.equal(self_history(codes, mask, logits, predicted, 0.4), out)
+
+
+def test_training_reads_its_own_draws_against_true_targets(monkeypatch):
+    codes = _codes(b=2, t=40)
+    calls = _what_the_network_reads(monkeypatch, codes, history_self=0.5)
+    (first, none), (targets, history), validation = calls
+    assert first is codes and none is None  # the draws come from a teacher-forced pass
+    assert targets is codes  # the loss is against the true codes
+    changed = (history != codes).any(1).float().mean().item()
+    assert 0.3 < changed < 0.6  # random weights: a drawn frame almost never equals the true one
+    assert validation[1] is None  # validation is plain teacher forcing

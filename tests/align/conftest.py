@@ -2,39 +2,10 @@
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
-from siren_testing import TableCodec, make_model
-from torch import nn
+from siren_testing import HashTextEncoder, TableCodec, make_model
 from torch.utils.data import DataLoader
-
-from siren_lightning.text.encoder import TextStates
-
-
-class HashTextEncoder(nn.Module):
-    """Deterministic stand-in for `TextEncoder`: one fixed random vector per word (CRC32)."""
-
-    def __init__(self, dim: int = 12, vocab: int = 97) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(7)
-        self.register_buffer("table", torch.randn(vocab, dim, generator=g))
-        self.dim, self.vocab = dim, vocab
-        self.backend, self.name_or_path, self.max_length = "hash", None, 16
-
-    def encode(self, captions: list[str]) -> TextStates:
-        words = [c.lower().split() or ["<empty>"] for c in captions]
-        length = max(len(w) for w in words)
-        ids = torch.zeros(len(captions), length, dtype=torch.long)
-        mask = torch.zeros(len(captions), length, dtype=torch.bool)
-        for i, ws in enumerate(words):
-            ids[i, : len(ws)] = torch.tensor([zlib.crc32(w.encode()) % self.vocab for w in ws])
-            mask[i, : len(ws)] = True
-        states = self.table[ids] * mask[..., None]  # [B, L, Dt]
-        pooled = states.sum(1) / mask.sum(1, keepdim=True)
-        return TextStates(states, mask, pooled)
-
 
 CAPTIONS = ["a loud low hum", "two quiet beeps", "a chirp rising", "noise fading out"]
 

@@ -24,8 +24,10 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
+from siren_lightning.metrics.adherence import JUDGED, attribute_captions
 from siren_lightning.models.base import CodecLM
 from siren_lightning.stages.chassis import (
     StageModule,
@@ -156,6 +158,79 @@ def hold_history(codes: Tensor, mask: Tensor, rate: float) -> Tensor:
     return codes.gather(2, index[:, None].expand_as(codes))
 
 
+def self_history(
+    codes: Tensor,
+    mask: Tensor,
+    logits: Tensor,
+    codebooks: Sequence[int],
+    rate: float,
+    temperature: float = 1.0,
+) -> Tensor:
+    """A copy of `codes` in which each real frame, with probability `rate`, holds the LM's own
+    draw for it: codes sampled from teacher-forced `logits` (the codebooks the LM predicts; the
+    others stay true).
+
+    Generation reads its own draws, teacher forcing the true codes; mixing the model's draws
+    into the history it reads, against true targets, shows it the mistakes it makes (parallel
+    scheduled sampling, Duckworth et al. 2019) at the rate it makes them. Draws from torch's
+    global generator (`StepSeed` makes it per-step exact).
+
+    Args:
+        codes: [B, r, T] long; mask: [B, T] bool; logits: [B, n, T, K] of codebooks
+            `codebooks` (n of them).
+
+    Returns:
+        [B, r, T] long; padded frames and, at rate 0, everything are `codes` unchanged.
+    """
+    if rate <= 0:
+        return codes
+    b, n, t, k = logits.shape
+    probs = (logits.detach().float() / temperature).softmax(-1)
+    drawn = torch.multinomial(probs.reshape(-1, k), 1).view(b, n, t)
+    replace = (torch.rand(b, t, device=codes.device) < rate) & mask  # whole frames
+    out = codes.clone()
+    index = torch.as_tensor(list(codebooks), device=codes.device)
+    out[:, index] = torch.where(replace[:, None], drawn, codes[:, index])
+    return out
+
+
+def caption_contrast(ce_own: Tensor, ce_other: Tensor, mask: Tensor, margin: float) -> Tensor:
+    """Per clip, how far its text gap falls short of `margin`: relu(margin - gap).
+
+    The gap is the mean over the clip's valid (codebook, frame) tokens of the CE under another
+    caption minus the CE under its own. Minimising it (beside the CE) trains the LM to find its
+    own caption more likely than a caption that differs in a few words: the maximum-mutual-
+    information objective of conditional LMs, with a hinge so that a clip whose caption already
+    matters by `margin` nats adds nothing.
+
+    Args:
+        ce_own, ce_other: [B, n, T] per-token CE; mask: [B, n, T] bool.
+
+    Returns:
+        [B] float, >= 0.
+    """
+    weights = mask.to(ce_own.dtype)
+    gap = ((ce_other - ce_own) * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
+    return F.relu(margin - gap)
+
+
+def read_attributes(manifest: str) -> dict[str, dict[str, Any]]:
+    """{clip id: attributes} of a manifest whose clips carry the judged SynthCaps attributes.
+
+    Raises:
+        ValueError: when a clip lacks pitch, count or envelope (one message, the first id).
+    """
+    out = {}
+    for clip in read_manifest(manifest):
+        if not all(k in (clip.attributes or {}) for k in JUDGED):
+            raise ValueError(
+                f"attributes_manifest {manifest}: clip {clip.id} has no {'/'.join(JUDGED)} "
+                "attributes (a SynthCaps manifest has them)"
+            )
+        out[clip.id] = dict(clip.attributes)
+    return out
+
+
 def _check_ranges(warmup_steps: int, total_steps: int | None, min_lr_ratio: float) -> None:
     """One clear message per out-of-range schedule setting."""
     if warmup_steps < 0:
@@ -202,6 +277,13 @@ class PretrainModule(StageModule):
         history_hold: probability that a frame of the history the LM reads repeats the one
             before it (`hold_history`; training steps only, the targets stay true; applied
             before `history_noise` when both are set). A deviation from the paper.
+        history_self: probability that a frame of the history the LM reads is the LM's own
+            draw for that frame (`self_history`: one no-grad teacher-forced pass, codes drawn at
+            `history_self_temperature`; training steps only, the targets stay true). Parallel
+            scheduled sampling: the history holds the mistakes generation makes (a silent frame
+            inside an event, an event that runs on) at the rate the model makes them. Applied
+            before holding and noise. A deviation from the paper.
+        history_self_temperature: the temperature of those draws.
         transition_weight: loss weight of the frames where events start and end
             (`transition_weights`; training steps only). 1 is the paper's plain mean; a
             deviation from the paper otherwise (docs/model.md "Events that do not end").
@@ -209,6 +291,16 @@ class PretrainModule(StageModule):
             before it and from it on get `transition_weight`.
         silence_codes: the codebook-0 codes that spell silence (`siren silence-codes` prints
             them for a codec); needed when `transition_weight` is not 1.
+        caption_contrast_weight: weight of `caption_contrast` in the training loss (0: off, the
+            paper's plain CE). Each training clip is also scored under its caption with one
+            judged attribute (pitch, count or envelope, drawn per clip) swapped, worded alike
+            (`attribute_captions`), and the hinge on the gap joins the loss. Both captions are
+            made afresh by `make_caption` from the clip's attributes (the cached caption states
+            are not used), so it needs `attributes_manifest`. A deviation from the paper
+            (docs/model.md "Contrasted captions").
+        caption_contrast_margin: the gap, in nats per token, beyond which a clip adds nothing.
+        attributes_manifest: a JSONL manifest whose clips have SynthCaps attributes, read for
+            `caption_contrast_weight` (the training clips' ids must be in it).
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
@@ -232,9 +324,14 @@ class PretrainModule(StageModule):
         caption_dropout: float = 0.1,
         history_noise: float = 0.0,
         history_hold: float = 0.0,
+        history_self: float = 0.0,
+        history_self_temperature: float = 1.0,
         transition_weight: float = 1.0,
         transition_frames: int = 4,
         silence_codes: Sequence[int] | None = None,
+        caption_contrast_weight: float = 0.0,
+        caption_contrast_margin: float = 0.5,
+        attributes_manifest: str | None = None,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -247,7 +344,8 @@ class PretrainModule(StageModule):
             raise ValueError(
                 f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
             )
-        for name, rate in (("history_noise", history_noise), ("history_hold", history_hold)):
+        rates = (("history_noise", history_noise), ("history_hold", history_hold))
+        for name, rate in (*rates, ("history_self", history_self)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"PretrainModule: {name} must be in [0, 1), got {rate}")
         if transition_weight <= 0 or transition_frames < 1:
@@ -259,6 +357,16 @@ class PretrainModule(StageModule):
             raise ValueError(
                 "PretrainModule: transition_weight needs silence_codes (the codebook-0 codes of "
                 "digital silence: `siren silence-codes --codec CODEC` prints them)"
+            )
+        if caption_contrast_weight < 0 or caption_contrast_margin <= 0:
+            raise ValueError(
+                "PretrainModule: caption_contrast_weight must be >= 0 and caption_contrast_margin "
+                f"> 0, got {caption_contrast_weight} and {caption_contrast_margin}"
+            )
+        if caption_contrast_weight > 0 and (attributes_manifest is None or text_encoder is None):
+            raise ValueError(
+                "PretrainModule: caption_contrast_weight needs attributes_manifest (a manifest "
+                "with SynthCaps attributes) and a text_encoder to encode the swapped captions"
             )
         if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
             raise FileNotFoundError(
@@ -308,11 +416,14 @@ class PretrainModule(StageModule):
         self.val_ce = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_loss = MeanMetric()
+        self._attributes: dict[str, dict[str, Any]] = {}
 
     # Setup checks.
 
     def setup(self, stage: str) -> None:
         self._check_caches()
+        if self.hparams.caption_contrast_weight > 0 and not self._attributes:
+            self._attributes = read_attributes(self.hparams.attributes_manifest)
         codec, c = self.codec, self.network.config
         if codec is None:
             return
@@ -445,6 +556,50 @@ class PretrainModule(StageModule):
 
     # Steps.
 
+    def _history(
+        self,
+        batch: dict[str, Any],
+        states: Tensor,
+        text_mask: Tensor,
+    ) -> Tensor | None:
+        """The history a training step's LM reads: its own draws mixed in, held and corrupted
+        as the hyperparameters say, or None (it reads `codes`: the paper's teacher forcing)."""
+        h = self.hparams
+        if h.history_hold <= 0 and h.history_noise <= 0 and h.history_self <= 0:
+            return None
+        codes, mask = batch["codes"], batch["mask"].bool()
+        history = codes
+        if h.history_self > 0:
+            with torch.no_grad():
+                out = self._forward(batch, states, text_mask, None)
+            history = self_history(
+                codes, mask, out.logits, out.codebooks, h.history_self, h.history_self_temperature
+            )
+        held = hold_history(history, mask, h.history_hold)
+        return corrupt_history(held, mask, h.history_noise)
+
+    def _frame_weights(self, codes: Tensor, mask: Tensor) -> Tensor | None:
+        h = self.hparams
+        if h.transition_weight == 1.0:
+            return None
+        return transition_weights(
+            codes, mask, h.silence_codes, h.transition_weight, h.transition_frames
+        )
+
+    def _forward(
+        self, batch: dict[str, Any], states: Tensor, text_mask: Tensor, history: Tensor | None
+    ) -> Any:
+        return self.network(
+            batch["codes"],
+            states,
+            text_mask,
+            batch["mask"].bool(),
+            groups=self.train_groups,
+            total_frames=batch.get("total_frames"),
+            frame_offset=batch.get("frame_offset"),
+            history=history,
+        )
+
     def _stats(
         self, batch: dict[str, Any], dropout: float, augment: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -453,32 +608,70 @@ class PretrainModule(StageModule):
         as the hyperparameters say; without it, plain teacher forcing."""
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
-        h = self.hparams
-        history = None  # the LM reads `codes`: the paper's teacher forcing
-        if augment and (h.history_hold > 0 or h.history_noise > 0):
-            held = hold_history(codes, mask, h.history_hold)
-            history = corrupt_history(held, mask, h.history_noise)
-        out = self.network(
-            codes,
-            states,
-            text_mask,
-            mask,
-            groups=self.train_groups,
-            total_frames=batch.get("total_frames"),
-            frame_offset=batch.get("frame_offset"),
-            history=history,
-        )
-        weights = None
-        if augment and h.transition_weight != 1.0:
-            weights = transition_weights(
-                codes, mask, h.silence_codes, h.transition_weight, h.transition_frames
-            )
+        history = self._history(batch, states, text_mask) if augment else None
+        out = self._forward(batch, states, text_mask, history)
+        weights = self._frame_weights(codes, mask) if augment else None
         return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask, weights)
 
+    def _contrast_stats(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """A training step's per-codebook CE [n] under each clip's own caption, and per clip
+        that kept its caption (caption dropout) the hinge [B'] and the text gap [B'] against
+        the same caption with one judged attribute swapped. Both captions of a clip are made
+        from its attributes with one caption seed, so only the swapped words differ; both
+        passes read the same history, so the gap is the caption's alone."""
+        codes, mask = batch["codes"], batch["mask"].bool()
+        b, h = codes.shape[0], self.hparams
+        try:
+            attributes = [self._attributes[i] for i in batch["ids"]]
+        except KeyError as err:
+            raise ValueError(
+                f"PretrainModule: clip {err} is not in attributes_manifest {h.attributes_manifest}"
+            ) from None
+        rows = attribute_captions(attributes, int(torch.randint(2**31 - 1, ())))
+        swap = torch.randint(len(JUDGED), (b,)).tolist()
+        kept = (torch.rand(b) >= h.caption_dropout).tolist()
+        own = [c if k else "" for c, k in zip(rows["own"], kept)]
+        other = [rows[JUDGED[j]][i] for i, j in enumerate(swap)]
+        text = self.text_encoder.encode(own + other)
+        history = self._history(batch, text.states[:b], text.mask[:b])
+        twice = {
+            k: v.repeat(2, *([1] * (v.dim() - 1))) if isinstance(v, Tensor) else v
+            for k, v in batch.items()
+            if k in ("codes", "mask", "total_frames", "frame_offset")
+        }
+        out = self._forward(
+            twice, text.states, text.mask, None if history is None else history.repeat(2, 1, 1)
+        )
+        targets = codes[:, out.codebooks]  # [B, n, T]
+        logits = out.logits.float()
+        k = logits.shape[-1]
+        tokens = F.cross_entropy(
+            logits.reshape(-1, k), targets.repeat(2, 1, 1).reshape(-1), reduction="none"
+        ).view(2 * b, *targets.shape[1:])
+        ce, _, _ = masked_codebook_stats(
+            logits[:b], targets, out.mask[:b], self._frame_weights(codes, mask)
+        )
+        keep = torch.tensor(kept, device=codes.device)
+        tok_mask = out.mask[:b][keep]
+        hinge = caption_contrast(
+            tokens[:b][keep], tokens[b:][keep], tok_mask, h.caption_contrast_margin
+        )
+        w = tok_mask.float()
+        gap = ((tokens[b:][keep] - tokens[:b][keep]) * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1)
+        return ce, hinge, gap
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        ce, _, _ = self._stats(batch, self.hparams.caption_dropout, augment=True)
-        loss = ce.mean()
         b = batch["codes"].shape[0]
+        if self.hparams.caption_contrast_weight > 0:
+            ce, hinge, gap = self._contrast_stats(batch)
+            contrast = hinge.mean() if hinge.numel() else ce.new_zeros(())
+            loss = ce.mean() + self.hparams.caption_contrast_weight * contrast
+            self.log("train/caption_contrast", contrast, batch_size=b)
+            if gap.numel():
+                self.log("train/caption_gap", gap.mean(), batch_size=b)
+        else:
+            ce, _, _ = self._stats(batch, self.hparams.caption_dropout, augment=True)
+            loss = ce.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for i, cb in enumerate(self.codebooks):
             self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
