@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from siren_testing import HashTextEncoder, make_model
 
 from siren_lightning.metrics.adherence import JUDGED, attribute_captions
-from siren_lightning.stages.pretrain import PretrainModule, caption_contrast
+from siren_lightning.stages.pretrain import PretrainModule, clip_text_gap
 
 ATTRS = [
     {"source": "tone", "pitch": "low", "count": "once", "envelope": "steady"},
@@ -19,16 +19,14 @@ ATTRS = [
 ]
 
 
-def test_caption_contrast_by_hand():
+def test_clip_text_gap_by_hand():
     ce_own = torch.tensor([[[1.0, 2.0, 9.0]], [[1.0, 1.0, 1.0]]])  # [B=2, n=1, T=3]
     ce_other = torch.tensor([[[1.5, 2.1, 0.0]], [[2.0, 2.0, 2.0]]])
     mask = torch.tensor([[[True, True, False]], [[True, True, True]]])
-    # Clip 0: gap (0.5 + 0.1) / 2 = 0.3 (its padded frame left out); clip 1: gap 1.0.
-    out = caption_contrast(ce_own, ce_other, mask, margin=0.5)
-    torch.testing.assert_close(out, torch.tensor([0.2, 0.0]))
-    # Swapping own and other (a flipped sign) gives another answer: 0.5 + 0.3, 0.5 + 1.0.
-    flipped = caption_contrast(ce_other, ce_own, mask, margin=0.5)
-    torch.testing.assert_close(flipped, torch.tensor([0.8, 1.5]))
+    # Clip 0: (0.5 + 0.1) / 2 = 0.3 (its padded frame left out); clip 1: 1.0.
+    torch.testing.assert_close(clip_text_gap(ce_own, ce_other, mask), torch.tensor([0.3, 1.0]))
+    # Swapping own and other (a flipped sign) gives the opposite.
+    torch.testing.assert_close(clip_text_gap(ce_other, ce_own, mask), torch.tensor([-0.3, -1.0]))
 
 
 def _manifest(tmp_path) -> str:

@@ -194,24 +194,23 @@ def self_history(
     return out
 
 
-def caption_contrast(ce_own: Tensor, ce_other: Tensor, mask: Tensor, margin: float) -> Tensor:
-    """Per clip, how far its text gap falls short of `margin`: relu(margin - gap).
+def clip_text_gap(ce_own: Tensor, ce_other: Tensor, mask: Tensor) -> Tensor:
+    """Per clip, the mean over its valid (codebook, frame) tokens of the CE under another
+    caption minus the CE under its own (nats per token).
 
-    The gap is the mean over the clip's valid (codebook, frame) tokens of the CE under another
-    caption minus the CE under its own. Minimising it (beside the CE) trains the LM to find its
-    own caption more likely than a caption that differs in a few words: the maximum-mutual-
-    information objective of conditional LMs, with a hinge so that a clip whose caption already
-    matters by `margin` nats adds nothing.
+    `PretrainModule(caption_contrast_weight)` adds `relu(margin - gap)` to the loss: the LM
+    learns to find its own caption more likely than one that differs in a few words (the
+    maximum-mutual-information objective of conditional LMs), hinged so that a clip whose
+    caption already matters by `margin` nats adds nothing.
 
     Args:
         ce_own, ce_other: [B, n, T] per-token CE; mask: [B, n, T] bool.
 
     Returns:
-        [B] float, >= 0.
+        [B] float.
     """
     weights = mask.to(ce_own.dtype)
-    gap = ((ce_other - ce_own) * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
-    return F.relu(margin - gap)
+    return ((ce_other - ce_own) * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
 
 
 def read_attributes(manifest: str) -> dict[str, dict[str, Any]]:
@@ -291,7 +290,7 @@ class PretrainModule(StageModule):
             before it and from it on get `transition_weight`.
         silence_codes: the codebook-0 codes that spell silence (`siren silence-codes` prints
             them for a codec); needed when `transition_weight` is not 1.
-        caption_contrast_weight: weight of `caption_contrast` in the training loss (0: off, the
+        caption_contrast_weight: weight of the hinge on `clip_text_gap` in the training loss (0: off, the
             paper's plain CE). Each training clip is also scored under its caption with one
             judged attribute (pitch, count or envelope, drawn per clip) swapped, worded alike
             (`attribute_captions`), and the hinge on the gap joins the loss. Both captions are
@@ -634,13 +633,11 @@ class PretrainModule(StageModule):
         other = [rows[JUDGED[j]][i] for i, j in enumerate(swap)]
         text = self.text_encoder.encode(own + other)
         history = self._history(batch, text.states[:b], text.mask[:b])
-        twice = {
-            k: v.repeat(2, *([1] * (v.dim() - 1))) if isinstance(v, Tensor) else v
-            for k, v in batch.items()
-            if k in ("codes", "mask", "total_frames", "frame_offset")
-        }
+        # Both halves in one pass: own captions first, swapped second, the same history.
+        keys = ("codes", "mask", "total_frames", "frame_offset")
+        twice = {k: torch.cat([batch[k]] * 2) for k in keys if k in batch}
         out = self._forward(
-            twice, text.states, text.mask, None if history is None else history.repeat(2, 1, 1)
+            twice, text.states, text.mask, None if history is None else torch.cat([history] * 2)
         )
         targets = codes[:, out.codebooks]  # [B, n, T]
         logits = out.logits.float()
@@ -652,13 +649,8 @@ class PretrainModule(StageModule):
             logits[:b], targets, out.mask[:b], self._frame_weights(codes, mask)
         )
         keep = torch.tensor(kept, device=codes.device)
-        tok_mask = out.mask[:b][keep]
-        hinge = caption_contrast(
-            tokens[:b][keep], tokens[b:][keep], tok_mask, h.caption_contrast_margin
-        )
-        w = tok_mask.float()
-        gap = ((tokens[b:][keep] - tokens[:b][keep]) * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1)
-        return ce, hinge, gap
+        gap = clip_text_gap(tokens[:b][keep], tokens[b:][keep], out.mask[:b][keep])
+        return ce, F.relu(h.caption_contrast_margin - gap), gap
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         b = batch["codes"].shape[0]
