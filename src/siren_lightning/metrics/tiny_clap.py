@@ -33,6 +33,11 @@ BUNDLED = {
     "tiny-clap-eval": ("tiny-clap-eval.yaml",),
     "tiny-clap-reward-clean": ("tiny-clap-reward.yaml", "tiny-clap-reward-clean.yaml"),
     "tiny-clap-eval-clean": ("tiny-clap-eval.yaml", "tiny-clap-eval-clean.yaml"),
+    "tiny-clap-reward-faults": (
+        "tiny-clap-reward.yaml",
+        "tiny-clap-reward-clean.yaml",
+        "tiny-clap-reward-faults.yaml",
+    ),
 }
 
 

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
+from siren_lightning.data.faults import add_fault
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.metrics.adherence import JUDGED, attribute_captions, has_attributes
 from siren_lightning.metrics.tiny_clap import (
     CaptionEmbeddingCache,
     TinyCLAP,
     contrastive_loss,
+    load_tiny_clap,
     retrieval_recall,
 )
 from siren_lightning.stages.chassis import check_optimizer, decay_groups, optimizer_factory
@@ -51,6 +53,15 @@ class TinyCLAPModule(L.LightningModule):
             so a plain CLAP can score a clip's samples without seeing count or envelope (issue
             17: the reward must rank a caption's samples by what the grader judges). Needs
             SynthCaps attributes on every clip.
+        fault_loss_weight: weight of the fault-ranking loss (0: off). Each training clip's
+            audio must score higher with its own caption than a copy of it with one generator
+            fault written in (`data.faults.add_fault`: silent holes inside events, an event run
+            on to the end, a wandering level, the other envelope): a 2-way softmax per clip. A
+            reward trained on real clips alone ranks a caption's generated samples near chance
+            on count and envelope (docs/align.md "The clean judges"); these are the ways the
+            samples go wrong. The envelope fault needs SynthCaps' `envelope` attribute.
+        init_from: a saved tiny CLAP folder (or bundled name) whose weights the run starts
+            from (a fine-tune); its config must match `clap`'s.
     """
 
     def __init__(
@@ -62,16 +73,29 @@ class TinyCLAPModule(L.LightningModule):
         text_name_or_path: str | None = None,
         export_dir: str | None = None,
         attribute_loss_weight: float = 0.0,
+        fault_loss_weight: float = 0.0,
+        init_from: str | None = None,
     ):
         super().__init__()
-        if attribute_loss_weight < 0:
-            raise ValueError(
-                f"TinyCLAPModule: attribute_loss_weight must be >= 0, got {attribute_loss_weight}"
-            )
+        for name, value in (
+            ("attribute_loss_weight", attribute_loss_weight),
+            ("fault_loss_weight", fault_loss_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"TinyCLAPModule: {name} must be >= 0, got {value}")
         self.save_hyperparameters(ignore=["clap", "optimizer"])
         self.make_optimizer = optimizer_factory(optimizer, TINY_CLAP_OPTIMIZER)
         check_optimizer(self.make_optimizer, "TinyCLAPModule")
         self.clap = clap
+        if init_from is not None:
+            start = load_tiny_clap(init_from)
+            have, want = start._hub_mixin_config, clap._hub_mixin_config
+            if have != want:
+                raise ValueError(
+                    f"TinyCLAPModule: init_from {init_from!r} has config {have}, the model to "
+                    f"train {want}"
+                )
+            self.clap.load_state_dict(start.state_dict())
         self.captions = CaptionEmbeddingCache(text_backend, text_name_or_path)
         self._val: list[tuple[Tensor, Tensor, list[str]]] = []
 
@@ -83,15 +107,31 @@ class TinyCLAPModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if len(batch["ids"]) < 2:  # a contrastive step needs negatives
             return None
-        audio, text = self._embed(batch)
-        loss = contrastive_loss(audio, text, self.clap.logit_scale)
         n = len(batch["ids"])
+        if self.hparams.fault_loss_weight > 0:
+            # The faulted copies go through the audio tower in the clips' own pass: its batch
+            # norm then sees one set of statistics, as when the reward scores samples.
+            faulted, faulted_mask, keep = self._faulted(batch)
+            both = self.clap.embed_audio(
+                torch.cat([batch["audio"][:, 0], faulted]),
+                torch.cat([batch["audio_mask"], faulted_mask]),
+            )
+            audio, bad = both[:n], both[n:]
+            text = self.clap.embed_text(self.captions(batch["captions"]).to(self.device))
+        else:
+            audio, text = self._embed(batch)
+        loss = contrastive_loss(audio, text, self.clap.logit_scale)
         if self.hparams.attribute_loss_weight > 0:
             swap_loss, swap_acc = self._attribute_swap(audio, batch.get("attributes"))
             self.log("train/contrastive_loss", loss, batch_size=n)
             self.log("train/attribute_loss", swap_loss, batch_size=n)
             self.log("train/attribute_acc", swap_acc, batch_size=n)
             loss = loss + self.hparams.attribute_loss_weight * swap_loss
+        if self.hparams.fault_loss_weight > 0:
+            fault_loss, fault_acc = self._fault_ranking(audio, bad, text, keep)
+            self.log("train/fault_loss", fault_loss, batch_size=n)
+            self.log("train/fault_acc", fault_acc, batch_size=n)
+            loss = loss + self.hparams.fault_loss_weight * fault_loss
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", self.clap.logit_scale.exp(), batch_size=n)
         return loss
@@ -117,6 +157,41 @@ class TinyCLAPModule(L.LightningModule):
         scale = self.clap.logit_scale.exp().clamp(max=100)
         logits = scale * torch.einsum("be,kbe->bk", audio, text)  # [B, 4]: own caption first
         target = torch.zeros(audio.shape[0], dtype=torch.long, device=audio.device)
+        return F.cross_entropy(logits, target), (logits.argmax(1) == 0).float().mean()
+
+    def _faulted(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[int]]:
+        """Faulted copies [K, N] of the batch's clips, their masks [K, N] and which clips they
+        copy (clips with nothing to fault, silence, are left out)."""
+        waves, mask = batch["audio"][:, 0], batch["audio_mask"]
+        attributes = batch.get("attributes") or [None] * waves.shape[0]
+        # A new draw every step, the same again on a resumed run.
+        generator = torch.Generator().manual_seed(int(self.global_step))
+        faulted, keep = [], []
+        for i in range(waves.shape[0]):
+            envelope = (attributes[i] or {}).get("envelope")
+            valid = int(mask[i].sum())
+            out = add_fault(waves[i], self.clap.sample_rate, valid, generator, envelope)
+            if out is not None:
+                faulted.append(out[0])
+                keep.append(i)
+        if not keep:
+            return waves[:0], mask[:0], keep
+        return torch.stack(faulted), mask[keep], keep
+
+    def _fault_ranking(
+        self, audio: Tensor, bad: Tensor, text: Tensor, keep: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """The fault-ranking loss and accuracy: each clip against its faulted copy, both scored
+        with the clip's own caption. audio, text: [B, E]; bad: [K, E] the copies of clips `keep`
+        (normalised embeddings)."""
+        if not keep:
+            zero = audio.sum() * 0
+            return zero, zero.detach()
+        idx = torch.tensor(keep, device=audio.device)
+        scale = self.clap.logit_scale.exp().clamp(max=100)
+        own = (audio[idx] * text[idx]).sum(-1)
+        logits = scale * torch.stack([own, (bad * text[idx]).sum(-1)], dim=1)  # [K, 2]
+        target = torch.zeros(len(keep), dtype=torch.long, device=audio.device)
         return F.cross_entropy(logits, target), (logits.argmax(1) == 0).float().mean()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
