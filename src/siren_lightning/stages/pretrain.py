@@ -48,7 +48,11 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 def masked_codebook_stats(
-    logits: Tensor, targets: Tensor, mask: Tensor, frame_weights: Tensor | None = None
+    logits: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    frame_weights: Tensor | None = None,
+    token_ce: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """Per-codebook masked cross-entropy and accuracy.
 
@@ -56,13 +60,17 @@ def masked_codebook_stats(
         logits: [B, n, T, K]; targets: [B, n, T] long; mask: [B, n, T] bool.
         frame_weights: optional [B, T] weights of each frame's CE (all codebooks alike); the
             CE is then the weighted mean over the valid frames. Accuracy stays unweighted.
+        token_ce: the per-token CE [B, n, T] of these logits and targets, when the caller has
+            already computed it (it is not computed again).
 
     Returns:
         ce [n], accuracy [n] (means over the valid frames) and the valid frame counts [n].
     """
     b, n, t, k = logits.shape
-    ce = F.cross_entropy(logits.reshape(-1, k).float(), targets.reshape(-1), reduction="none")
-    ce = ce.view(b, n, t)  # [B*n*T] -> [B, n, T]
+    ce = token_ce
+    if ce is None:
+        ce = F.cross_entropy(logits.reshape(-1, k).float(), targets.reshape(-1), reduction="none")
+        ce = ce.view(b, n, t)  # [B*n*T] -> [B, n, T]
     weights = mask.to(ce.dtype)
     count = weights.sum(dim=(0, 2))  # [n]
     denom = count.clamp_min(1.0)
@@ -646,7 +654,7 @@ class PretrainModule(StageModule):
             logits.reshape(-1, k), targets.repeat(2, 1, 1).reshape(-1), reduction="none"
         ).view(2 * b, *targets.shape[1:])
         ce, _, _ = masked_codebook_stats(
-            logits[:b], targets, out.mask[:b], self._frame_weights(codes, mask)
+            logits[:b], targets, out.mask[:b], self._frame_weights(codes, mask), tokens[:b]
         )
         keep = torch.tensor(kept, device=codes.device)
         gap = clip_text_gap(tokens[:b][keep], tokens[b:][keep], out.mask[:b][keep])
