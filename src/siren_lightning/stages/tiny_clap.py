@@ -99,8 +99,15 @@ class TinyCLAPModule(L.LightningModule):
         self.captions = CaptionEmbeddingCache(text_backend, text_name_or_path)
         self._val: list[tuple[Tensor, Tensor, list[str]]] = []
 
-    def _embed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        audio = self.clap.embed_audio(batch["audio"][:, 0], batch["audio_mask"])
+    def _embed(
+        self, batch: dict[str, Any], extra: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Audio [B (+ K), E] and caption [B, E] embeddings of a batch; `extra` (waves [K, N],
+        masks [K, N]) goes through the audio tower in the same pass, after the batch's clips."""
+        waves, mask = batch["audio"][:, 0], batch["audio_mask"]
+        if extra is not None:
+            waves, mask = torch.cat([waves, extra[0]]), torch.cat([mask, extra[1]])
+        audio = self.clap.embed_audio(waves, mask)
         text = self.clap.embed_text(self.captions(batch["captions"]).to(self.device))
         return audio, text
 
@@ -108,18 +115,11 @@ class TinyCLAPModule(L.LightningModule):
         if len(batch["ids"]) < 2:  # a contrastive step needs negatives
             return None
         n = len(batch["ids"])
-        if self.hparams.fault_loss_weight > 0:
-            # The faulted copies go through the audio tower in the clips' own pass: its batch
-            # norm then sees one set of statistics, as when the reward scores samples.
-            faulted, faulted_mask, keep = self._faulted(batch)
-            both = self.clap.embed_audio(
-                torch.cat([batch["audio"][:, 0], faulted]),
-                torch.cat([batch["audio_mask"], faulted_mask]),
-            )
-            audio, bad = both[:n], both[n:]
-            text = self.clap.embed_text(self.captions(batch["captions"]).to(self.device))
-        else:
-            audio, text = self._embed(batch)
+        faulted = self._faulted(batch) if self.hparams.fault_loss_weight > 0 else None
+        # The faulted copies go through the audio tower in the clips' own pass: its batch norm
+        # then sees one set of statistics, as when the reward scores samples.
+        both, text = self._embed(batch, None if faulted is None else faulted[:2])
+        audio, bad = both[:n], both[n:]
         loss = contrastive_loss(audio, text, self.clap.logit_scale)
         if self.hparams.attribute_loss_weight > 0:
             swap_loss, swap_acc = self._attribute_swap(audio, batch.get("attributes"))
@@ -128,7 +128,7 @@ class TinyCLAPModule(L.LightningModule):
             self.log("train/attribute_acc", swap_acc, batch_size=n)
             loss = loss + self.hparams.attribute_loss_weight * swap_loss
         if self.hparams.fault_loss_weight > 0:
-            fault_loss, fault_acc = self._fault_ranking(audio, bad, text, keep)
+            fault_loss, fault_acc = self._fault_ranking(audio, bad, text, faulted[2])
             self.log("train/fault_loss", fault_loss, batch_size=n)
             self.log("train/fault_acc", fault_acc, batch_size=n)
             loss = loss + self.hparams.fault_loss_weight * fault_loss
@@ -154,10 +154,7 @@ class TinyCLAPModule(L.LightningModule):
         rows = [captions["own"], *(captions[key] for key in JUDGED)]  # [1 + 3] x B
         text = self.clap.embed_text(self.captions([c for row in rows for c in row]).to(audio))
         text = text.view(len(rows), audio.shape[0], -1)  # [4, B, E]
-        scale = self.clap.logit_scale.exp().clamp(max=100)
-        logits = scale * torch.einsum("be,kbe->bk", audio, text)  # [B, 4]: own caption first
-        target = torch.zeros(audio.shape[0], dtype=torch.long, device=audio.device)
-        return F.cross_entropy(logits, target), (logits.argmax(1) == 0).float().mean()
+        return self._prefer_first(torch.einsum("be,kbe->bk", audio, text))  # own caption first
 
     def _faulted(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, list[int]]:
         """Faulted copies [K, N] of the batch's clips, their masks [K, N] and which clips they
@@ -188,10 +185,14 @@ class TinyCLAPModule(L.LightningModule):
             zero = audio.sum() * 0
             return zero, zero.detach()
         idx = torch.tensor(keep, device=audio.device)
-        scale = self.clap.logit_scale.exp().clamp(max=100)
         own = (audio[idx] * text[idx]).sum(-1)
-        logits = scale * torch.stack([own, (bad * text[idx]).sum(-1)], dim=1)  # [K, 2]
-        target = torch.zeros(len(keep), dtype=torch.long, device=audio.device)
+        return self._prefer_first(torch.stack([own, (bad * text[idx]).sum(-1)], dim=1))
+
+    def _prefer_first(self, cosines: Tensor) -> tuple[Tensor, Tensor]:
+        """Softmax loss and accuracy of rows [M, C] of cosines whose first entry should win,
+        at the CLAP's logit scale (capped at 100, as CLIP caps it)."""
+        logits = self.clap.logit_scale.exp().clamp(max=100) * cosines
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return F.cross_entropy(logits, target), (logits.argmax(1) == 0).float().mean()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
