@@ -22,8 +22,7 @@ import torch
 
 from siren_lightning.align.rewards import build_reward
 from siren_lightning.data.manifest import read_manifest
-
-JUDGED = ("pitch", "count", "envelope")
+from siren_lightning.metrics.adherence import JUDGED
 
 
 def ranking(scores: dict[str, list[float]], right: dict[str, list[dict[str, bool]]]) -> dict:

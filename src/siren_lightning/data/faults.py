@@ -22,10 +22,11 @@ import math
 import torch
 from torch import Tensor
 
+from siren_lightning.data.synthcaps import ENVELOPES, _gain
+
 FAULTS = ("hole", "run_on", "wander", "envelope")
 HOP_S = 0.01  # the detector's frame hop
 EDGE_S = 0.005  # raised-cosine edges on every cut, as SynthCaps' own events have
-ENVELOPE_FLOOR = 0.25  # SynthCaps' fades run between this gain and 1 (data.synthcaps.FADE_FLOOR)
 
 
 def sounding_spans(
@@ -134,12 +135,9 @@ def add_wander(
     return out
 
 
-def _ramp(envelope: str, n: int, device: torch.device) -> Tensor:
-    """SynthCaps' gain over one event of n samples."""
-    if envelope == "steady":
-        return torch.ones(n, device=device)
-    ramp = torch.linspace(ENVELOPE_FLOOR, 1.0, n, device=device)
-    return ramp if envelope == "fade_in" else ramp.flip(0)
+def _ramp(envelope: str, n: int, like: Tensor) -> Tensor:
+    """SynthCaps' gain over one event of n samples (`synthcaps._gain`), as `like`'s dtype."""
+    return torch.as_tensor(_gain(envelope, n).copy()).to(like)  # fade_out is a reversed view
 
 
 def add_envelope(
@@ -150,7 +148,7 @@ def add_envelope(
         return None
     out = audio.clone()
     for s, e in spans:
-        out[s:e] *= _ramp(other, e - s, audio.device) / _ramp(envelope, e - s, audio.device)
+        out[s:e] *= _ramp(other, e - s, audio) / _ramp(envelope, e - s, audio)
     peak = audio.abs().max()
     return out * (peak / out.abs().max().clamp_min(1e-9))  # the clip's own peak, as SynthCaps sets
 
@@ -187,7 +185,7 @@ def add_fault(
         else:
             if envelope is None:
                 continue
-            others = [v for v in ("steady", "fade_in", "fade_out") if v != envelope]
+            others = [v for v in ENVELOPES if v != envelope]
             other = others[int(torch.randint(len(others), (1,), generator=generator))]
             out = add_envelope(audio, spans, envelope, other)
         if out is not None:
