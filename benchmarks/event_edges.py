@@ -18,6 +18,15 @@ Three measurements, each printed as a table:
    the clip) of the generations beside those of the originals, for `--count` captions, and the
    share of generations whose last segment runs into the clip's last 5%.
 
+4. **sampled silence** (`--sampled N`): generates the first N test captions of once / twice /
+   three times (no clicks) at their clips' own lengths, recording the probability the sampler
+   gives the silence codes at every codebook-0 draw (after guidance, temperature and top-k).
+   A hole is a silent run between sounding frames where the original sounds for at least half
+   of it; printed are the share of clips with one, the median probability of silence at a
+   hole's first frame and over the 5 frames before it, and the mean probability of silence
+   while the generation sounds after the original's last event has ended (a model that knows
+   its events end puts much there). `--teacher-forced 0` skips 1 and 2.
+
     PYTHONPATH=src python benchmarks/event_edges.py --model assets/siren_tiny_clean \\
         --manifest data/synthcaps_clean/test.jsonl --codes data/synthcaps_clean/codes_litdata/test \\
         --limit 120 --generations runs/eval/X/seed0 --count once
@@ -40,7 +49,9 @@ from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.data.synthcaps import _frame_rms, _segments
 from siren_lightning.generate import load_generation_stack
+from siren_lightning.generation_config import model_sampling
 from siren_lightning.metrics.adherence import attribute_captions
+from siren_lightning.models.sampling import filter_top_k, generate_for_captions, guide
 from siren_lightning.stages.pretrain import transition_weights
 
 ROWS = ("own", "pitch", "count", "envelope", "empty")
@@ -152,6 +163,85 @@ def segments(generations: Path, manifest: str, count: str, show: int) -> dict:
     }
 
 
+class SilenceRecorder:
+    """Wraps a Siren sampler: each codebook-0 draw's probability of the silence codes [N]."""
+
+    def __init__(self, sampler, silent: list[int], r: int) -> None:
+        self.sampler, self.silent, self.r, self.calls, self.p = sampler, silent, r, 0, []
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        c = self.sampler.config
+        if self.calls % self.r == 0:  # Siren calls its sampler once per codebook, in order
+            g = guide(*logits.chunk(2), c.cfg_scale) if self.sampler.guided else logits
+            x = filter_top_k(g.float() / max(c.temperature, 1e-6), int(c.top_k))
+            self.p.append(x.softmax(-1)[:, self.silent].sum(-1))
+        self.calls += 1
+        return self.sampler(logits)
+
+
+def _runs(flags: list[bool]) -> list[tuple[bool, int, int]]:
+    out, i = [], 0
+    while i < len(flags):
+        j = i
+        while j < len(flags) and flags[j] == flags[i]:
+            j += 1
+        out.append((flags[i], i, j))
+        i = j
+    return out
+
+
+@torch.no_grad()
+def sampled_silence(
+    model, encoder, clips, cache, silent: set[int], settings: dict, seed: int, batch: int = 25
+) -> dict:
+    sil, r = sorted(silent), model.config.num_codebooks
+    hole_p, before, tail_p, with_hole, sounding_p = [], [], [], 0, []
+    for start in range(0, len(clips), batch):
+        part = clips[start : start + batch]
+        lengths = [cache[c.id].shape[-1] for c in part]
+        rec = {}
+
+        def wrap(sampler, rec=rec):
+            rec["r"] = SilenceRecorder(sampler, sil, r)
+            return rec["r"]
+
+        codes = generate_for_captions(
+            model, encoder, [c.captions[0] for c in part], max(lengths),
+            total_frames=torch.tensor(lengths), generator=torch.Generator().manual_seed(seed),
+            wrap_sampler=wrap, **settings,
+        )  # fmt: skip
+        p_sil = torch.stack(rec["r"].p, 1)  # [B, T]
+        for b, clip in enumerate(part):
+            n = lengths[b]
+            gen = np.isin(codes[b, 0, :n].numpy(), sil)
+            real = np.isin(cache[clip.id][0].numpy(), sil)
+            p = p_sil[b, :n].numpy()
+            sounding_p += list(p[1:][~gen[:-1]])
+            runs = _runs(gen.tolist())
+            holes = 0
+            for k, (is_silent, a, e) in enumerate(runs):
+                if is_silent and 0 < k < len(runs) - 1 and (1 - real[a:e].mean()) >= 0.5:
+                    holes += 1
+                    hole_p.append(p[a])
+                    before.append(p[max(a - 5, 0) : a].mean())
+            with_hole += holes > 0
+            last_sound = np.flatnonzero(~real)
+            if last_sound.size:  # after the original's last event: P(silence) while sounding
+                t = np.arange(1, n)
+                after = (t > last_sound[-1] + 1) & ~gen[:-1]
+                tail_p += list(p[1:][after])
+    return {
+        "clips": len(clips),
+        "clips_with_hole": with_hole / max(len(clips), 1),
+        "holes": len(hole_p),
+        "p_silence_at_hole_start_median": float(np.median(hole_p)) if hole_p else None,
+        "p_silence_5_before_hole_median": float(np.median(before)) if before else None,
+        "p_silence_while_sounding_mean": float(np.mean(sounding_p)),
+        "p_silence_after_real_end_mean": float(np.mean(tail_p)) if tail_p else None,
+        "sounding_frames_after_real_end": len(tail_p),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True)
@@ -162,6 +252,9 @@ def main() -> None:
     p.add_argument("--generations", type=Path, help="a seed folder of `siren adherence`")
     p.add_argument("--count", default="once")
     p.add_argument("--show", type=int, default=10)
+    p.add_argument("--sampled", type=int, default=0, help="clips for measurement 4 (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of measurement 4")
+    p.add_argument("--teacher-forced", type=int, default=1, help="0 skips measurements 1-2")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -169,7 +262,33 @@ def main() -> None:
     silent = set(silence_codes(codec))
     clips = read_manifest(args.manifest)[: args.limit]
     cache = CodeCache(args.codes).codes_of([c.id for c in clips])
-    report = {"silence_codes": sorted(silent), "edges": edges(model, encoder, clips, cache, silent)}
+    report = {"silence_codes": sorted(silent)}
+    if args.sampled:
+        judged = [c for c in read_manifest(args.manifest) if c.captions]
+        judged = [
+            c
+            for c in judged
+            if c.attributes["count"] in ("once", "twice", "three_times")
+            and c.attributes["source"] != "clicks"
+        ][: args.sampled]
+        held = CodeCache(args.codes).codes_of([c.id for c in judged])
+        settings = model_sampling(args.model, "event_edges").values
+        s = sampled_silence(model, encoder, judged, held, silent, settings, args.seed)
+        report["sampled_silence"] = s
+        print(
+            f"sampled ({s['clips']} clips, seed {args.seed}): clips with a hole "
+            f"{s['clips_with_hole']:.2f} ({s['holes']} holes); P(silence) at a hole's first "
+            f"frame, median {s['p_silence_at_hole_start_median']:.2f}, over the 5 before "
+            f"{s['p_silence_5_before_hole_median']:.2f}; while sounding "
+            f"{s['p_silence_while_sounding_mean']:.4f}, after the original's last event "
+            f"{s['p_silence_after_real_end_mean']:.3f} ({s['sounding_frames_after_real_end']} "
+            "frames)"
+        )
+    if not args.teacher_forced:
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
+    report["edges"] = edges(model, encoder, clips, cache, silent)
     for name, rows in report["edges"].items():
         print(f"{name}: offset  frames  CE cb0  P(silence codes)")
         for d, v in rows.items():

@@ -206,3 +206,71 @@ def test_training_reads_its_own_draws_against_true_targets(monkeypatch):
     changed = (history != codes).any(1).float().mean().item()
     assert 0.3 < changed < 0.6  # random weights: a drawn frame almost never equals the true one
     assert validation[1] is None  # validation is plain teacher forcing
+
+
+def _swap_module(rate: float, copies: dict) -> PretrainModule:
+    module = PretrainModule(
+        make_model(),
+        caption_dropout=0.0,
+        warmup_steps=0,
+        history_swap=rate,
+        history_cache="unused: the copies are set below",
+    )
+    module._history_codes = copies
+    return module
+
+
+def test_swapped_history_is_the_same_window_of_the_clips_copy():
+    # Two clips cut at frames 5 and 0; clip b is 6 real frames long (the rest padding). Each
+    # copy differs from its clip everywhere, so where the swapped history came from shows.
+    g = torch.Generator().manual_seed(0)
+    copies = {
+        "a": torch.randint(16, (6, 30), generator=g),
+        "b": torch.randint(16, (6, 6), generator=g),
+    }
+    codes = torch.stack(
+        [copies["a"][:, 5:15] + 16, torch.cat([copies["b"], copies["b"][:, :4]], 1) + 16]
+    )
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    batch = {"codes": codes, "mask": mask, "ids": ["a", "b"], "frame_offset": torch.tensor([5, 0])}
+    torch.manual_seed(0)
+    out = _swap_module(0.999, copies)._swapped_history(batch)
+    assert torch.equal(out[0], copies["a"][:, 5:15])
+    assert torch.equal(out[1, :, :6], copies["b"]) and torch.equal(out[1, :, 6:], codes[1, :, 6:])
+    none = _swap_module(1e-9, copies)._swapped_history(batch)
+    assert torch.equal(none, codes)
+    with pytest.raises(ValueError, match="clip b is not in history_cache"):
+        _swap_module(0.999, {"a": copies["a"]})._swapped_history(batch)
+
+
+def test_training_reads_the_copy_against_true_targets_and_validation_does_not(monkeypatch):
+    codes = _codes(b=2, t=12)
+    copies = {"x0": (codes[0] + 1) % 16, "x1": (codes[1] + 1) % 16}
+    module = _swap_module(0.999, copies)
+    network = module.network
+    states, text_mask = make_text(2)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
+    batch |= {"ids": ["x0", "x1"], "frame_offset": torch.tensor([0, 0])}
+    seen = []
+    forward = network.forward
+
+    def spy(codes_in, *args, **kwargs):
+        seen.append((codes_in, kwargs.get("history")))
+        return forward(codes_in, *args, **kwargs)
+
+    monkeypatch.setattr(network, "forward", spy)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    module.training_step(batch, 0)
+    module.validation_step(batch, 0)
+    (targets, history), (_, plain) = seen
+    assert targets is codes and torch.equal(history, torch.stack([copies["x0"], copies["x1"]]))
+    assert plain is None
+
+
+def test_history_swap_is_checked():
+    with pytest.raises(ValueError, match="history_swap needs history_cache"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_swap=0.5)
+    with pytest.raises(ValueError, match="history_swap must be in"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_swap=1.0, history_cache="c")

@@ -92,3 +92,27 @@ def test_bad_config_values_are_refused():
         S.SynthCapsConfig(min_seconds=3, max_seconds=2)
     with pytest.raises(ValueError, match="heldout_fraction"):
         S.split_combinations(0, heldout_fraction=0.7)
+
+
+def test_render_envelope_hides_the_level_of_the_same_clips(tmp_path):
+    # The copy rendered steady: the same ids, captions, stated attributes and (for steady clips)
+    # the same samples; a faded clip keeps its events, pitch and length, and measures steady.
+    cfg = dict(train=24, val=0, test=0, min_seconds=1.0, max_seconds=2.0, seed=3, background=0.0)
+    real = read_manifest(S.generate(tmp_path / "a", S.SynthCapsConfig(**cfg), workers=1)["train"])
+    steady = S.SynthCapsConfig(**cfg, render_envelope="steady")
+    copy = read_manifest(S.generate(tmp_path / "b", steady, workers=1)["train"])
+    faded = 0
+    for x, y in zip(real, copy, strict=True):
+        assert (x.id, x.captions, x.attributes) == (y.id, y.captions, y.attributes)
+        a, b = load_audio(x.audio, 16_000).numpy(), load_audio(y.audio, 16_000).numpy()
+        ma, mb = S.measure_attributes(a), S.measure_attributes(b)
+        assert a.shape == b.shape and (ma["pitch"], ma["count"]) == (mb["pitch"], mb["count"])
+        assert mb["envelope"] == "steady" and abs(mb["envelope_slope_db"]) < 2.0
+        if x.attributes["envelope"] == "steady":
+            assert np.array_equal(a, b)
+        else:
+            faded += 1
+            assert ma["envelope"] == x.attributes["envelope"]
+    assert faded >= 8
+    with pytest.raises(ValueError, match="render_envelope 'loud'"):
+        S.SynthCapsConfig(render_envelope="loud")

@@ -121,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         help="RMS of the white-noise floor relative to each clip's peak (0: digital silence "
         "between events, for a codec that decodes silence as silence: experiments/codec_tiny_clean.yaml)",
     )
+    sc.add_argument(
+        "--render-envelope",
+        default=None,
+        help="render every clip with this envelope (steady, fade_in, fade_out) while its "
+        "attributes and captions keep the stated one: a level-hiding copy of the same clips "
+        "for PretrainModule(history_cache)",
+    )
     sc.add_argument("--workers", type=int, default=None)
     sc.add_argument("--force", action="store_true", help="regenerate even if the set exists")
     return p
@@ -179,9 +186,12 @@ def _synthcaps(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         seed=args.seed,
         background=args.background,
+        render_envelope=args.render_envelope,
     )
     stamp = args.out / "config.json"
-    wanted = json.dumps(cfg.__dict__, sort_keys=True)
+    # A set made before render_envelope existed keeps its stamp (no needless regeneration).
+    fields = {k: v for k, v in cfg.__dict__.items() if not (k == "render_envelope" and v is None)}
+    wanted = json.dumps(fields, sort_keys=True)
     done = all((args.out / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
     if done and stamp.is_file() and stamp.read_text() == wanted and not args.force:
         print(f"SynthCaps already at {args.out} (same config); --force regenerates it")

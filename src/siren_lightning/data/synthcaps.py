@@ -345,8 +345,16 @@ class SynthCapsConfig:
     heldout_fraction: float = 0.12
     seed: int = 0
     sample_rate: int = SAMPLE_RATE
+    # Render every clip's events with this envelope while its attributes and captions keep the
+    # stated one: the same clips (every draw is the same) with the level's course hidden, for
+    # `PretrainModule(history_cache)` (docs/model.md "A history that hides the level").
+    render_envelope: str | None = None
 
     def __post_init__(self) -> None:
+        if self.render_envelope is not None and self.render_envelope not in ENVELOPES:
+            raise ValueError(
+                f"render_envelope {self.render_envelope!r} is not one of {list(ENVELOPES)}"
+            )
         if min(self.train, self.val, self.test) < 0:
             raise ValueError("split sizes must be >= 0")
         if not 0 < self.min_seconds <= self.max_seconds:
@@ -365,8 +373,9 @@ def _make_clip(job: tuple[SynthCapsConfig, str, int, tuple[str, ...], Path]) -> 
     rng = np.random.default_rng([cfg.seed, SPLIT_INDEX[split], index])
     attrs = dict(zip(ATTRIBUTES, combo, strict=True))
     duration = float(rng.uniform(cfg.min_seconds, cfg.max_seconds))
+    rendered = attrs if cfg.render_envelope is None else {**attrs, "envelope": cfg.render_envelope}
     audio, f = synthesize(
-        attrs, duration, rng, sample_rate=cfg.sample_rate, background=cfg.background
+        rendered, duration, rng, sample_rate=cfg.sample_rate, background=cfg.background
     )
     captions: list[str] = []
     for _ in range(20 * cfg.captions_per_clip):  # distinct phrasings; the grammar has plenty

@@ -34,11 +34,15 @@ class LMOutput(NamedTuple):
         logits: [B, n, T, K] for the n predicted codebooks (all r unless groups were chosen).
         mask: [B, n, T] bool, True where the target is a real frame.
         codebooks: the n codebook indices, in the order of the logits.
+        hidden: [B, G', T, D] the temporal outputs of the G' experts run (`SirenLM.forward(...,
+            return_hidden=True)`; the one that predicts frame t reads the frames before it),
+            else None.
     """
 
     logits: Tensor
     mask: Tensor
     codebooks: list[int]
+    hidden: Tensor | None = None
 
 
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:

@@ -238,7 +238,8 @@ class ResidualGroupTransformer(TextConditionedStack):
         text_mask: Tensor,
         timing: Tensor | None = None,
         history: Tensor | None = None,
-    ) -> Tensor:
+        return_hidden: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Teacher-forced logits of this expert's codebooks.
 
         Args:
@@ -250,7 +251,8 @@ class ResidualGroupTransformer(TextConditionedStack):
                 frame, always come from `vectors`.
 
         Returns:
-            [B, g, T, K] logits for codebooks gk .. gk + g - 1.
+            [B, g, T, K] logits for codebooks gk .. gk + g - 1; with `return_hidden`, also the
+            temporal outputs [B, T, D] (frame t's reads the frames before it).
         """
         b, r, t, _ = vectors.shape
         g, k0 = self.config.group, self.first_codebook
@@ -270,8 +272,8 @@ class ResidualGroupTransformer(TextConditionedStack):
         for i in range(g - 1):
             tokens.append(tokens[-1] + own[:, i])
         tokens = torch.stack(tokens, dim=2).flatten(0, 1)  # [B, T, g+1, D] -> [B*T, g+1, D]
-        logits = self.decode(tokens)  # [B*T, g, K]
-        return logits.view(b, t, g, -1).transpose(1, 2)  # [B, g, T, K]
+        logits = self.decode(tokens).view(b, t, g, -1).transpose(1, 2)  # [B, g, T, K]
+        return (logits, h) if return_hidden else logits
 
 
 class CachedDecoders:
@@ -490,6 +492,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         total_frames: Tensor | None = None,
         frame_offset: Tensor | None = None,
         history: Tensor | None = None,
+        return_hidden: bool = False,
     ) -> SirenOutput:
         """Teacher-forced logits of every codebook (or of the chosen groups' codebooks).
 
@@ -505,6 +508,8 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
                 when None): a corrupted copy trains robustness to the model's own mistakes
                 (`PretrainModule(history_noise)`); the targets and the current frame's lower
                 codebooks stay `codes`.
+            return_hidden: also return the chosen experts' temporal outputs (`hidden` [B, G',
+                T, D], in the order of `groups`), e.g. for an auxiliary loss on them.
 
         Returns:
             `SirenOutput` with logits [B, n, T, K], mask [B, n, T] and the n codebook indices.
@@ -524,12 +529,14 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             self.check_history(codes, history)
             past = self.codebook_vectors(history)
         text_states = text_states.to(vectors.dtype)
-        logits = torch.cat(
-            [self.experts[k](vectors, text_states, text_mask, timing, past) for k in groups],
-            dim=1,
-        )  # [B, n, T, K]
+        outs = [
+            self.experts[k](vectors, text_states, text_mask, timing, past, return_hidden)
+            for k in groups
+        ]
+        hidden = torch.stack([h for _, h in outs], dim=1) if return_hidden else None
+        logits = torch.cat([o[0] for o in outs] if return_hidden else outs, dim=1)  # [B, n, T, K]
         codebooks = [j for k in groups for j in self.codebooks_of(k)]
-        return SirenOutput(logits, mask[:, None].expand(b, len(codebooks), t), codebooks)
+        return SirenOutput(logits, mask[:, None].expand(b, len(codebooks), t), codebooks, hidden)
 
     # Generation: `models.sampling.generate_frames` calls begin, then step once per frame.
 

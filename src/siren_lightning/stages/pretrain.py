@@ -24,6 +24,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
@@ -221,6 +222,38 @@ def clip_text_gap(ce_own: Tensor, ce_other: Tensor, mask: Tensor) -> Tensor:
     return ((ce_other - ce_own) * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
 
 
+def future_code_loss(
+    hidden: Tensor, heads: nn.ModuleList, offsets: Sequence[int], codes: Tensor, mask: Tensor
+) -> Tensor:
+    """Multi-frame prediction (Gloeckle et al. 2024): CE of codebook 0 `offsets` frames ahead.
+
+    `PretrainModule(future_weight)` adds its mean to the loss. Teacher forcing lets the next
+    frame copy the last one: a sounding frame is followed by sound in all but one frame of an
+    event, so nothing asks the LM to know when the event will end (docs/model.md "Planning
+    ahead"). Predicting codebook 0 d frames ahead from the temporal output of frame t (which
+    reads the frames before t) does: for the d frames before each end the target is silence,
+    which only the caption, the clock and the event's own start can foretell.
+
+    Args:
+        hidden: [B, T, D] expert 0's temporal outputs.
+        heads: one linear D -> K per offset (training-only; not part of the LM or its export).
+        offsets: d >= 1 per head: head i reads frame t's output and predicts frame t + d_i.
+        codes: [B, T] the codebook-0 codes; mask: [B, T] bool, True for real frames.
+
+    Returns:
+        [len(offsets)] CE per offset, each the mean over the pairs (t, t + d) both real.
+    """
+    out = []
+    for head, d in zip(heads, offsets, strict=True):
+        valid = mask[:, :-d] & mask[:, d:]  # [B, T - d]
+        logits = head(hidden[:, :-d][valid]).float()  # [V, K]
+        if logits.shape[0] == 0:
+            out.append(logits.sum())  # 0, attached to the graph
+            continue
+        out.append(F.cross_entropy(logits, codes[:, d:][valid]))
+    return torch.stack(out)
+
+
 def read_attributes(manifest: str) -> dict[str, dict[str, Any]]:
     """{clip id: attributes} of a manifest whose clips carry the judged SynthCaps attributes.
 
@@ -291,6 +324,15 @@ class PretrainModule(StageModule):
             inside an event, an event that runs on) at the rate the model makes them. Applied
             before holding and noise. A deviation from the paper.
         history_self_temperature: the temperature of those draws.
+        history_swap: probability that a training clip's history is its copy in
+            `history_cache`, cropped to the same window (training steps only, the targets
+            stay true; applied before the other history settings). With the copy rendered
+            with steady events (`siren prepare synthcaps --render-envelope steady`), the
+            history no longer gives away where the level goes, and only the caption and the
+            clock can. A deviation from the paper (docs/model.md "A history that hides the
+            level").
+        history_cache: a code cache (`siren tokenize`, the same codec) holding that copy of
+            every training clip, under the same ids.
         transition_weight: loss weight of the frames where events start and end
             (`transition_weights`; training steps only). 1 is the paper's plain mean; a
             deviation from the paper otherwise (docs/model.md "Events that do not end").
@@ -308,6 +350,11 @@ class PretrainModule(StageModule):
         caption_contrast_margin: the gap, in nats per token, beyond which a clip adds nothing.
         attributes_manifest: a JSONL manifest whose clips have SynthCaps attributes, read for
             `caption_contrast_weight` (the training clips' ids must be in it).
+        future_weight: weight of `future_code_loss` in the training loss (0: off, the paper's
+            plain CE). Expert 0's temporal output of each frame also predicts codebook 0 of the
+            frames `future_offsets` ahead, through linear heads that only training uses. A
+            deviation from the paper (docs/model.md "Planning ahead"); SirenLM only.
+        future_offsets: the frames ahead, each >= 1.
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
@@ -333,12 +380,16 @@ class PretrainModule(StageModule):
         history_hold: float = 0.0,
         history_self: float = 0.0,
         history_self_temperature: float = 1.0,
+        history_swap: float = 0.0,
+        history_cache: str | None = None,
         transition_weight: float = 1.0,
         transition_frames: int = 4,
         silence_codes: Sequence[int] | None = None,
         caption_contrast_weight: float = 0.0,
         caption_contrast_margin: float = 0.5,
         attributes_manifest: str | None = None,
+        future_weight: float = 0.0,
+        future_offsets: Sequence[int] = (2, 4, 8, 16),
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -351,10 +402,20 @@ class PretrainModule(StageModule):
             raise ValueError(
                 f"PretrainModule: caption_dropout must be in [0, 1), got {caption_dropout}"
             )
-        rates = (("history_noise", history_noise), ("history_hold", history_hold))
-        for name, rate in (*rates, ("history_self", history_self)):
+        rates = {
+            "history_noise": history_noise,
+            "history_hold": history_hold,
+            "history_self": history_self,
+            "history_swap": history_swap,
+        }
+        for name, rate in rates.items():
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"PretrainModule: {name} must be in [0, 1), got {rate}")
+        if history_swap > 0 and history_cache is None:
+            raise ValueError(
+                "PretrainModule: history_swap needs history_cache (a code cache of the same "
+                "clips rendered otherwise)"
+            )
         if transition_weight <= 0 or transition_frames < 1:
             raise ValueError(
                 "PretrainModule: transition_weight must be > 0 and transition_frames >= 1, got "
@@ -374,6 +435,11 @@ class PretrainModule(StageModule):
             raise ValueError(
                 "PretrainModule: caption_contrast_weight needs attributes_manifest (a manifest "
                 "with SynthCaps attributes) and a text_encoder to encode the swapped captions"
+            )
+        if caption_contrast_weight > 0 and future_weight > 0:
+            raise ValueError(
+                "PretrainModule: caption_contrast_weight and future_weight are not combined; "
+                "set one of them to 0"
             )
         if isinstance(codec, str) and not codec.startswith("dac:") and not Path(codec).exists():
             raise FileNotFoundError(
@@ -409,6 +475,7 @@ class PretrainModule(StageModule):
             )
         self.train_groups = groups
         self.codebooks = [j for k in groups for j in network.codebooks_of(k)]
+        self.future_heads = self._future_heads(network, groups, future_weight, future_offsets)
         self.train_only(groups)
         if lora is not None:
             if init_weights is None:
@@ -424,6 +491,28 @@ class PretrainModule(StageModule):
         self.val_acc = nn.ModuleList(MeanMetric() for _ in self.codebooks)
         self.val_loss = MeanMetric()
         self._attributes: dict[str, dict[str, Any]] = {}
+        self._history_codes: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _future_heads(
+        network: CodecLM, groups: list[int], weight: float, offsets: Sequence[int]
+    ) -> nn.ModuleList | None:
+        if weight < 0:
+            raise ValueError(f"PretrainModule: future_weight must be >= 0, got {weight}")
+        if weight == 0:
+            return None
+        if not offsets or any(int(d) < 1 for d in offsets):
+            raise ValueError(
+                f"PretrainModule: future_offsets must be frames ahead >= 1, got {list(offsets)}"
+            )
+        if not hasattr(network, "experts") or 0 not in groups:
+            raise ValueError(
+                "PretrainModule: future_weight needs a SirenLM whose expert 0 is trained (its "
+                f"temporal outputs predict codebook 0 ahead); got {type(network).__name__} "
+                f"training groups {groups}"
+            )
+        c = network.config
+        return nn.ModuleList(nn.Linear(c.width, c.codebook_size, bias=False) for _ in offsets)
 
     # Setup checks.
 
@@ -431,6 +520,9 @@ class PretrainModule(StageModule):
         self._check_caches()
         if self.hparams.caption_contrast_weight > 0 and not self._attributes:
             self._attributes = read_attributes(self.hparams.attributes_manifest)
+        if self.hparams.history_swap > 0 and not self._history_codes:
+            cache = CodeCache(self.hparams.history_cache, self._codec_sha256())
+            self._history_codes = cache.codes_of(cache.index["ids"])
         codec, c = self.codec, self.network.config
         if codec is None:
             return
@@ -572,18 +664,46 @@ class PretrainModule(StageModule):
         """The history a training step's LM reads: its own draws mixed in, held and corrupted
         as the hyperparameters say, or None (it reads `codes`: the paper's teacher forcing)."""
         h = self.hparams
-        if h.history_hold <= 0 and h.history_noise <= 0 and h.history_self <= 0:
+        rates = (h.history_hold, h.history_noise, h.history_self, h.history_swap)
+        if all(rate <= 0 for rate in rates):
             return None
         codes, mask = batch["codes"], batch["mask"].bool()
-        history = codes
+        history = self._swapped_history(batch) if h.history_swap > 0 else codes
         if h.history_self > 0:
             with torch.no_grad():
                 out = self._forward(batch, states, text_mask, None)
             history = self_history(
-                codes, mask, out.logits, out.codebooks, h.history_self, h.history_self_temperature
+                history,
+                mask,
+                out.logits,
+                out.codebooks,
+                h.history_self,
+                h.history_self_temperature,
             )
         held = hold_history(history, mask, h.history_hold)
         return corrupt_history(held, mask, h.history_noise)
+
+    def _swapped_history(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's codes [B, r, T] with each clip's window, with probability `history_swap`,
+        taken from its copy in `history_cache` (the same frames of the same clip)."""
+        codes, mask = batch["codes"], batch["mask"].bool()
+        t = codes.shape[-1]
+        offsets = batch.get("frame_offset")
+        out = codes.clone()
+        pick = (torch.rand(codes.shape[0]) < self.hparams.history_swap).tolist()
+        for i, (clip, chosen) in enumerate(zip(batch["ids"], pick, strict=True)):
+            if not chosen:
+                continue
+            if clip not in self._history_codes:
+                raise ValueError(
+                    f"PretrainModule: clip {clip} is not in history_cache "
+                    f"{self.hparams.history_cache}"
+                )
+            start = 0 if offsets is None else int(offsets[i])
+            piece = self._history_codes[clip][:, start : start + t].to(codes.device)
+            n = min(piece.shape[-1], int(mask[i].sum()))
+            out[i, :, :n] = piece[:, :n]
+        return out
 
     def _frame_weights(self, codes: Tensor, mask: Tensor) -> Tensor | None:
         h = self.hparams
@@ -605,20 +725,30 @@ class PretrainModule(StageModule):
             total_frames=batch.get("total_frames"),
             frame_offset=batch.get("frame_offset"),
             history=history,
+            **({"return_hidden": True} if self.future_heads is not None else {}),
         )
 
     def _stats(
         self, batch: dict[str, Any], dropout: float, augment: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-codebook CE, accuracy and frame counts of a batch. With `augment` (training
-        steps), the history the LM reads is held and corrupted and the loss transition-weighted
-        as the hyperparameters say; without it, plain teacher forcing."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Per-codebook CE, accuracy and frame counts of a batch, and `future_code_loss` per
+        offset (None when off). With `augment` (training steps), the history the LM reads is
+        held and corrupted and the loss transition-weighted as the hyperparameters say;
+        without it, plain teacher forcing."""
         codes, mask = batch["codes"], batch["mask"].bool()
         states, text_mask = self.text_inputs(batch, dropout)
         history = self._history(batch, states, text_mask) if augment else None
         out = self._forward(batch, states, text_mask, history)
         weights = self._frame_weights(codes, mask) if augment else None
-        return masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask, weights)
+        stats = masked_codebook_stats(out.logits, codes[:, out.codebooks], out.mask, weights)
+        return (*stats, self._future_ce(out, codes, mask))
+
+    def _future_ce(self, out: Any, codes: Tensor, mask: Tensor) -> Tensor | None:
+        if self.future_heads is None:
+            return None
+        hidden = out.hidden[:, self.train_groups.index(0)]  # expert 0's [B, T, D]
+        offsets = self.hparams.future_offsets
+        return future_code_loss(hidden, self.future_heads, offsets, codes[:, 0], mask)
 
     def _contrast_stats(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """A training step's per-codebook CE [n] under each clip's own caption, and per clip
@@ -670,8 +800,11 @@ class PretrainModule(StageModule):
             if gap.numel():
                 self.log("train/caption_gap", gap.mean(), batch_size=b)
         else:
-            ce, _, _ = self._stats(batch, self.hparams.caption_dropout, augment=True)
+            ce, _, _, future = self._stats(batch, self.hparams.caption_dropout, augment=True)
             loss = ce.mean()
+            if future is not None:
+                loss = loss + self.hparams.future_weight * future.mean()
+                self.log("train/future_ce", future.mean(), batch_size=b)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         for i, cb in enumerate(self.codebooks):
             self.log(f"train/ce_cb{cb:02d}", ce[i], batch_size=b)
@@ -683,7 +816,10 @@ class PretrainModule(StageModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        ce, acc, count = self._stats(batch, 0.0)
+        ce, acc, count, future = self._stats(batch, 0.0)
+        if future is not None:
+            for d, value in zip(self.hparams.future_offsets, future):
+                self.log(f"val/future_ce_{d:02d}", value, batch_size=batch["codes"].shape[0])
         for i, cb in enumerate(self.codebooks):
             self.val_ce[i].update(ce[i], count[i])
             self.val_acc[i].update(acc[i], count[i])
@@ -693,7 +829,7 @@ class PretrainModule(StageModule):
         self.log("val/loss", self.val_loss, prog_bar=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        ce, acc, _ = self._stats(batch, 0.0)
+        ce, acc, _, _ = self._stats(batch, 0.0)
         b = batch["codes"].shape[0]
         self.log("test/loss", ce.mean(), batch_size=b)
         for i, cb in enumerate(self.codebooks):
@@ -704,6 +840,8 @@ class PretrainModule(StageModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.network.parameters() if p.requires_grad]
+        if self.future_heads is not None:
+            params += list(self.future_heads.parameters())
         optimizer = self.make_optimizer(decay_groups(params))
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
