@@ -94,13 +94,18 @@ def test_history_must_match_codes():
         model(codes, states, text_mask, history=codes[:, :, :-1])
 
 
-def _what_the_network_reads(monkeypatch, codes: torch.Tensor, **settings) -> list:
-    """[(codes, history)] the LM was called with: a training step, then a validation step."""
-    network = make_model()
-    module = PretrainModule(network, caption_dropout=0.0, warmup_steps=0, **settings)
+def _what_the_network_reads(
+    monkeypatch, codes: torch.Tensor, module: PretrainModule | None = None, **settings
+) -> list:
+    """[(codes, history)] the LM was called with: a training step, then a validation step
+    (of `module`, else of a new one with `settings`)."""
+    if module is None:
+        module = PretrainModule(make_model(), caption_dropout=0.0, warmup_steps=0, **settings)
+    network = module.network
     states, text_mask = make_text(codes.shape[0])
     mask = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool)
     batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
+    batch |= {"ids": [f"x{i}" for i in range(codes.shape[0])], "frame_offset": mask[:, 0] * 0}
     seen = []
     forward = network.forward
 
@@ -248,23 +253,7 @@ def test_training_reads_the_copy_against_true_targets_and_validation_does_not(mo
     codes = _codes(b=2, t=12)
     copies = {"x0": (codes[0] + 1) % 16, "x1": (codes[1] + 1) % 16}
     module = _swap_module(0.999, copies)
-    network = module.network
-    states, text_mask = make_text(2)
-    mask = torch.ones(2, 12, dtype=torch.bool)
-    batch = {"codes": codes, "mask": mask, "text_states": states, "text_mask": text_mask}
-    batch |= {"ids": ["x0", "x1"], "frame_offset": torch.tensor([0, 0])}
-    seen = []
-    forward = network.forward
-
-    def spy(codes_in, *args, **kwargs):
-        seen.append((codes_in, kwargs.get("history")))
-        return forward(codes_in, *args, **kwargs)
-
-    monkeypatch.setattr(network, "forward", spy)
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    module.training_step(batch, 0)
-    module.validation_step(batch, 0)
-    (targets, history), (_, plain) = seen
+    (targets, history), (_, plain) = _what_the_network_reads(monkeypatch, codes, module)
     assert targets is codes and torch.equal(history, torch.stack([copies["x0"], copies["x1"]]))
     assert plain is None
 
