@@ -229,8 +229,8 @@ def future_code_loss(
 
     `PretrainModule(future_weight)` adds its mean to the loss. Teacher forcing lets the next
     frame copy the last one: a sounding frame is followed by sound in all but one frame of an
-    event, so nothing asks the LM to know when the event will end (docs/model.md "Planning
-    ahead"). Predicting codebook 0 d frames ahead from the temporal output of frame t (which
+    event, so nothing asks the LM to know when the event will end (docs/model.md "Where holes
+    start, and planning ahead"). Predicting codebook 0 d frames ahead from the temporal output of frame t (which
     reads the frames before t) does: for the d frames before each end the target is silence,
     which only the caption, the clock and the event's own start can foretell.
 
@@ -353,7 +353,8 @@ class PretrainModule(StageModule):
         future_weight: weight of `future_code_loss` in the training loss (0: off, the paper's
             plain CE). Expert 0's temporal output of each frame also predicts codebook 0 of the
             frames `future_offsets` ahead, through linear heads that only training uses. A
-            deviation from the paper (docs/model.md "Planning ahead"); SirenLM only.
+            deviation from the paper (docs/model.md "Where holes start, and planning
+            ahead"); SirenLM only.
         future_offsets: the frames ahead, each >= 1.
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
