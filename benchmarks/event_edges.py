@@ -51,7 +51,7 @@ from siren_lightning.data.synthcaps import _frame_rms, _segments
 from siren_lightning.generate import load_generation_stack
 from siren_lightning.generation_config import model_sampling
 from siren_lightning.metrics.adherence import attribute_captions
-from siren_lightning.models.sampling import filter_top_k, generate_for_captions, guide
+from siren_lightning.models.sampling import generate_for_captions
 from siren_lightning.stages.pretrain import transition_weights
 
 ROWS = ("own", "pitch", "count", "envelope", "empty")
@@ -170,11 +170,8 @@ class SilenceRecorder:
         self.sampler, self.silent, self.r, self.calls, self.p = sampler, silent, r, 0, []
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        c = self.sampler.config
         if self.calls % self.r == 0:  # Siren calls its sampler once per codebook, in order
-            g = guide(*logits.chunk(2), c.cfg_scale) if self.sampler.guided else logits
-            x = filter_top_k(g.float() / max(c.temperature, 1e-6), int(c.top_k))
-            self.p.append(x.softmax(-1)[:, self.silent].sum(-1))
+            self.p.append(self.sampler.probabilities(logits)[:, self.silent].sum(-1))
         self.calls += 1
         return self.sampler(logits)
 
@@ -260,18 +257,20 @@ def main() -> None:
     torch.set_num_threads(1)
     model, codec, encoder = load_generation_stack(args.model)
     silent = set(silence_codes(codec))
-    clips = read_manifest(args.manifest)[: args.limit]
-    cache = CodeCache(args.codes).codes_of([c.id for c in clips])
+    manifest = read_manifest(args.manifest)
+    clips = manifest[: args.limit]
+    codes = CodeCache(args.codes)
+    cache = codes.codes_of([c.id for c in clips])
     report = {"silence_codes": sorted(silent)}
     if args.sampled:
-        judged = [c for c in read_manifest(args.manifest) if c.captions]
         judged = [
             c
-            for c in judged
-            if c.attributes["count"] in ("once", "twice", "three_times")
+            for c in manifest
+            if c.captions
+            and c.attributes["count"] in ("once", "twice", "three_times")
             and c.attributes["source"] != "clicks"
         ][: args.sampled]
-        held = CodeCache(args.codes).codes_of([c.id for c in judged])
+        held = codes.codes_of([c.id for c in judged])
         settings = model_sampling(args.model, "event_edges").values
         s = sampled_silence(model, encoder, judged, held, silent, settings, args.seed)
         report["sampled_silence"] = s

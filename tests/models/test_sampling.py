@@ -4,6 +4,8 @@ from siren_testing import make_model, make_text
 
 from siren_lightning.models.sampling import (
     DEFAULT_SAMPLING,
+    Sampler,
+    SamplingConfig,
     check_sampling,
     filter_top_k,
     filter_top_p,
@@ -11,6 +13,7 @@ from siren_lightning.models.sampling import (
     generate_frames,
     resolve_sampling,
     sample_logits,
+    sampling_probabilities,
 )
 
 INF = float("-inf")
@@ -42,6 +45,23 @@ def test_sampling_follows_the_filtered_distribution():
     assert freq[1] == 0 and freq[3] == 0
     assert abs(freq[0] - 0.625) < 0.02
     assert torch.equal(sample_logits(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))
+
+
+def test_sampling_probabilities_are_the_distribution_drawn_from():
+    # By hand: top-k 3 keeps {0, 2, 3}; top-p 0.79 then keeps {0, 2}: 0.625 / 0.375.
+    logits = torch.tensor([0.5, 0.05, 0.3, 0.15]).log()[None]
+    got = sampling_probabilities(logits, temperature=1.0, top_k=3, top_p=0.79)
+    torch.testing.assert_close(got, torch.tensor([[0.625, 0.0, 0.375, 0.0]]))
+    # Temperature 2 flattens the softmax: p^(1/2), renormalised.
+    flat = torch.tensor([0.5, 0.05, 0.3, 0.15]).sqrt()
+    torch.testing.assert_close(sampling_probabilities(logits, 2.0)[0], flat / flat.sum())
+    assert torch.equal(sampling_probabilities(logits, 0.0), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    # A guided Sampler's probabilities are those of the guided logits.
+    cond, uncond = torch.randn(2, 3, 6).unbind(0)
+    config = SamplingConfig(temperature=0.7, top_k=4, top_p=0.9, cfg_scale=3.0)
+    probs = Sampler(config, guided=True).probabilities(torch.cat([cond, uncond]))
+    expected = sampling_probabilities(uncond + 3.0 * (cond - uncond), 0.7, 4, 0.9)
+    torch.testing.assert_close(probs, expected)
 
 
 def _prompts(model):

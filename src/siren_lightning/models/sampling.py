@@ -167,9 +167,19 @@ def sample_logits(
     """
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    logits = filter_top_p(filter_top_k(logits.float() / temperature, top_k), top_p)
-    probs = logits.softmax(dim=-1)
+    probs = sampling_probabilities(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sampling_probabilities(
+    logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> Tensor:
+    """The distribution `sample_logits` draws from: [N, K] logits -> [N, K] probabilities
+    (temperature 0: all of it on the argmax)."""
+    if temperature <= 0.0:
+        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+    logits = filter_top_p(filter_top_k(logits.float() / temperature, top_k), top_p)
+    return logits.softmax(dim=-1)
 
 
 def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -199,11 +209,22 @@ class Sampler:
     def __call__(self, logits: Tensor) -> Tensor:
         """[N, ..., K] logits -> [B, ...] long codes."""
         c = self.config
-        if self.guided:
-            logits = guide(*logits.chunk(2), c.cfg_scale)
+        logits = self._guided(logits)
         flat = logits.reshape(-1, logits.shape[-1])
         codes = sample_logits(flat, c.temperature, int(c.top_k), c.top_p, self.generator)
         return codes.view(logits.shape[:-1])
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """[N, ..., K] logits -> [B, ..., K] the distribution `__call__` draws from (an
+        analysis hook: benchmarks/event_edges.py records it)."""
+        c = self.config
+        logits = self._guided(logits)
+        flat = logits.reshape(-1, logits.shape[-1])
+        probs = sampling_probabilities(flat, c.temperature, int(c.top_k), c.top_p)
+        return probs.view(logits.shape)
+
+    def _guided(self, logits: Tensor) -> Tensor:
+        return guide(*logits.chunk(2), self.config.cfg_scale) if self.guided else logits
 
 
 class Prompts(NamedTuple):
