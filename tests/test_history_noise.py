@@ -1,12 +1,17 @@
-"""Noisy history (`PretrainModule(history_noise)`): the LM reads a corrupted copy of its
-history while its targets, and Siren's within-frame lower codebooks, stay the true codes."""
+"""The history a training step's LM reads (`PretrainModule(history_noise, history_hold,
+history_self, history_swap, history_rollout)`): corrupted, held, self-drawn, swapped or rolled
+out, while its targets, and Siren's within-frame lower codebooks, stay the true codes."""
 
 import pytest
 import torch
 from delay_testing import make_delay_model  # noqa: E402
 from siren_testing import make_model, make_text  # noqa: E402
 
-from siren_lightning.stages.pretrain import PretrainModule, corrupt_history  # noqa: E402
+from siren_lightning.stages.pretrain import (  # noqa: E402
+    PretrainModule,
+    corrupt_history,
+    rollout_history,
+)
 
 
 def _codes(b=3, r=6, t=10, k=16, seed=0):
@@ -263,3 +268,85 @@ def test_history_swap_is_checked():
         PretrainModule(make_model(), caption_dropout=0.0, history_swap=0.5)
     with pytest.raises(ValueError, match="history_swap must be in"):
         PretrainModule(make_model(), caption_dropout=0.0, history_swap=1.0, history_cache="c")
+
+
+# Training on its own runs (`history_rollout`): a window of the history holds the LM's own
+# sequential continuation of the true frames before it.
+
+GREEDY = {"temperature": 0.0, "cfg_scale": 1.0}
+
+
+def test_the_window_is_the_models_own_sequential_run():
+    # Greedy draws: each drawn frame must be the argmax of the LM reading the frames drawn
+    # before it (teacher forcing on the output), not of the true frames (one parallel pass).
+    model = make_model(duration_conditioning=True)
+    b, t, start, frames = 3, 14, 4, 6
+    codes = _codes(b=b, t=t)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[2, 7:] = False  # clip 2 ends inside the window
+    states, text_mask = make_text(b)
+    total = mask.sum(1)
+    model.train()
+    out = rollout_history(
+        model, codes, mask, states, text_mask, start, frames, total_frames=total, **GREEDY
+    )
+    assert model.training  # its mode is restored
+    end = start + frames
+    assert torch.equal(out[..., :start], codes[..., :start])
+    assert torch.equal(out[..., end:], codes[..., end:])
+    assert torch.equal(out[2, :, 7:], codes[2, :, 7:])  # padding untouched
+
+    model.eval()
+    with torch.no_grad():
+        own = model(out, states, text_mask, total_frames=total).logits.argmax(-1)  # [B, r, T]
+        true = model(codes, states, text_mask, total_frames=total).logits.argmax(-1)
+    real = mask[:, start:end]  # [B, W]
+    window = out[..., start:end]
+    assert (own[..., start:end] == window)[real[:, None].expand_as(window)].all()
+    # From the second drawn frame on, the LM reads its own frames: the true history's argmax
+    # differs somewhere (random weights), so a single parallel pass would not pass the above.
+    later = real[:, 1:, None].transpose(1, 2).expand_as(window[..., 1:])
+    assert (true[..., start + 1 : end] != window[..., 1:])[later].any()
+
+
+def test_the_window_is_cut_at_the_clip_end_and_checked():
+    model = make_model()
+    codes = _codes(b=2, t=8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    states, text_mask = make_text(2)
+    out = rollout_history(model, codes, mask, states, text_mask, 5, 10, **GREEDY)
+    assert torch.equal(out[..., :5], codes[..., :5]) and not torch.equal(out, codes)
+    for start, frames in ((0, 3), (8, 3), (2, 0)):
+        with pytest.raises(ValueError, match="rollout_history: need"):
+            rollout_history(model, codes, mask, states, text_mask, start, frames, **GREEDY)
+
+
+def test_training_reads_its_own_run_against_true_targets(monkeypatch):
+    codes = _codes(b=2, t=30)
+    settings = dict(history_rollout=0.999, history_rollout_frames=5)
+    (targets, history), validation = _what_the_network_reads(
+        monkeypatch, codes, history_rollout_sampling=GREEDY, **settings
+    )
+    assert targets is codes  # the loss is against the true codes
+    changed = (history != codes).any(1)  # [B, T]
+    assert changed.any()
+    # One window, at one start for the batch, no longer than the run.
+    frames = changed.any(0).nonzero()[:, 0]
+    assert int(frames.min()) >= 1 and int(frames.max()) - int(frames.min()) < 5
+    assert validation[1] is None  # validation is plain teacher forcing
+
+
+def test_history_rollout_is_checked():
+    with pytest.raises(ValueError, match="history_rollout must be in"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_rollout=1.0)
+    with pytest.raises(ValueError, match="history_rollout_frames must be >= 1"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_rollout_frames=0)
+    with pytest.raises(ValueError, match="cfg_scale != 1 needs a text_encoder"):
+        PretrainModule(make_model(), caption_dropout=0.0, history_rollout=0.5)
+    with pytest.raises(ValueError, match="unknown sampling setting"):
+        PretrainModule(
+            make_model(),
+            caption_dropout=0.0,
+            history_rollout=0.5,
+            history_rollout_sampling={"t": 1},
+        )

@@ -30,6 +30,7 @@ from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.metrics.adherence import JUDGED, attribute_captions
 from siren_lightning.models.base import CodecLM
+from siren_lightning.models.sampling import generate, resolve_sampling
 from siren_lightning.stages.chassis import (
     StageModule,
     check_codec_fits,
@@ -203,6 +204,75 @@ def self_history(
     return out
 
 
+def rollout_history(
+    network: nn.Module,
+    codes: Tensor,
+    mask: Tensor,
+    text_states: Tensor,
+    text_mask: Tensor,
+    start: int,
+    frames: int,
+    *,
+    total_frames: Tensor | None = None,
+    uncond: tuple[Tensor, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    **sampling: Any,
+) -> Tensor:
+    """A copy of `codes` whose frames `start .. start + frames - 1` are the LM's own
+    continuation of the true frames before `start`, drawn frame by frame as generation draws
+    them (KV cache, guidance and the sampling filters).
+
+    Parallel scheduled sampling (`self_history`) mixes in single draws from teacher-forced
+    logits; generation fails on *runs* of its own frames (an event that drifts into a hole, or
+    runs on past its end), which only sequential draws reproduce. Read as the history against
+    the true targets, the run shows the LM the state its own sampling leaves it in and asks it
+    to return to where the caption and the clock say the clip is (Bengio et al. 2015 scheduled
+    sampling, done with the real sampler over a window).
+
+    Args:
+        network: the LM (its training mode is restored after the draws).
+        codes: [B, r, T] long; mask: [B, T] bool, True for real frames (left-aligned).
+        text_states: [B, L, Dt]; text_mask: [B, L] bool (the clips' captions).
+        start: the first drawn frame, 1 <= start < T.
+        frames: how many frames are drawn (the window is cut at T).
+        total_frames: [B] each whole clip's frames (duration-conditioned LMs).
+        uncond: (states [1 or B, L', Dt], mask) of the empty caption, needed when the
+            sampling's `cfg_scale` is not 1.
+        sampling: `generate_frames`'s settings (temperature, top_k, top_p, cfg_scale).
+
+    Returns:
+        [B, r, T] long: padded frames and frames outside the window are `codes` unchanged.
+    """
+    t = codes.shape[-1]
+    if not 1 <= start < t or frames < 1:
+        raise ValueError(
+            f"rollout_history: need 1 <= start < {t} and frames >= 1, got {start}, {frames}"
+        )
+    end = min(start + frames, t)
+    uncond_states, uncond_mask = (None, None) if uncond is None else uncond
+    was_training = network.training
+    network.eval()
+    try:
+        drawn = generate(
+            for_sampling(network),
+            text_states,
+            text_mask,
+            end,
+            prompt_codes=codes[..., :start],
+            total_frames=total_frames,
+            uncond_states=uncond_states,
+            uncond_mask=uncond_mask,
+            generator=generator,
+            **sampling,
+        )  # [B, r, end]
+    finally:
+        network.train(was_training)
+    out = codes.clone()
+    window = mask[:, start:end]  # [B, W]
+    out[..., start:end] = torch.where(window[:, None], drawn[..., start:end], codes[..., start:end])
+    return out
+
+
 def clip_text_gap(ce_own: Tensor, ce_other: Tensor, mask: Tensor) -> Tensor:
     """Per clip, the mean over its valid (codebook, frame) tokens of the CE under another
     caption minus the CE under its own (nats per token).
@@ -324,6 +394,17 @@ class PretrainModule(StageModule):
             inside an event, an event that runs on) at the rate the model makes them. Applied
             before holding and noise. A deviation from the paper.
         history_self_temperature: the temperature of those draws.
+        history_rollout: probability that a training clip's history holds a run of the LM's
+            own frames (`rollout_history`: the true frames up to a start drawn per batch, then
+            `history_rollout_frames` frames generated as `siren generate` would; training steps
+            only, the targets stay true). Scheduled sampling over a window: the history holds
+            the drift that generation's own runs of frames make (holes inside events, events
+            that run on), and the loss asks the LM to return to the clip. Applied after
+            `history_swap`, before the other history settings. A deviation from the paper
+            (docs/model.md "Training on its own runs").
+        history_rollout_frames: the frames drawn in each run.
+        history_rollout_sampling: the sampling settings of the runs (`generate`'s temperature,
+            top_k, top_p, cfg_scale); what is not given is `DEFAULT_SAMPLING`.
         history_swap: probability that a training clip's history is its copy in
             `history_cache`, cropped to the same window (training steps only, the targets
             stay true; applied before the other history settings). With the copy rendered
@@ -381,6 +462,9 @@ class PretrainModule(StageModule):
         history_hold: float = 0.0,
         history_self: float = 0.0,
         history_self_temperature: float = 1.0,
+        history_rollout: float = 0.0,
+        history_rollout_frames: int = 16,
+        history_rollout_sampling: dict[str, float] | None = None,
         history_swap: float = 0.0,
         history_cache: str | None = None,
         transition_weight: float = 1.0,
@@ -407,11 +491,25 @@ class PretrainModule(StageModule):
             "history_noise": history_noise,
             "history_hold": history_hold,
             "history_self": history_self,
+            "history_rollout": history_rollout,
             "history_swap": history_swap,
         }
         for name, rate in rates.items():
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"PretrainModule: {name} must be in [0, 1), got {rate}")
+        if history_rollout_frames < 1:
+            raise ValueError(
+                f"PretrainModule: history_rollout_frames must be >= 1, got {history_rollout_frames}"
+            )
+        if history_rollout > 0:
+            self._rollout_sampling = resolve_sampling(
+                "PretrainModule history_rollout_sampling", given=history_rollout_sampling
+            ).values
+            if self._rollout_sampling["cfg_scale"] != 1.0 and text_encoder is None:
+                raise ValueError(
+                    "PretrainModule: history_rollout with cfg_scale != 1 needs a text_encoder "
+                    "for the empty caption"
+                )
         if history_swap > 0 and history_cache is None:
             raise ValueError(
                 "PretrainModule: history_swap needs history_cache (a code cache of the same "
@@ -666,10 +764,13 @@ class PretrainModule(StageModule):
         as the hyperparameters say, or None (it reads `codes`: the paper's teacher forcing)."""
         h = self.hparams
         rates = (h.history_hold, h.history_noise, h.history_self, h.history_swap)
+        rates += (h.history_rollout,)
         if all(rate <= 0 for rate in rates):
             return None
         codes, mask = batch["codes"], batch["mask"].bool()
         history = self._swapped_history(batch) if h.history_swap > 0 else codes
+        if h.history_rollout > 0:
+            history = self._rollout(batch, history, states, text_mask)
         if h.history_self > 0:
             with torch.no_grad():
                 out = self._forward(batch, states, text_mask, None)
@@ -683,6 +784,40 @@ class PretrainModule(StageModule):
             )
         held = hold_history(history, mask, h.history_hold)
         return corrupt_history(held, mask, h.history_noise)
+
+    def _rollout(
+        self, batch: dict[str, Any], history: Tensor, states: Tensor, text_mask: Tensor
+    ) -> Tensor:
+        """`history` [B, r, T] with the clips drawn at rate `history_rollout` holding
+        `rollout_history`'s run from one start per batch (inside every chosen clip)."""
+        h, mask = self.hparams, batch["mask"].bool()
+        rows = (torch.rand(mask.shape[0]) < h.history_rollout).nonzero()[:, 0].tolist()
+        lengths, offsets = mask.sum(1), batch.get("frame_offset")
+        # A window cut from inside its clip would be timed from its own start: keep those true.
+        rows = [
+            i for i in rows if int(lengths[i]) >= 2 and (offsets is None or int(offsets[i]) == 0)
+        ]
+        if not rows:
+            return history
+        index = torch.as_tensor(rows, device=mask.device)
+        start = int(torch.randint(1, int(lengths[index].min()), ()))
+        total = batch.get("total_frames")
+        sampling = self._rollout_sampling
+        uncond = self._empty_caption() if sampling["cfg_scale"] != 1.0 else None
+        out = history.clone()
+        out[index] = rollout_history(
+            self.network,
+            history[index],
+            mask[index],
+            states[index],
+            text_mask[index],
+            start,
+            h.history_rollout_frames,
+            total_frames=None if total is None else total[index],
+            uncond=uncond,
+            **sampling,
+        )
+        return out
 
     def _swapped_history(self, batch: dict[str, Any]) -> Tensor:
         """The batch's codes [B, r, T] with each clip's window, with probability `history_swap`,
