@@ -163,3 +163,37 @@ def test_callback_logs_the_metrics_of_its_own_generations(tmp_path):
     quiet.on_validation_epoch_end(trainer, module)
     assert logged == {} and quiet._disabled
     assert Path(tmp_path / "val.jsonl").is_file()
+
+
+def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    model = make_model(text_dim=384, duration_conditioning=True, control_dim=1).eval()
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.weight.normal_(0, 2.0)
+    codec, text = TableCodec(model.codebook_table.clone()), TextEncoder("minilm")
+    clips = _clips(tmp_path)
+    write_manifest(tmp_path / "m.jsonl", clips)
+    curves = {
+        c.id: torch.rand(8, generator=torch.Generator().manual_seed(i)) for i, c in enumerate(clips)
+    }
+    torch.save(curves, tmp_path / "plan.pt")
+    monkeypatch.setattr(
+        text_following, "load_generation_stack", lambda spec, device: (model, codec, text)
+    )
+    argv = ["--model", str(tmp_path), "--manifest", str(tmp_path / "m.jsonl")]
+    assert main([*argv, "--control", str(tmp_path / "plan.pt"), "--out", str(tmp_path / "o")]) == 0
+    score_model(model, text, codec, clips, tmp_path / "same", [0], controls=curves)
+    flipped = {k: 1 - v for k, v in curves.items()}
+    score_model(model, text, codec, clips, tmp_path / "other", [0], controls=flipped)
+
+    def wav(folder):
+        return [sf.read(str(tmp_path / folder / "seed0" / f"{c.id}.wav"))[0] for c in clips]
+
+    assert all(np.array_equal(a, b) for a, b in zip(wav("o"), wav("same"), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(wav("o"), wav("other"), strict=True))
+    torch.save({"c0": curves["c0"]}, tmp_path / "part.pt")
+    assert main([*argv, "--control", str(tmp_path / "part.pt"), "--out", str(tmp_path / "p")]) == 1
+    assert "has no curve for 2 clips" in capsys.readouterr().out
+    both = [*argv, "--control", str(tmp_path / "plan.pt"), "--codes", "x", "--out", "y"]
+    assert main(both) == 2

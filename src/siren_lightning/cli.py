@@ -34,6 +34,8 @@ TOOLS: dict[str, str] = {
     "demo": "siren_lightning.demo:main",
     "set-sampling": "siren_lightning.generation_config:main",
     "silence-codes": "siren_lightning.codec.silence:main",
+    "loudness": "siren_lightning.data.loudness:main",
+    "plan": "siren_lightning.stages.planner:main",
 }
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

@@ -362,12 +362,31 @@ def load_lm(
         check_same_architecture(
             record.get("model_config"), record.get("model_class"), into, f"{who} {spec}"
         )
-        into.load_state_dict(state)
+        load_grown(into, state, (record.get("model_config") or {}).get("control_dim", 0))
         model = into
     # Left as recorded when not found: a caller that needs it says so (`siren generate --codec`).
     with contextlib.suppress(ExportError):
         record = {**record, "codec": exported_codec(record, base)}
     return model, record
+
+
+def load_grown(
+    network: nn.Module, state: dict[str, torch.Tensor], recorded_control_dim: int
+) -> None:
+    """Load `state` strictly into `network`, except that an LM grown to take per-frame control
+    (`control_dim` > 0) from weights without it keeps its control projections as built (zero:
+    the grown LM computes what the recorded one did)."""
+    grown = getattr(network.config, "control_dim", 0) > 0 and not recorded_control_dim
+    if not grown:
+        network.load_state_dict(state)
+        return
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    others = [k for k in missing if not k.endswith(".control.weight")]
+    if others or unexpected:
+        raise RuntimeError(
+            f"load_grown: missing {others}, unexpected {list(unexpected)} (beyond the control "
+            "projections an LM grown to take control starts without)"
+        )
 
 
 def main(argv: list[str]) -> int:

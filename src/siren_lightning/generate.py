@@ -73,6 +73,7 @@ def generate_audio(
     prompt_codes: torch.Tensor | None = None,
     window_seconds: float | None = None,
     context_seconds: float = CONTEXT_SECONDS,
+    controls: list[torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -94,6 +95,9 @@ def generate_audio(
             clips continue them, and the WAVs hold them (P frames shorter than every clip).
         window_seconds: a batch longer than this is made by `editing.generate_long` (windows
             of this length re-prompted with the last `context_seconds`); None: one pass.
+        controls: one per-frame control curve [T_i, C] per caption, for LMs with
+            `control_dim` > 0 (e.g. `siren loudness` curves); each is zero-padded or cut to its
+            batch's frames.
 
     Returns:
         the records written to `generations.jsonl`.
@@ -130,6 +134,10 @@ def generate_audio(
             f"generate_audio: the prompt ({given} frames, {prompt_seconds:.2f} s) is not "
             f"shorter than the output ({shortest} frames): ask for more --seconds"
         )
+    if controls is not None and len(controls) != len(captions):
+        raise ValueError(
+            f"generate_audio: {len(controls)} control curves for {len(captions)} captions"
+        )
     window = None
     if window_seconds is not None:
         window = math.ceil(seconds_to_samples(window_seconds, codec.sample_rate) / codec.hop_length)
@@ -145,6 +153,13 @@ def generate_audio(
         prompt = (
             None if prompt_codes is None else prompt_codes.to(device).expand(len(batch), -1, -1)
         )
+        control = None
+        if controls is not None:
+            if window is not None and frames > window:
+                raise ValueError(
+                    "generate_audio: control curves are not given to windowed generation"
+                )
+            control = _batch_control(controls[start : start + batch_size], frames).to(device)
         if window is not None and frames > window:
             codes = generate_long(
                 model,
@@ -163,6 +178,7 @@ def generate_audio(
                 prompt_codes=prompt,
                 generator=generator,
                 total_frames=torch.tensor(clip_frames, device=device),
+                control=control,
                 **text,
                 **sampling,
             )  # [B, r, T]
@@ -195,6 +211,15 @@ def generate_audio(
             )
     _write_records(out, records)
     return records
+
+
+def _batch_control(curves: list[torch.Tensor], frames: int) -> torch.Tensor:
+    """[T_i] or [T_i, C] curves -> [B, frames, C], zero-padded or cut."""
+    curves = [c if c.dim() == 2 else c[:, None] for c in curves]
+    out = torch.zeros(len(curves), frames, curves[0].shape[-1])
+    for i, curve in enumerate(curves):
+        out[i, : min(frames, curve.shape[0])] = curve[:frames].float()
+    return out
 
 
 def _write_records(out: Path, records: list[dict[str, Any]]) -> None:

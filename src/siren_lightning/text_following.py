@@ -50,6 +50,7 @@ def score_model(
     sampling: dict[str, float] | None = None,
     batch_size: int = 16,
     codes: dict[str, torch.Tensor] | None = None,
+    controls: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Adherence over sampling seeds (and the text gap and attribute gaps when `codes` maps
     clip id -> [r, T]).
@@ -57,6 +58,8 @@ def score_model(
     Args:
         clips: manifest `Clip`s with `attributes` and a first caption; generated in order of
             duration, so a batch holds clips of similar length.
+        controls: clip id -> [T] per-frame control curve (LMs with `control_dim` > 0): the
+            original's loudness (`siren loudness`, an oracle plan) or a planner's.
 
     Returns:
         {"adherence": {score: {"mean", "spread", "per_seed"}}, "text_gap": ... or None,
@@ -80,6 +83,7 @@ def score_model(
             batch_size=batch_size,
             sampling=sampling,
             ids=[c.id for c in clips],
+            controls=None if controls is None else [controls[c.id] for c in clips],
         )
         audios = [sf.read(r["path"], dtype="float32")[0] for r in records]
         per_seed.append(adherence(audios, attributes, codec.sample_rate))
@@ -147,11 +151,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds")
     p.add_argument("--out", required=True, help="folder for the WAVs and report.json")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--control",
+        help="per-frame control curves for an LM with control_dim > 0: a `siren loudness` file "
+        "(the originals': an oracle plan) or a planner's, holding every clip's id",
+    )
     add_sampling_flags(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1:
         print("siren adherence: --limit and --batch-size must be >= 1")
+        return 2
+    if args.control and args.codes:
+        print("siren adherence: the text gap (--codes) is not measured under --control")
         return 2
     try:  # a bad flag or generation.json fails here, before the model loads
         sampling = model_sampling(args.model, "siren adherence", given_sampling(args))
@@ -178,11 +190,30 @@ def main(argv: list[str]) -> int:
         except CodeCacheError as err:
             print(f"siren adherence: {err}")
             return 1
+    controls = None
+    if args.control:
+        controls = torch.load(args.control, weights_only=True)
+        missing = [c.id for c in clips if c.id not in controls]
+        if missing:
+            print(
+                f"siren adherence: {args.control} has no curve for {len(missing)} clips, e.g. {missing[0]}"
+            )
+            return 1
     out = Path(args.out)
     print(sampling.describe())
     report = score_model(
-        model, text_encoder, codec, clips, out, args.seeds, sampling.values, args.batch_size, codes
+        model,
+        text_encoder,
+        codec,
+        clips,
+        out,
+        args.seeds,
+        sampling.values,
+        args.batch_size,
+        codes,
+        controls,
     )
+    report["control"] = args.control
     report["sampling_from"] = sampling.sources
     report["model"] = str(Path(args.model).resolve())
     report["manifest"] = str(Path(args.manifest).resolve())

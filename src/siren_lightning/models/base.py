@@ -255,6 +255,28 @@ class CodecLM(nn.Module):
                 f"{tuple(codes.shape)} {codes.dtype}, got {tuple(history.shape)} {history.dtype}"
             )
 
+    def check_control(self, control: Tensor | None, batch: int, frames: int) -> None:
+        """One clear message for per-frame control features that do not fit the config."""
+        dim = getattr(self.config, "control_dim", 0)
+        if dim == 0:
+            if control is not None:
+                raise ValueError(
+                    f"{type(self).__name__}: control features given, but this LM takes none "
+                    "(control_dim 0)"
+                )
+            return
+        if control is None or control.shape[0] != batch or control.shape[-1] != dim:
+            got = None if control is None else tuple(control.shape)
+            raise ValueError(
+                f"{type(self).__name__}: control_dim {dim} needs control [B={batch}, "
+                f"T>={frames}, {dim}], got {got}"
+            )
+        if control.dim() != 3 or control.shape[1] < frames:
+            raise ValueError(
+                f"{type(self).__name__}: control must be [B, T>={frames}, {dim}], got "
+                f"{tuple(control.shape)}"
+            )
+
     def end(self, state: Any) -> None:
         """After a generation: drop the caches that `begin` gave the self-attentions."""
         for module in self.modules():

@@ -236,12 +236,15 @@ class Prompts(NamedTuple):
         mask: [N, L] bool.
         total_frames: [N] length of each requested clip, for duration-conditioned models.
         guided: N = 2B rows.
+        control: [N, T, C] per-frame control features (LMs with `control_dim` > 0), the
+            same for the unconditional rows; None for none.
     """
 
     states: Tensor
     mask: Tensor
     total_frames: Tensor
     guided: bool
+    control: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -266,6 +269,7 @@ def prepare_prompts(
     uncond_mask: Tensor | None = None,
     guided: bool = False,
     total_frames: Tensor | None = None,
+    control: Tensor | None = None,
 ) -> Prompts:
     """Check the prompts and stack the unconditional ones under them when guiding.
 
@@ -277,6 +281,7 @@ def prepare_prompts(
             empty caption, or one negative caption per clip.
         total_frames: [B] length of each requested clip (a batch generated to its longest clip
             and cut per clip passes each clip's own length here).
+        control: [B, T, C] per-frame control features (guidance does not contrast them).
     """
     if text_states.dim() != 3 or text_states.shape[-1] != text_dim:
         raise ValueError(
@@ -298,7 +303,8 @@ def prepare_prompts(
         text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
         text_mask = torch.cat([text_mask, uncond_mask])
         total_frames = torch.cat([total_frames, total_frames])  # [2B]
-    return Prompts(text_states.to(dtype), text_mask, total_frames, guided)
+        control = None if control is None else torch.cat([control, control])  # [2B, T, C]
+    return Prompts(text_states.to(dtype), text_mask, total_frames, guided, control)
 
 
 @torch.no_grad()
@@ -320,6 +326,7 @@ def generate_frames(
     total_frames: Tensor | None = None,
     prompt_codes: Tensor | None = None,
     wrap_sampler: Callable[[Sampler], Callable[[Tensor], Tensor]] | None = None,
+    control: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming): the loop over `model.begin` / `model.step`.
 
@@ -342,6 +349,8 @@ def generate_frames(
             one forward (prefill); the first `model.step` makes frame P.
         wrap_sampler: wraps the sampler the model's steps call (an analysis hook, e.g. one that
             replaces some draws by given codes: benchmarks/where_text_is_lost.py).
+        control: [B, T, C] per-frame control features, for LMs with `control_dim` > 0 (e.g.
+            the loudness curve a `LoudnessPlanner` draws for the caption).
 
     Yields:
         [B, r] long codes of each frame.
@@ -362,7 +371,9 @@ def generate_frames(
         uncond_mask=uncond_mask,
         guided=cfg_scale != 1.0,
         total_frames=total_frames,
+        control=control,
     )
+    model.check_control(control, text_states.shape[0], num_frames)
     if prompt_codes is not None:
         b, r = prompts.batch, c.num_codebooks
         if prompt_codes.dim() != 3 or prompt_codes.shape[:2] != (b, r):

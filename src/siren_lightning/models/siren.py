@@ -83,6 +83,10 @@ class SirenConfig(LMConfigMethods):
         max_frames: longest sequence a sampler's KV cache holds.
         duration_conditioning: tell every temporal block how far through the requested clip
             each frame is (`DurationEmbedding`; not in the paper, off by default).
+        control_dim: C, features given per frame (0: none, the paper). Each expert adds a
+            projection of frame t's features to its temporal input at t (zero at the start, so
+            a trained LM grown to take them is unchanged): a per-frame plan such as the
+            loudness curve (`siren_lightning.data.loudness`; not in the paper).
     """
 
     num_codebooks: int = 12
@@ -100,6 +104,7 @@ class SirenConfig(LMConfigMethods):
     bias: bool = True
     max_frames: int = 3000
     duration_conditioning: bool = False
+    control_dim: int = 0
     num_groups: int = field(init=False)
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
@@ -152,6 +157,10 @@ class ResidualGroupTransformer(TextConditionedStack):
         )
         self.temporal_norm = nn.RMSNorm(c.width, eps=c.norm_eps)
         self.duration = DurationEmbedding(c.width) if c.duration_conditioning else None
+        self.control = None
+        if c.control_dim > 0:
+            self.control = nn.Linear(c.control_dim, c.width, bias=False)
+            nn.init.zeros_(self.control.weight)
         self.decoder = nn.ModuleList(
             DecoderBlock(c.width, c.num_heads, c.mlp_hidden, c.dropout, c.norm_eps, c.bias)
             for _ in range(c.decoder_layers)
@@ -239,6 +248,7 @@ class ResidualGroupTransformer(TextConditionedStack):
         timing: Tensor | None = None,
         history: Tensor | None = None,
         return_hidden: bool = False,
+        control: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Teacher-forced logits of this expert's codebooks.
 
@@ -249,6 +259,8 @@ class ResidualGroupTransformer(TextConditionedStack):
             history: [B, r, T, D_lat] vectors the temporal stack reads as the previous frames
                 (`vectors` when None). The codebooks below this expert's, of the current
                 frame, always come from `vectors`.
+            control: [B, T, C] per-frame features (`control_dim` > 0 only); frame t's join
+                the temporal input at t.
 
         Returns:
             [B, g, T, K] logits for codebooks gk .. gk + g - 1; with `return_hidden`, also the
@@ -266,6 +278,8 @@ class ResidualGroupTransformer(TextConditionedStack):
             total = self.project_sum(history, 0, r)
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
+        if self.control is not None:
+            x = x + self.control(control.to(x.dtype))
         h = self.run_stack(x, self.text_kv(text_states), text_mask, timing=timing)
         before = self.text_summary(text_states, text_mask)[:, None] + lower
         tokens = [h, before]
@@ -391,6 +405,8 @@ class SirenGeneration:
         stacked: the experts' temporal stacks as one (cached, batched layout), or None.
         text_kv: each expert's cross-attention keys/values when the experts step one by one.
         history: without a cache, each expert's inputs so far (recomputed every frame).
+        controls: [G, N, T, D] every expert's projection of the prompts' per-frame control
+            (`control_dim` > 0), added to its temporal input at each frame.
         frame: the next frame t; previous: [B, r] codes of frame t - 1.
     """
 
@@ -401,6 +417,7 @@ class SirenGeneration:
     stacked: StackedTemporal | None
     text_kv: list[list[tuple[Tensor, Tensor]]]
     history: list[list[Tensor]] | None
+    controls: Tensor | None = None
     frame: int = 0
     previous: Tensor | None = None
     flat_tables: Tensor = field(init=False)  # [G * r * K, D], row (k * r + j) * K + code
@@ -493,6 +510,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         frame_offset: Tensor | None = None,
         history: Tensor | None = None,
         return_hidden: bool = False,
+        control: Tensor | None = None,
     ) -> SirenOutput:
         """Teacher-forced logits of every codebook (or of the chosen groups' codebooks).
 
@@ -510,6 +528,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
                 codebooks stay `codes`.
             return_hidden: also return the chosen experts' temporal outputs (`hidden` [B, G',
                 T, D], in the order of `groups`), e.g. for an auxiliary loss on them.
+            control: [B, T, C] features of each frame, needed when `control_dim` > 0.
 
         Returns:
             `SirenOutput` with logits [B, n, T, K], mask [B, n, T] and the n codebook indices.
@@ -524,13 +543,17 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         if c.duration_conditioning:
             timing = window_timing(mask, t, total_frames, frame_offset)  # [B, T, 2]
         vectors = self.codebook_vectors(codes)  # [B, r, T, D_lat]
+        self.check_control(control, b, t)
+        frame_control = None if control is None else control[:, :t]
         past = None
         if history is not None:
             self.check_history(codes, history)
             past = self.codebook_vectors(history)
         text_states = text_states.to(vectors.dtype)
         outs = [
-            self.experts[k](vectors, text_states, text_mask, timing, past, return_hidden)
+            self.experts[k](
+                vectors, text_states, text_mask, timing, past, return_hidden, frame_control
+            )
             for k in groups
         ]
         hidden = torch.stack([h for _, h in outs], dim=1) if return_hidden else None
@@ -607,6 +630,9 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             stacked=stacked,
             text_kv=[] if stacked is not None else [e.text_kv(states) for e in experts],
             history=None if use_cache else [[] for _ in experts],
+            controls=None
+            if prompts.control is None
+            else torch.stack([e.control(prompts.control.to(states.dtype)) for e in experts]),
         )
         if prompt_codes is not None and prompt_codes.shape[-1] > 0:
             self.prefill(state, prompt_codes)
@@ -630,6 +656,8 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
         n, dtype, frames = p.states.shape[0], p.states.dtype, prompt_codes.shape[-1]
         start = torch.stack([e.start.to(dtype).expand(n, 1, -1) for e in experts])  # [G, N, 1, D]
         inputs = torch.cat([start, state.frame_inputs(prompt_codes[..., :-1])], 2)  # [G,N,P,D]
+        if state.controls is not None:
+            inputs = inputs + state.controls[:, :, :frames]
         if state.stacked is not None:
             state.stacked.run(inputs, 0)
         elif state.history is not None:
@@ -665,6 +693,8 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
                 2
             )  # [G, B, r, D] -> [G, B, D]
             inputs = torch.cat([inputs, inputs], 1) if p.guided else inputs  # [G, N, D]
+        if state.controls is not None:
+            inputs = inputs + state.controls[:, :, t]
         if state.stacked is not None:
             hidden = state.stacked.step(inputs, t)  # [G, N, D]
         else:

@@ -136,7 +136,25 @@ def network_from_spec(spec: dict[str, Any]) -> Any:
     return parser.instantiate_classes(parser.parse_object({"network": spec})).network
 
 
-class StageModule(L.LightningModule):
+class FrozenTextModule(L.LightningModule):
+    """A LightningModule holding a frozen pretrained `self.text_encoder` (or None) whose
+    checkpoints leave it out: the YAML names it, the weights come from its own files."""
+
+    text_encoder: Any
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
+        if self.text_encoder is not None:
+            own = self.text_encoder.state_dict(prefix="text_encoder.")
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+
+class StageModule(FrozenTextModule):
     """Chassis of a stage that trains a `models.base.CodecLM` held as `self.network`.
 
     A subclass sets `self.network` and `self.text_encoder` and calls `init_codec`.
@@ -164,19 +182,6 @@ class StageModule(L.LightningModule):
         """Freeze every group of codebooks of the LM but `groups`."""
         for k in range(self.network.num_groups):
             self.network.group_module(k).requires_grad_(k in groups)
-
-    # Checkpoints hold the LM, not the frozen pretrained text encoder.
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        return {k: v for k, v in state.items() if not k.startswith(prefix + "text_encoder.")}
-
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, **kwargs: Any):
-        if self.text_encoder is not None:
-            own = self.text_encoder.state_dict(prefix="text_encoder.")
-            state_dict = {**own, **state_dict}
-        return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     def checkpoint_record(
         self, codec_spec: Any, codec_sha256: str | None, train_groups: list[int]

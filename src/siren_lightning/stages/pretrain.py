@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from siren_lightning.data.code_cache import CodeCache
+from siren_lightning.data.loudness import window_control
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
@@ -437,6 +438,10 @@ class PretrainModule(StageModule):
             deviation from the paper (docs/model.md "Where holes start, and planning
             ahead"); SirenLM only.
         future_offsets: the frames ahead, each >= 1.
+        control_cache: a folder of `siren loudness` files (`*.pt`, {clip id: [T] curve}) for an
+            LM with `control_dim` 1: every step (training and validation) gives the LM each
+            clip's loudness curve over its window as per-frame control. A deviation from the
+            paper (docs/model.md "A plan to follow").
         gradient_checkpointing: recompute block activations in the backward pass.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
@@ -475,6 +480,7 @@ class PretrainModule(StageModule):
         attributes_manifest: str | None = None,
         future_weight: float = 0.0,
         future_offsets: Sequence[int] = (2, 4, 8, 16),
+        control_cache: str | None = None,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -510,6 +516,13 @@ class PretrainModule(StageModule):
                     "PretrainModule: history_rollout with cfg_scale != 1 needs a text_encoder "
                     "for the empty caption"
                 )
+        control_dim = getattr(network.config, "control_dim", 0)
+        if (control_cache is None) != (control_dim == 0):
+            raise ValueError(
+                f"PretrainModule: an LM with control_dim {control_dim} needs control_cache (a "
+                "folder of `siren loudness` curves) exactly when control_dim > 0; got "
+                f"control_cache {control_cache!r}"
+            )
         if history_swap > 0 and history_cache is None:
             raise ValueError(
                 "PretrainModule: history_swap needs history_cache (a code cache of the same "
@@ -591,6 +604,7 @@ class PretrainModule(StageModule):
         self.val_loss = MeanMetric()
         self._attributes: dict[str, dict[str, Any]] = {}
         self._history_codes: dict[str, Tensor] = {}
+        self._control: dict[str, Tensor] = {}
 
     @staticmethod
     def _future_heads(
@@ -619,6 +633,15 @@ class PretrainModule(StageModule):
         self._check_caches()
         if self.hparams.caption_contrast_weight > 0 and not self._attributes:
             self._attributes = read_attributes(self.hparams.attributes_manifest)
+        if self.hparams.control_cache is not None and not self._control:
+            files = sorted(Path(self.hparams.control_cache).glob("*.pt"))
+            if not files:
+                raise FileNotFoundError(
+                    f"PretrainModule: no loudness curves (*.pt) in control_cache "
+                    f"{self.hparams.control_cache}: write them with `siren loudness`"
+                )
+            for path in files:
+                self._control.update(torch.load(path, weights_only=True))
         if self.hparams.history_swap > 0 and not self._history_codes:
             cache = CodeCache(self.hparams.history_cache, self._codec_sha256())
             self._history_codes = cache.codes_of(cache.index["ids"])
@@ -862,7 +885,15 @@ class PretrainModule(StageModule):
             frame_offset=batch.get("frame_offset"),
             history=history,
             **({"return_hidden": True} if self.future_heads is not None else {}),
+            **({"control": self._batch_control(batch)} if self._control else {}),
         )
+
+    def _batch_control(self, batch: dict[str, Any]) -> Tensor:
+        codes = batch["codes"]
+        control = window_control(
+            self._control, list(batch["ids"]), batch.get("frame_offset"), codes.shape[-1]
+        )
+        return control.to(codes.device)
 
     def _stats(
         self, batch: dict[str, Any], dropout: float, augment: bool = False

@@ -1,0 +1,34 @@
+"""Per-frame loudness curves (`siren loudness`): hand-computed levels, windows of a batch."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from siren_lightning.data.loudness import frame_loudness, window_control
+
+
+def test_frame_loudness_by_hand():
+    hop = 100
+    square = np.tile([1.0, -1.0], 125)  # 250 samples: 2.5 frames at full scale
+    out = frame_loudness(square, hop)
+    assert out.shape == (3,)
+    # RMS 1 is 0 dB -> 1; the last frame is half zeros: RMS 1/sqrt(2), -3.01 dB.
+    np.testing.assert_allclose(out, [1.0, 1.0, (60 - 10 * math.log10(2)) / 60], rtol=1e-6)
+    t = np.arange(400)
+    sine = 0.1 * np.sin(2 * np.pi * t / 20)  # whole periods per frame: RMS 0.1 / sqrt(2)
+    level = 20 * math.log10(0.1 / math.sqrt(2))  # -23.01 dB
+    np.testing.assert_allclose(frame_loudness(sine, hop), [(60 + level) / 60] * 4, rtol=1e-6)
+    assert frame_loudness(np.zeros(300), hop).tolist() == [0.0, 0.0, 0.0]  # clipped at -60 dB
+    assert frame_loudness(1e-4 * square[:200], hop, floor_db=-100.0)[0] == pytest.approx(0.2)
+
+
+def test_window_control_cuts_each_clips_window_and_pads():
+    curves = {"a": torch.arange(10.0), "b": torch.arange(3.0) + 100}
+    out = window_control(curves, ["a", "b"], torch.tensor([4, 0]), 5)
+    assert out.shape == (2, 5, 1)
+    assert out[0, :, 0].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0]
+    assert out[1, :, 0].tolist() == [100.0, 101.0, 102.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="clip c has no loudness curve"):
+        window_control(curves, ["c"], None, 5)

@@ -1,0 +1,104 @@
+"""Per-frame control (`SirenConfig.control_dim`): frame t's features join every expert's
+temporal input at t, in teacher forcing and in cached generation alike; an LM grown to take
+them computes what it computed before until its control projections learn."""
+
+import pytest
+import torch
+from siren_testing import make_model, make_text
+
+from siren_lightning.export import load_grown
+from siren_lightning.models.sampling import generate
+
+
+def _codes(b=2, t=12, seed=0):
+    return torch.randint(16, (b, 6, t), generator=torch.Generator().manual_seed(seed))
+
+
+def _trained_control(model):
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.weight.normal_(0, 2.0)
+    return model
+
+
+def test_a_grown_lm_is_the_lm_it_grew_from():
+    plain = make_model(duration_conditioning=True)
+    grown = make_model(seed=5, duration_conditioning=True, control_dim=2)
+    load_grown(grown, plain.state_dict(), 0)  # control projections stay zero
+    codes, (states, mask) = _codes(), make_text(2)
+    control = torch.rand(2, 12, 2)
+    torch.testing.assert_close(
+        grown(codes, states, mask, control=control).logits, plain(codes, states, mask).logits
+    )
+    with pytest.raises(RuntimeError, match="missing"):  # anything else missing still fails
+        state = {k: v for k, v in plain.state_dict().items() if "heads" not in k}
+        load_grown(grown, state, 0)
+
+
+def test_frame_t_reads_the_control_of_frame_t_and_no_later():
+    model = _trained_control(make_model(control_dim=1))
+    codes, (states, mask) = _codes(), make_text(2)
+    control = torch.rand(2, 12, 1)
+    base = model(codes, states, mask, control=control).logits
+    moved = control.clone()
+    moved[:, 5] += 1.0
+    out = model(codes, states, mask, control=moved).logits
+    torch.testing.assert_close(out[:, :, :5], base[:, :, :5])  # earlier frames: unchanged
+    assert (out[:, :, 5] - base[:, :, 5]).abs().amax() > 1e-3  # frame 5 itself reads it
+
+
+@pytest.mark.parametrize("prompt", [0, 4])
+def test_cached_generation_follows_the_control_as_teacher_forcing_reads_it(prompt):
+    # Greedy draws: every generated frame is the teacher-forced argmax under the same control.
+    model = _trained_control(make_model(control_dim=1, duration_conditioning=True))
+    states, mask = make_text(2)
+    t = 10
+    control = torch.rand(2, t, 1)
+    given = _codes(t=prompt) if prompt else None
+    drawn = generate(model, states, mask, t, temperature=0.0, control=control, prompt_codes=given)
+    logits = model(drawn, states, mask, total_frames=torch.tensor([t, t]), control=control).logits
+    torch.testing.assert_close(logits.argmax(-1)[..., prompt:], drawn[..., prompt:], rtol=0, atol=0)
+    other = generate(
+        model, states, mask, t, temperature=0.0, control=1 - control, prompt_codes=given
+    )
+    assert not torch.equal(other, drawn)  # the control decides
+
+
+def test_control_is_checked():
+    states, mask = make_text(2)
+    with pytest.raises(ValueError, match="control_dim 1 needs control"):
+        make_model(control_dim=1)(_codes(), states, mask)
+    with pytest.raises(ValueError, match="takes none"):
+        make_model()(_codes(), states, mask, control=torch.rand(2, 12, 1))
+    with pytest.raises(ValueError, match="control must be"):
+        generate(make_model(control_dim=1), states, mask, 10, control=torch.rand(2, 4, 1))
+
+
+def test_pretraining_gives_the_lm_each_windows_curve(tmp_path, monkeypatch):
+    from siren_lightning.stages.pretrain import PretrainModule
+
+    curves = {"a": torch.arange(20.0) / 20, "b": torch.arange(20.0) / 40}
+    torch.save(curves, tmp_path / "train.pt")
+    with pytest.raises(ValueError, match="needs control_cache"):
+        PretrainModule(make_model(control_dim=1), caption_dropout=0.0)
+    module = PretrainModule(
+        make_model(control_dim=1), caption_dropout=0.0, warmup_steps=0, control_cache=str(tmp_path)
+    )
+    module.setup("fit")
+    seen = []
+    forward = module.network.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["control"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(module.network, "forward", spy)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    states, text_mask = make_text(2)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    batch = {"codes": _codes(), "mask": mask, "text_states": states, "text_mask": text_mask}
+    batch |= {"ids": ["a", "b"], "frame_offset": torch.tensor([5, 0])}
+    module.training_step(batch, 0)
+    module.validation_step(batch, 0)
+    want = torch.stack([curves["a"][5:17], curves["b"][:12]])[..., None]
+    assert len(seen) == 2 and all(torch.equal(c, want) for c in seen)
