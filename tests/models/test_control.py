@@ -17,7 +17,7 @@ def _codes(b=2, t=12, seed=0):
 def _trained_control(model):
     with torch.no_grad():
         for expert in model.experts:
-            expert.control.weight.normal_(0, 2.0)
+            expert.control.proj.weight.normal_(0, 0.5)
     return model
 
 

@@ -121,6 +121,32 @@ class DurationEmbedding(nn.Module):
         return self.proj(self.features(timing, self.width).to(self.proj.weight.dtype))
 
 
+class ControlEmbedding(nn.Module):
+    """Per-frame control features (`control_dim` in the Siren config) -> [.., D], added to the
+    temporal input of the frame they describe.
+
+    Each of the C values (in [0, 1], e.g. `frame_loudness`) is spread over D fixed sinusoids of
+    1000 x value (as `DurationEmbedding` spreads the progress), then one linear maps the C x D
+    features to D. The linear starts at zero, so an LM grown to take
+    control is unchanged; the wide fixed features let it learn fast: a linear from one scalar
+    moves its output by at most the learning rate a step (Adam), one from D features D times
+    that.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.proj = nn.Linear(channels * width, width, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, control: Tensor) -> Tensor:
+        """[..., C] -> [..., D]."""
+        shape = control.shape
+        features = sinusoidal_positions(control.reshape(-1).float() * 1000.0, self.width)
+        features = features.view(*shape[:-1], shape[-1] * self.width)
+        return self.proj(features.to(self.proj.weight.dtype))
+
+
 class KVCache:
     """Keys and values of one self-attention layer, preallocated to `max_len` positions.
 

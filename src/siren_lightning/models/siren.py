@@ -34,6 +34,7 @@ from siren_lightning.models.base import (
     TextConditionedStack,
 )
 from siren_lightning.models.blocks import (
+    ControlEmbedding,
     DecoderBlock,
     DurationEmbedding,
     StackedTemporal,
@@ -84,8 +85,8 @@ class SirenConfig(LMConfigMethods):
         duration_conditioning: tell every temporal block how far through the requested clip
             each frame is (`DurationEmbedding`; not in the paper, off by default).
         control_dim: C, features given per frame (0: none, the paper). Each expert adds a
-            projection of frame t's features to its temporal input at t (zero at the start, so
-            a trained LM grown to take them is unchanged): a per-frame plan such as the
+            `ControlEmbedding` of frame t's features to its temporal input at t (zero at the
+            start, so a trained LM grown to take them is unchanged): a per-frame plan such as the
             loudness curve (`siren_lightning.data.loudness`; not in the paper).
     """
 
@@ -157,10 +158,7 @@ class ResidualGroupTransformer(TextConditionedStack):
         )
         self.temporal_norm = nn.RMSNorm(c.width, eps=c.norm_eps)
         self.duration = DurationEmbedding(c.width) if c.duration_conditioning else None
-        self.control = None
-        if c.control_dim > 0:
-            self.control = nn.Linear(c.control_dim, c.width, bias=False)
-            nn.init.zeros_(self.control.weight)
+        self.control = ControlEmbedding(c.control_dim, c.width) if c.control_dim > 0 else None
         self.decoder = nn.ModuleList(
             DecoderBlock(c.width, c.num_heads, c.mlp_hidden, c.dropout, c.norm_eps, c.bias)
             for _ in range(c.decoder_layers)
@@ -279,7 +277,7 @@ class ResidualGroupTransformer(TextConditionedStack):
         previous = total[:, :-1]  # frame t-1's sum, [B, T-1, D]
         x = torch.cat([self.start.expand(b, 1, -1).to(total.dtype), previous], dim=1)  # [B, T, D]
         if self.control is not None:
-            x = x + self.control(control.to(x.dtype))
+            x = x + self.control(control).to(x.dtype)
         h = self.run_stack(x, self.text_kv(text_states), text_mask, timing=timing)
         before = self.text_summary(text_states, text_mask)[:, None] + lower
         tokens = [h, before]
@@ -632,7 +630,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             history=None if use_cache else [[] for _ in experts],
             controls=None
             if prompts.control is None
-            else torch.stack([e.control(prompts.control.to(states.dtype)) for e in experts]),
+            else torch.stack([e.control(prompts.control).to(states.dtype) for e in experts]),
         )
         if prompt_codes is not None and prompt_codes.shape[-1] > 0:
             self.prefill(state, prompt_codes)
