@@ -64,3 +64,41 @@ def test_plan_curves_gives_each_caption_its_own_length():
     curves = plan_curves(planner, _Encoder(), ["a", "b", "c"], [7, 3, 5], batch_size=2)
     assert [c.shape for c in curves] == [(7,), (3,), (5,)]
     assert all(((c >= 0) & (c <= 1)).all() for c in curves)
+
+
+def test_siren_loudness_and_siren_plan_write_a_curve_per_clip(tmp_path, capsys):
+    import lightning
+    import numpy as np
+    import soundfile as sf
+
+    from siren_lightning.data.loudness import frame_loudness
+    from siren_lightning.data.loudness import main as loudness_main
+    from siren_lightning.data.manifest import Clip, write_manifest
+    from siren_lightning.stages.planner import main as plan_main
+
+    clips = []
+    for i, seconds in enumerate((0.1, 0.25)):
+        audio = 0.3 * np.sin(np.arange(int(seconds * 16000)) / 7.0).astype(np.float32)
+        sf.write(str(tmp_path / f"c{i}.wav"), audio, 16000)
+        clips.append(Clip(f"c{i}", tmp_path / f"c{i}.wav", [f"a tone {i}"], duration=seconds))
+    write_manifest(tmp_path / "m.jsonl", clips)
+    args = ["--manifest", str(tmp_path / "m.jsonl")]
+    assert loudness_main([*args, "--out", str(tmp_path / "loud" / "train.pt")]) == 0
+    curves = torch.load(tmp_path / "loud" / "train.pt")
+    for i in range(2):
+        audio, _ = sf.read(str(tmp_path / f"c{i}.wav"), dtype="float32")
+        assert torch.allclose(curves[f"c{i}"], torch.from_numpy(frame_loudness(audio, 320)))
+    assert [curves[f"c{i}"].shape[0] for i in range(2)] == [5, 13]  # ceil(N / 320)
+
+    module = PlannerModule(str(tmp_path / "loud"), width=16, num_heads=2, layers=1)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    torch.save(checkpoint, tmp_path / "planner.ckpt")
+    plan = tmp_path / "plan.pt"
+    assert plan_main(["--planner", str(tmp_path / "planner.ckpt"), *args, "--out", str(plan)]) == 0
+    planned = torch.load(plan)
+    assert {k: v.shape[0] for k, v in planned.items()} == {"c0": 5, "c1": 13}  # the codec's frames
+    assert "2 planned curves" in capsys.readouterr().out
