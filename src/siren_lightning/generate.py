@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from siren_lightning.codec.base import seconds_to_samples
+from siren_lightning.data.loudness import pad_curves
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
@@ -159,7 +160,7 @@ def generate_audio(
                 raise ValueError(
                     "generate_audio: control curves are not given to windowed generation"
                 )
-            control = _batch_control(controls[start : start + batch_size], frames).to(device)
+            control = pad_curves(controls[start : start + batch_size], frames).to(device)
         if window is not None and frames > window:
             codes = generate_long(
                 model,
@@ -211,15 +212,6 @@ def generate_audio(
             )
     _write_records(out, records)
     return records
-
-
-def _batch_control(curves: list[torch.Tensor], frames: int) -> torch.Tensor:
-    """[T_i] or [T_i, C] curves -> [B, frames, C], zero-padded or cut."""
-    curves = [c if c.dim() == 2 else c[:, None] for c in curves]
-    out = torch.zeros(len(curves), frames, curves[0].shape[-1])
-    for i, curve in enumerate(curves):
-        out[i, : min(frames, curve.shape[0])] = curve[:frames].float()
-    return out
 
 
 def _write_records(out: Path, records: list[dict[str, Any]]) -> None:

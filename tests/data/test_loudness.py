@@ -32,3 +32,23 @@ def test_window_control_cuts_each_clips_window_and_pads():
     assert out[1, :, 0].tolist() == [100.0, 101.0, 102.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="clip c has no loudness curve"):
         window_control(curves, ["c"], None, 5)
+
+
+def test_read_curves_merges_a_folders_files_and_names_an_empty_one(tmp_path):
+    from siren_lightning.data.loudness import read_curves
+
+    with pytest.raises(FileNotFoundError, match="Stage control_cache: no loudness curves"):
+        read_curves(tmp_path, "Stage control_cache")
+    torch.save({"a": torch.ones(3)}, tmp_path / "train.pt")
+    torch.save({"b": torch.zeros(2)}, tmp_path / "val.pt")
+    curves = read_curves(tmp_path, "Stage")
+    assert sorted(curves) == ["a", "b"] and curves["a"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_pad_curves_takes_one_or_more_channels():
+    from siren_lightning.data.loudness import pad_curves
+
+    out = pad_curves([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0])], 2)
+    assert out.shape == (2, 2, 1) and out[..., 0].tolist() == [[1.0, 2.0], [4.0, 0.0]]
+    two = pad_curves([torch.arange(6.0).view(3, 2)], 4)
+    assert two[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [0.0, 0.0]]

@@ -52,19 +52,39 @@ def loudness_of_manifest(manifest: str | Path, hop: int, sample_rate: int) -> di
     return out
 
 
+def read_curves(folder: str | Path, who: str) -> dict[str, Tensor]:
+    """{clip id: [T] curve} of every `siren loudness` file (`*.pt`) in a folder."""
+    files = sorted(Path(folder).glob("*.pt"))
+    if not files:
+        raise FileNotFoundError(
+            f"{who}: no loudness curves (*.pt) in {folder}: write them with `siren loudness`"
+        )
+    curves: dict[str, Tensor] = {}
+    for path in files:
+        curves.update(torch.load(path, weights_only=True))
+    return curves
+
+
+def pad_curves(curves: list[Tensor], frames: int) -> Tensor:
+    """[T_i] or [T_i, C] curves -> [B, frames, C] float, each zero-padded or cut to `frames`."""
+    curves = [c if c.dim() == 2 else c[:, None] for c in curves]
+    out = torch.zeros(len(curves), frames, curves[0].shape[-1])
+    for i, curve in enumerate(curves):
+        piece = curve[:frames]
+        out[i, : piece.shape[0]] = piece.float()
+    return out
+
+
 def window_control(
     curves: dict[str, Tensor], ids: list[str], offsets: Tensor | None, frames: int
 ) -> Tensor:
     """The control [B, T, 1] of a batch's windows: each clip's curve from its window's first
     frame, zero-padded (or cut) to `frames`."""
-    out = torch.zeros(len(ids), frames, 1)
-    for i, clip in enumerate(ids):
-        if clip not in curves:
-            raise ValueError(f"control: clip {clip} has no loudness curve")
-        start = 0 if offsets is None else int(offsets[i])
-        piece = curves[clip][start : start + frames]
-        out[i, : piece.shape[0], 0] = piece
-    return out
+    missing = [clip for clip in ids if clip not in curves]
+    if missing:
+        raise ValueError(f"control: clip {missing[0]} has no loudness curve")
+    starts = [0] * len(ids) if offsets is None else [int(o) for o in offsets]
+    return pad_curves([curves[c][s:] for c, s in zip(ids, starts, strict=True)], frames)
 
 
 def main(argv: list[str]) -> int:

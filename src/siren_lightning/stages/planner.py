@@ -5,14 +5,14 @@ for a manifest's captions, the control `siren adherence --control` generates wit
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from siren_lightning.data.loudness import window_control
+from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.data.loudness import read_curves, window_control
 from siren_lightning.models.blocks import window_timing
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.chassis import FrozenTextModule
@@ -51,16 +51,8 @@ class PlannerModule(FrozenTextModule):
         self._curves: dict[str, Tensor] = {}
 
     def setup(self, stage: str) -> None:
-        if self._curves:
-            return
-        files = sorted(Path(self.hparams.control_cache).glob("*.pt"))
-        if not files:
-            raise FileNotFoundError(
-                f"PlannerModule: no loudness curves (*.pt) in {self.hparams.control_cache}: "
-                "write them with `siren loudness`"
-            )
-        for path in files:
-            self._curves.update(torch.load(path, weights_only=True))
+        if not self._curves:
+            self._curves = read_curves(self.hparams.control_cache, "PlannerModule control_cache")
 
     def _loss(self, batch: dict[str, Any]) -> Tensor:
         """Mean |planned - true| over the batch's real frames."""
@@ -133,7 +125,7 @@ def main(argv: list[str]) -> int:
     module = PlannerModule.load_from_checkpoint(args.planner, map_location="cpu")
     planner = module.planner.eval()
     clips = [c for c in read_manifest(args.manifest) if c.captions]
-    frames = [math.ceil(round(c.duration * args.sample_rate) / args.hop_length) for c in clips]
+    frames = [seconds_to_frames(c.duration, args.sample_rate, args.hop_length) for c in clips]
     curves = plan_curves(
         planner, TextEncoder(backend="minilm"), [c.captions[0] for c in clips], frames
     )

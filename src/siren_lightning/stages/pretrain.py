@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from siren_lightning.data.code_cache import CodeCache
-from siren_lightning.data.loudness import window_control
+from siren_lightning.data.loudness import read_curves, window_control
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import load_lm
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
@@ -634,14 +634,7 @@ class PretrainModule(StageModule):
         if self.hparams.caption_contrast_weight > 0 and not self._attributes:
             self._attributes = read_attributes(self.hparams.attributes_manifest)
         if self.hparams.control_cache is not None and not self._control:
-            files = sorted(Path(self.hparams.control_cache).glob("*.pt"))
-            if not files:
-                raise FileNotFoundError(
-                    f"PretrainModule: no loudness curves (*.pt) in control_cache "
-                    f"{self.hparams.control_cache}: write them with `siren loudness`"
-                )
-            for path in files:
-                self._control.update(torch.load(path, weights_only=True))
+            self._control = read_curves(self.hparams.control_cache, "PretrainModule control_cache")
         if self.hparams.history_swap > 0 and not self._history_codes:
             cache = CodeCache(self.hparams.history_cache, self._codec_sha256())
             self._history_codes = cache.codes_of(cache.index["ids"])
