@@ -197,3 +197,17 @@ def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, ca
     assert "has no curve for 2 clips" in capsys.readouterr().out
     both = [*argv, "--control", str(tmp_path / "plan.pt"), "--codes", "x", "--out", "y"]
     assert main(both) == 2
+    # Guidance against each curve's steady copy: the tool and score_model draw the same audio,
+    # which differs from guidance against the curve itself; the report says which copy.
+    steady = [*argv, "--control", str(tmp_path / "plan.pt"), "--control-guidance", "steady"]
+    assert main([*steady, "--out", str(tmp_path / "g")]) == 0
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["control_guidance"] == "steady"
+    score_model(
+        model, text, codec, clips, tmp_path / "g2", [0], controls=curves, control_guidance="steady"
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(wav("g"), wav("g2"), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(wav("g"), wav("o"), strict=True))
+    assert main([*argv, "--control-guidance", "flat", "--out", str(tmp_path / "n")]) == 2
+    assert main([*steady, "--cfg-scale", "1", "--out", str(tmp_path / "n")]) == 2
+    assert "--control-guidance needs --control" in capsys.readouterr().out

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from siren_lightning.codec.base import seconds_to_samples
-from siren_lightning.data.loudness import pad_curves
+from siren_lightning.data.loudness import guidance_curve, pad_curves
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
@@ -75,6 +75,7 @@ def generate_audio(
     window_seconds: float | None = None,
     context_seconds: float = CONTEXT_SECONDS,
     controls: list[torch.Tensor] | None = None,
+    control_guidance: str | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -99,6 +100,9 @@ def generate_audio(
         controls: one per-frame control curve [T_i, C] per caption, for LMs with
             `control_dim` > 0 (e.g. `siren loudness` curves); each is zero-padded or cut to its
             batch's frames.
+        control_guidance: guidance contrasts each curve with its `guidance_curve` of this
+            kind ("flat" or "steady") besides the caption with its negative; None: the same
+            curve in both branches (guidance contrasts the text alone).
 
     Returns:
         the records written to `generations.jsonl`.
@@ -139,6 +143,12 @@ def generate_audio(
         raise ValueError(
             f"generate_audio: {len(controls)} control curves for {len(captions)} captions"
         )
+    if control_guidance is not None:
+        if controls is None or sampling["cfg_scale"] == 1.0:
+            raise ValueError(
+                "generate_audio: control_guidance needs control curves and cfg_scale != 1"
+            )
+        guidance_curve(controls[0][:1], control_guidance)  # an unknown kind fails here
     window = None
     if window_seconds is not None:
         window = math.ceil(seconds_to_samples(window_seconds, codec.sample_rate) / codec.hop_length)
@@ -154,13 +164,17 @@ def generate_audio(
         prompt = (
             None if prompt_codes is None else prompt_codes.to(device).expand(len(batch), -1, -1)
         )
-        control = None
+        control = uncond_control = None
         if controls is not None:
             if window is not None and frames > window:
                 raise ValueError(
                     "generate_audio: control curves are not given to windowed generation"
                 )
-            control = pad_curves(controls[start : start + batch_size], frames).to(device)
+            batch_curves = controls[start : start + batch_size]
+            control = pad_curves(batch_curves, frames).to(device)
+            if control_guidance is not None:
+                negatives_of = [guidance_curve(c, control_guidance) for c in batch_curves]
+                uncond_control = pad_curves(negatives_of, frames).to(device)
         if window is not None and frames > window:
             codes = generate_long(
                 model,
@@ -180,6 +194,7 @@ def generate_audio(
                 generator=generator,
                 total_frames=torch.tensor(clip_frames, device=device),
                 control=control,
+                uncond_control=uncond_control,
                 **text,
                 **sampling,
             )  # [B, r, T]
@@ -207,6 +222,7 @@ def generate_audio(
                     "sample_rate": codec.sample_rate,
                     "prompt_frames": given,
                     "window_frames": window if window is not None and frames > window else None,
+                    "control_guidance": control_guidance,
                     **sampling,
                 }
             )

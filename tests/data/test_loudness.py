@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from siren_lightning.data.loudness import frame_loudness, window_control
+from siren_lightning.data.loudness import frame_loudness, guidance_curve, window_control
 
 
 def test_frame_loudness_by_hand():
@@ -52,3 +52,21 @@ def test_pad_curves_takes_one_or_more_channels():
     assert out.shape == (2, 2, 1) and out[..., 0].tolist() == [[1.0, 2.0], [4.0, 0.0]]
     two = pad_curves([torch.arange(6.0).view(3, 2)], 4)
     assert two[0].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [0.0, 0.0]]
+
+
+def test_guidance_curve_by_hand():
+    curve = torch.tensor([0.0, 0.0, 0.5, 0.6, 0.7, 0.1, 0.9, 0.8, 0.0])
+    steady = guidance_curve(curve, "steady")  # runs >= 0.35: frames 2-4 and 6-7
+    torch.testing.assert_close(steady, torch.tensor([0, 0, 0.6, 0.6, 0.6, 0.1, 0.85, 0.85, 0]))
+    torch.testing.assert_close(guidance_curve(curve, "flat"), torch.full((9,), 3.6 / 9))
+    ends_loud = torch.tensor([0.5, 0.7, 0.0, 0.9])  # a run at either end is closed too
+    torch.testing.assert_close(
+        guidance_curve(ends_loud, "steady"), torch.tensor([0.6, 0.6, 0, 0.9])
+    )
+    two = torch.stack([curve, torch.arange(9.0)], dim=1)  # [T, C]: runs of the first feature
+    torch.testing.assert_close(
+        guidance_curve(two, "steady")[:, 1], torch.tensor([0, 1, 3, 3, 3, 5, 6.5, 6.5, 8])
+    )
+    assert torch.equal(curve, torch.tensor([0.0, 0.0, 0.5, 0.6, 0.7, 0.1, 0.9, 0.8, 0.0]))
+    with pytest.raises(ValueError, match="not one of"):
+        guidance_curve(curve, "loud")

@@ -102,3 +102,34 @@ def test_pretraining_gives_the_lm_each_windows_curve(tmp_path, monkeypatch):
     module.validation_step(batch, 0)
     want = torch.stack([curves["a"][5:17], curves["b"][:12]])[..., None]
     assert len(seen) == 2 and all(torch.equal(c, want) for c in seen)
+
+
+def test_guidance_contrasts_the_curve_with_its_unconditional_copy():
+    # Greedy draws under guidance: each frame is the argmax of uncond + s (cond - uncond), with
+    # cond read under (caption, control) and uncond under (empty caption, uncond_control).
+    model = _trained_control(make_model(control_dim=1, duration_conditioning=True))
+    states, mask = make_text(2)
+    empty_states, empty_mask = make_text(1, seed=3)
+    t, scale = 10, 2.5
+    control, other = torch.rand(2, t, 1), torch.rand(2, t, 1)
+    kwargs = dict(uncond_states=empty_states, uncond_mask=empty_mask, cfg_scale=scale)
+    drawn = generate(
+        model, states, mask, t, temperature=0.0, control=control, uncond_control=other, **kwargs
+    )
+    frames = torch.tensor([t, t])
+    cond = model(drawn, states, mask, total_frames=frames, control=control).logits
+    uncond = model(
+        drawn,
+        empty_states.expand(2, -1, -1),
+        empty_mask.expand(2, -1),
+        total_frames=frames,
+        control=other,
+    ).logits
+    mixed = uncond + scale * (cond - uncond)
+    torch.testing.assert_close(mixed.argmax(-1), drawn, rtol=0, atol=0)
+    same = generate(model, states, mask, t, temperature=0.0, control=control, **kwargs)
+    assert not torch.equal(same, drawn)  # the unconditional copy of the curve is read
+    with pytest.raises(ValueError, match="cfg_scale 1"):
+        generate(model, states, mask, t, control=control, uncond_control=other)
+    with pytest.raises(ValueError, match="same shape"):
+        generate(model, states, mask, t, control=control, uncond_control=other[:, :5], **kwargs)

@@ -87,6 +87,42 @@ def window_control(
     return pad_curves([curves[c][s:] for c, s in zip(ids, starts, strict=True)], frames)
 
 
+GUIDANCE_CURVES = ("flat", "steady")
+
+
+def guidance_curve(curve: Tensor, kind: str, sounding: float = 0.35) -> Tensor:
+    """The control of guidance's unconditional branch: the curve with part of its plan removed.
+
+    Classifier-free guidance then mixes ``uncond + scale * (cond - uncond)`` with `cond` read
+    under the curve and `uncond` under this one, so it pushes the generation towards what the
+    curve says and this copy does not.
+
+    Args:
+        curve: [T] or [T, C] per-frame loudness in [0, 1].
+        kind: "flat": every frame at the clip's mean (no timing, no shape); "steady": each run
+            of frames at or above `sounding` at the run's mean (the timing kept, the shape
+            within each event removed).
+
+    Returns:
+        a tensor of the curve's shape.
+    """
+    if kind not in GUIDANCE_CURVES:
+        raise ValueError(f"guidance curve {kind!r} is not one of {list(GUIDANCE_CURVES)}")
+    if kind == "flat":
+        return curve.float().mean(dim=0, keepdim=True).expand_as(curve).clone()
+    out = curve.float().clone()
+    level = out if out.dim() == 1 else out[:, 0]  # the runs of the first feature
+    on = (level >= sounding).tolist()
+    start = 0
+    for t in range(len(on) + 1):
+        if t < len(on) and on[t]:
+            continue
+        if t > start:  # frames start .. t-1 sound
+            out[start:t] = out[start:t].mean(dim=0)
+        start = t + 1
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Write the per-frame loudness curves of a manifest's clips (for `control_cache:`)."""
     p = argparse.ArgumentParser(prog="siren loudness", description=main.__doc__)

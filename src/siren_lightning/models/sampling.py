@@ -270,6 +270,7 @@ def prepare_prompts(
     guided: bool = False,
     total_frames: Tensor | None = None,
     control: Tensor | None = None,
+    uncond_control: Tensor | None = None,
 ) -> Prompts:
     """Check the prompts and stack the unconditional ones under them when guiding.
 
@@ -281,7 +282,10 @@ def prepare_prompts(
             empty caption, or one negative caption per clip.
         total_frames: [B] length of each requested clip (a batch generated to its longest clip
             and cut per clip passes each clip's own length here).
-        control: [B, T, C] per-frame control features (guidance does not contrast them).
+        control: [B, T, C] per-frame control features.
+        uncond_control: [B, T, C] the control of guidance's unconditional rows (default:
+            `control`, so guidance contrasts the text alone). A curve without what the plan
+            says (e.g. its steady copy) makes guidance push the generation towards the plan too.
     """
     if text_states.dim() != 3 or text_states.shape[-1] != text_dim:
         raise ValueError(
@@ -303,7 +307,16 @@ def prepare_prompts(
         text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
         text_mask = torch.cat([text_mask, uncond_mask])
         total_frames = torch.cat([total_frames, total_frames])  # [2B]
-        control = None if control is None else torch.cat([control, control])  # [2B, T, C]
+        if uncond_control is not None:
+            if control is None or uncond_control.shape != control.shape:
+                got = None if control is None else tuple(control.shape)
+                raise ValueError(
+                    f"generate: uncond_control {tuple(uncond_control.shape)} needs a control of "
+                    f"the same shape, got {got}"
+                )
+        else:
+            uncond_control = control
+        control = None if control is None else torch.cat([control, uncond_control])  # [2B, T, C]
     return Prompts(text_states.to(dtype), text_mask, total_frames, guided, control)
 
 
@@ -327,6 +340,7 @@ def generate_frames(
     prompt_codes: Tensor | None = None,
     wrap_sampler: Callable[[Sampler], Callable[[Tensor], Tensor]] | None = None,
     control: Tensor | None = None,
+    uncond_control: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming): the loop over `model.begin` / `model.step`.
 
@@ -351,6 +365,8 @@ def generate_frames(
             replaces some draws by given codes: benchmarks/where_text_is_lost.py).
         control: [B, T, C] per-frame control features, for LMs with `control_dim` > 0 (e.g.
             the loudness curve a `LoudnessPlanner` draws for the caption).
+        uncond_control: [B, T, C] the control of guidance's unconditional branch (default:
+            `control`); needs cfg_scale != 1.
 
     Yields:
         [B, r] long codes of each frame.
@@ -372,7 +388,12 @@ def generate_frames(
         guided=cfg_scale != 1.0,
         total_frames=total_frames,
         control=control,
+        uncond_control=uncond_control,
     )
+    if uncond_control is not None and cfg_scale == 1.0:
+        raise ValueError(
+            "generate: uncond_control enters through guidance; cfg_scale 1 turns it off"
+        )
     model.check_control(control, text_states.shape[0], num_frames)
     if prompt_codes is not None:
         b, r = prompts.batch, c.num_codebooks
