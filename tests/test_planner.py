@@ -2,7 +2,7 @@
 to draw the curve, and the L1 it is trained by."""
 
 import torch
-from siren_testing import make_text
+from siren_testing import TableCodec, make_model, make_text
 
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.planner import PlannerModule, plan_curves
@@ -54,6 +54,8 @@ def test_the_training_loss_is_the_l1_over_real_frames(tmp_path, monkeypatch):
 
 
 class _Encoder:
+    dim = 12
+
     def encode(self, captions):
         states, mask = make_text(len(captions))
         return type("T", (), {"states": states, "mask": mask})
@@ -102,3 +104,81 @@ def test_siren_loudness_and_siren_plan_write_a_curve_per_clip(tmp_path, capsys):
     planned = torch.load(plan)
     assert {k: v.shape[0] for k, v in planned.items()} == {"c0": 5, "c1": 13}  # the codec's frames
     assert "2 planned curves" in capsys.readouterr().out
+
+
+def _planner_checkpoint(path, **sizes):
+    import lightning
+
+    module = PlannerModule(str(path.parent), width=16, num_heads=2, layers=1, **sizes)
+    torch.nn.init.normal_(module.planner.head.weight, 0, 0.1)  # levels that differ by frame
+    torch.nn.init.constant_(module.planner.head.bias, 0.7)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    torch.save(checkpoint, path)
+    return module.planner.eval()
+
+
+def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import pytest
+    import soundfile as sf
+
+    from siren_lightning import generate
+
+    model = make_model(control_dim=1, duration_conditioning=True).eval()
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.proj.weight.normal_(0, 0.5)
+    codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
+    monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
+    planner = _planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
+    argv = ["--model", str(tmp_path), "--captions", "a", "b", "--seconds", "0.1"]
+    with_plan = [*argv, "--planner", str(tmp_path / "planner.ckpt")]
+    assert generate.main([*with_plan, "--out", str(tmp_path / "tool")]) == 0
+    assert (
+        generate.main([*with_plan, "--control-guidance", "steady", "--out", str(tmp_path / "g")])
+        == 0
+    )
+    # By hand: the planner's curve of each caption over its 10 frames (0.1 s at 1600 / 16).
+    text = encoder.encode(["a", "b"])
+    states, mask = text.states, text.mask
+    with torch.no_grad():
+        curves = planner(states, mask, torch.tensor([10, 10]), 10)[..., 0].clamp(0, 1)
+    planned = [curves[0][:, None], curves[1][:, None]]
+    assert len({tuple(c.flatten().tolist()) for c in planned}) == 2
+
+    def run(folder, controls, guidance=None):
+        generate.generate_audio(
+            model,
+            encoder,
+            codec,
+            ["a", "b"],
+            tmp_path / folder,
+            seconds=0.1,
+            controls=controls,
+            control_guidance=guidance,
+        )
+        return [sf.read(str(tmp_path / folder / f"{i:05d}.wav"))[0] for i in range(2)]
+
+    tool = [sf.read(str(tmp_path / "tool" / f"{i:05d}.wav"))[0] for i in range(2)]
+    guided = [sf.read(str(tmp_path / "g" / f"{i:05d}.wav"))[0] for i in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(tool, run("hand", planned), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(guided, run("hg", planned, "steady"), strict=True)
+    )
+    assert not all(np.array_equal(a, b) for a, b in zip(tool, guided, strict=True))
+    other = [1 - c for c in planned]
+    assert not all(np.array_equal(a, b) for a, b in zip(tool, run("other", other), strict=True))
+    # One message each: guidance without a plan, a missing planner, another text width.
+    with pytest.raises(ValueError, match="needs --planner"):
+        generate.main([*argv, "--control-guidance", "flat", "--out", str(tmp_path / "x")])
+    missing = [*argv, "--planner", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]
+    assert generate.main(missing) == 2
+    _planner_checkpoint(tmp_path / "wide.ckpt", text_dim=384)
+    wide = [*argv, "--planner", str(tmp_path / "wide.ckpt"), "--out", str(tmp_path / "x")]
+    assert generate.main(wide) == 2
+    out = capsys.readouterr().out
+    assert "none.ckpt not found" in out and "text states of width 384" in out

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from siren_lightning.codec.base import seconds_to_samples
-from siren_lightning.data.loudness import guidance_curve, pad_curves
+from siren_lightning.codec.base import seconds_to_frames, seconds_to_samples
+from siren_lightning.data.loudness import GUIDANCE_CURVES, guidance_curve, pad_curves
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
@@ -412,6 +412,18 @@ def main(argv: list[str]) -> int:
         default=CONTEXT_SECONDS,
         help="audio each window after the first is prompted with (default: %(default)s)",
     )
+    p.add_argument(
+        "--planner",
+        help="PlannerModule checkpoint (`experiments/planner_tiny_clean.yaml`): plans every "
+        "clip's per-frame loudness from its caption and length, and the LM (control_dim 1) "
+        "follows the plan",
+    )
+    p.add_argument(
+        "--control-guidance",
+        choices=GUIDANCE_CURVES,
+        help="with --planner: guidance also contrasts each plan with this copy of it: flat (the "
+        "clip's mean loudness: no timing) or steady (each event at its mean: no shape)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     # Nonsense values (given or in the model's generation.json) fail here, before the model loads.
@@ -428,6 +440,14 @@ def main(argv: list[str]) -> int:
         )
 
     _check_editing_arguments(args)
+    if args.control_guidance and not args.planner:
+        raise ValueError("siren generate: --control-guidance needs --planner")
+    if args.control_guidance and sampling.values["cfg_scale"] == 1.0:
+        raise ValueError(
+            "siren generate: --control-guidance enters through guidance; cfg_scale is 1"
+        )
+    if args.planner and args.infill:
+        raise ValueError("siren generate: --planner is not given to --infill")
 
     ids, seconds = None, args.seconds
     if args.match_durations and not args.manifest:
@@ -480,6 +500,11 @@ def main(argv: list[str]) -> int:
         prompt = None
         if args.prompt_audio:
             prompt = encode_prompt(codec, args.prompt_audio, args.prompt_seconds, args.device)
+        controls = None
+        if args.planner:
+            controls = planned_controls(
+                args.planner, text_encoder, captions, seconds, codec, args.device
+            )
         records = generate_audio(
             model,
             text_encoder,
@@ -495,12 +520,44 @@ def main(argv: list[str]) -> int:
             prompt_codes=prompt,
             window_seconds=args.window_seconds or None,
             context_seconds=args.context_seconds,
+            controls=controls,
+            control_guidance=args.control_guidance,
         )
     except ValueError as err:  # AudioError included: a missing or unreadable file
         print(f"siren generate: {err}")
         return 2
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0
+
+
+def planned_controls(
+    planner_path: str | Path,
+    text_encoder: Any,
+    captions: list[str],
+    seconds: float | list[float],
+    codec: Any,
+    device: str = "cpu",
+) -> list[torch.Tensor]:
+    """One planned loudness curve [T_i, 1] per caption, T_i the frames of its clip (`siren
+    generate --planner`).
+
+    Raises:
+        ValueError: no such checkpoint, or a planner that reads another text width than the
+            LM's text encoder gives.
+    """
+    from siren_lightning.stages.planner import load_planner, plan_curves
+
+    planner = load_planner(planner_path, device)
+    if planner.config.text_dim != text_encoder.dim:
+        raise ValueError(
+            f"the planner reads text states of width {planner.config.text_dim}, the text "
+            f"encoder gives {text_encoder.dim}"
+        )
+    lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else seconds
+    frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in lengths]
+    with torch.no_grad():
+        curves = plan_curves(planner, text_encoder, captions, frames)
+    return [c[:, None] for c in curves]
 
 
 def _check_editing_arguments(args: argparse.Namespace) -> None:

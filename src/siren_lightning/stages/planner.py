@@ -110,6 +110,18 @@ def plan_curves(
     return out
 
 
+def load_planner(path: str | Path, device: str = "cpu") -> LoudnessPlanner:
+    """The eval-mode `LoudnessPlanner` of a `PlannerModule` checkpoint (`siren fit --config
+    experiments/planner_tiny_clean.yaml`), with one clear error for a missing file."""
+    if not Path(path).is_file():
+        raise ValueError(
+            f"planner checkpoint {path} not found: train one with `siren fit "
+            "--config experiments/planner_tiny_clean.yaml`"
+        )
+    module = PlannerModule.load_from_checkpoint(path, map_location=device)
+    return module.planner.eval()
+
+
 def main(argv: list[str]) -> int:
     """Write a trained planner's loudness curves for a manifest's first captions."""
     from siren_lightning.data.manifest import read_manifest
@@ -122,8 +134,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hop-length", type=int, default=320)
     p.add_argument("--sample-rate", type=int, default=16000)
     args = p.parse_args(argv)
-    module = PlannerModule.load_from_checkpoint(args.planner, map_location="cpu")
-    planner = module.planner.eval()
+    planner = load_planner(args.planner)
     clips = [c for c in read_manifest(args.manifest) if c.captions]
     frames = [seconds_to_frames(c.duration, args.sample_rate, args.hop_length) for c in clips]
     curves = plan_curves(
