@@ -195,8 +195,6 @@ def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, ca
     torch.save({"c0": curves["c0"]}, tmp_path / "part.pt")
     assert main([*argv, "--control", str(tmp_path / "part.pt"), "--out", str(tmp_path / "p")]) == 1
     assert "has no curve for 2 clips" in capsys.readouterr().out
-    both = [*argv, "--control", str(tmp_path / "plan.pt"), "--codes", "x", "--out", "y"]
-    assert main(both) == 2
     # Guidance against each curve's steady copy: the tool and score_model draw the same audio,
     # which differs from guidance against the curve itself; the report says which copy.
     steady = [*argv, "--control", str(tmp_path / "plan.pt"), "--control-guidance", "steady"]

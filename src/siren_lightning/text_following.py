@@ -103,8 +103,9 @@ def score_model(
     gap = per_attribute = None
     if codes is not None:
         clip_codes = [codes[c.id] for c in clips]
-        gap = text_gap(model, text_encoder, clip_codes, captions, attributes)
-        per_attribute = attribute_gaps(model, text_encoder, clip_codes, attributes)
+        curves = None if controls is None else [controls[c.id] for c in clips]
+        gap = text_gap(model, text_encoder, clip_codes, captions, attributes, controls=curves)
+        per_attribute = attribute_gaps(model, text_encoder, clip_codes, attributes, controls=curves)
     return {
         "adherence": summary,
         "text_gap": gap,
@@ -129,7 +130,8 @@ def format_report(report: dict[str, Any]) -> str:
     gap = report.get("text_gap")
     if gap:
         cells = " ".join(f"{g:+.2f}" for g in gap["gap"])
-        lines.append(f"text gap (nats, CE other caption - own) per codebook: {cells}")
+        under = " (both under the --control curves)" if report.get("control") else ""
+        lines.append(f"text gap (nats, CE other caption - own{under}) per codebook: {cells}")
     per_attribute = report.get("attribute_gaps")
     if per_attribute:
         first = per_attribute["codebooks"][0]
@@ -151,7 +153,11 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="siren adherence", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
     p.add_argument("--manifest", required=True, help="JSONL manifest whose clips have attributes")
-    p.add_argument("--codes", help="the manifest's code cache (`siren tokenize`): adds text gap")
+    p.add_argument(
+        "--codes",
+        help="the manifest's code cache (`siren tokenize`): adds the text gap (with --control, "
+        "each clip's curve is the same under both captions)",
+    )
     p.add_argument("--limit", type=int, default=200, help="the first N clips (default 200)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds")
     p.add_argument("--out", required=True, help="folder for the WAVs and report.json")
@@ -175,9 +181,6 @@ def main(argv: list[str]) -> int:
         return 2
     if args.control_guidance and not args.control:
         print("siren adherence: --control-guidance needs --control")
-        return 2
-    if args.control and args.codes:
-        print("siren adherence: the text gap (--codes) is not measured under --control")
         return 2
     try:  # a bad flag or generation.json fails here, before the model loads
         sampling = model_sampling(args.model, "siren adherence", given_sampling(args))

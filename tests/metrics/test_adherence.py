@@ -81,6 +81,27 @@ def test_text_gap_by_hand():
     assert better["own"] == pytest.approx([math.log(1 + math.exp(-5))])
 
 
+def test_text_gap_under_control_by_hand():
+    # Logits [0, s] + control [c0, c1] per frame: clip 0 is code 1 over 2 frames under s=3,
+    # clip 1 code 1 over 1 frame under s=0; the captions swap, each clip's curve stays.
+    base = {"source": "tone", "pitch": "low", "count": "once", "envelope": "steady"}
+    attrs = [base, {**base, "count": "twice"}]
+    codes = [torch.ones(1, 2, dtype=torch.long), torch.ones(1, 1, dtype=torch.long)]
+    curves = [torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.tensor([[0.0, -1.0]])]  # [T_i, K]
+    got = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=3", "s=0"], attrs, controls=curves)
+
+    def ce(s, c0, c1):  # CE of code 1 under logits [c0, s + c1]
+        return math.log(1 + math.exp(c0 - s - c1))
+
+    own = ((ce(3, 0, 1) + ce(3, 2, 0)) / 2 + ce(0, 0, -1)) / 2
+    other = ((ce(0, 0, 1) + ce(0, 2, 0)) / 2 + ce(3, 0, -1)) / 2
+    assert got["own"] == pytest.approx([own], abs=1e-6)
+    assert got["other"] == pytest.approx([other], abs=1e-6)
+    assert got["gap"] == pytest.approx([other - own], abs=1e-6)
+    plain = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=3", "s=0"], attrs)
+    assert plain["gap"] != pytest.approx(got["gap"])  # the curves are read
+
+
 class _TableText:
     """Each caption gets its own fixed random token states."""
 

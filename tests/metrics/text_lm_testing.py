@@ -19,9 +19,11 @@ class TextLogitsLM(nn.Module):
         self.blind_books = blind_books
         self.register_buffer("codebook_table", torch.zeros(1))
 
-    def forward(self, codes, states, text_mask, mask):
+    def forward(self, codes, states, text_mask, mask, control=None):
         b, _, t = codes.shape
         k, n = states.shape[-1], 1 + self.blind_books
         per_book = [states[:, 0]] + [torch.zeros(b, k)] * self.blind_books
         logits = torch.stack(per_book, 1)[:, :, None].expand(b, n, t, k)  # [B, n, T, K]
+        if control is not None:  # frame t's control [B, T, K] joins every codebook's logits
+            logits = logits + control[:, None, :t]
         return SirenOutput(logits, mask[:, None].expand(b, n, t), list(range(n)))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from siren_lightning.data.loudness import pad_curves
 from siren_lightning.data.synthcaps import (
     ATTRIBUTES,
     COUNTS,
@@ -97,16 +98,19 @@ def codebook_ce(
     mask: Tensor,
     text_states: Tensor,
     text_mask: Tensor,
+    control: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Teacher-forced cross-entropy of every clip and codebook.
 
     Args:
         codes: [B, r, T] long; mask: [B, T] bool; text_states: [B, L, Dt]; text_mask: [B, L].
+        control: [B, T, C] per-frame control (LMs with `control_dim` > 0).
 
     Returns:
         ce [B, n] (mean over each clip's valid frames) and the n codebook indices.
     """
-    out = network(codes, text_states, text_mask, mask)
+    given = {} if control is None else {"control": control}
+    out = network(codes, text_states, text_mask, mask, **given)
     logits = out.logits.float()  # [B, n, T, K]
     targets = codes[:, out.codebooks]  # [B, n, T]
     ce = torch.nn.functional.cross_entropy(
@@ -123,6 +127,7 @@ def caption_ce(
     codes: Sequence[Tensor],
     caption_sets: Sequence[Sequence[str]],
     batch_size: int = 16,
+    controls: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, list[int]]:
     """Mean teacher-forced CE over clips of the same codes under each of S caption sets.
 
@@ -133,6 +138,9 @@ def caption_ce(
         text_encoder: `encode(list[str]) -> TextStates`.
         codes: one [r, T_i] long tensor per clip (whole clips).
         caption_sets: S lists, each with one caption per clip.
+        controls: one per-frame control curve [T_i] or [T_i, C] per clip (LMs with
+            `control_dim` > 0), the same under every caption set: the gap is then what the
+            caption says beyond the curve.
 
     Returns:
         ce [S, n] (nats, mean over clips) and the n codebook indices.
@@ -150,10 +158,14 @@ def caption_ce(
             batch[b, :, : codes[i].shape[-1]] = codes[i]
             mask[b, : codes[i].shape[-1]] = True
         batch, mask = batch.to(device), mask.to(device)
+        control = None
+        if controls is not None:
+            control = pad_curves([controls[i] for i in idx], t_max).to(device)
         ces = []
         for captions in caption_sets:
             enc = text_encoder.encode([captions[i] for i in idx])
-            ce, books = codebook_ce(network, batch, mask, enc.states.to(device), enc.mask)
+            states = enc.states.to(device)
+            ce, books = codebook_ce(network, batch, mask, states, enc.mask, control)
             ces.append(ce.sum(0))  # [n]
         sums = sums + torch.stack(ces)  # [S, n]
     return sums / len(codes), books.tolist()
@@ -167,8 +179,10 @@ def text_gap(
     captions: Sequence[str],
     attributes: Sequence[dict[str, Any]],
     batch_size: int = 16,
+    controls: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
-    """CE under a mismatched caption minus CE under the clip's own caption, per codebook.
+    """CE under a mismatched caption minus CE under the clip's own caption, per codebook
+    (under each clip's own `controls` curve in both, when given).
 
     Args:
         network: an LM (`SirenLM` or `DelayPatternLM`) returning `SirenOutput`.
@@ -183,7 +197,7 @@ def text_gap(
     partners = mismatched_partners(attributes)
     other_captions = [captions[j] for j in partners]
     (own, other), books = caption_ce(
-        network, text_encoder, codes, [captions, other_captions], batch_size
+        network, text_encoder, codes, [captions, other_captions], batch_size, controls
     )
     return {
         "gap": (other - own).tolist(),
@@ -241,6 +255,7 @@ def attribute_gaps(
     attributes: Sequence[dict[str, Any]],
     rng_seed: int = 0,
     batch_size: int = 16,
+    controls: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Which caption words does the LM read? The text gap of one attribute at a time.
 
@@ -255,6 +270,7 @@ def attribute_gaps(
         codes: one [r, T_i] long tensor per clip (whole clips).
         attributes: one dict per clip with "source", "pitch", "count", "envelope".
         rng_seed: seeds the captions and the replacement values (same seed, same captions).
+        controls: one control curve per clip, the same under every caption (`caption_ce`).
 
     Returns:
         {"pitch", "count", "envelope", "empty": {"gap": [n] nats (swapped - own, mean over
@@ -268,6 +284,7 @@ def attribute_gaps(
         codes,
         [captions["own"], *(captions[row] for row in GAP_ROWS)],
         batch_size,
+        controls,
     )  # [1 + rows, n]
     out: dict[str, Any] = {}
     for row, swapped in zip(GAP_ROWS, ce[1:], strict=True):
