@@ -139,7 +139,17 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
     with_plan = [*argv, "--planner", str(tmp_path / "planner.ckpt")]
     assert generate.main([*with_plan, "--out", str(tmp_path / "tool")]) == 0
     assert (
-        generate.main([*with_plan, "--control-guidance", "steady", "--out", str(tmp_path / "g")])
+        generate.main(
+            [
+                *with_plan,
+                "--control-guidance",
+                "steady",
+                "--control-scale",
+                "2",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
         == 0
     )
     # By hand: the planner's curve of each caption over its 10 frames (0.1 s at 1600 / 16).
@@ -160,6 +170,7 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
             seconds=0.1,
             controls=controls,
             control_guidance=guidance,
+            control_scale=0.0 if guidance is None else 2.0,
         )
         return [sf.read(str(tmp_path / folder / f"{i:05d}.wav"))[0] for i in range(2)]
 
@@ -174,7 +185,7 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
     assert not all(np.array_equal(a, b) for a, b in zip(tool, run("other", other), strict=True))
     # One message each: guidance without a plan, a missing planner, another text width.
     with pytest.raises(ValueError, match="needs --planner"):
-        generate.main([*argv, "--control-guidance", "flat", "--out", str(tmp_path / "x")])
+        generate.main([*argv, "--control-scale", "1", "--out", str(tmp_path / "x")])
     missing = [*argv, "--planner", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]
     assert generate.main(missing) == 2
     _planner_checkpoint(tmp_path / "wide.ckpt", text_dim=384)

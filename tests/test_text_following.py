@@ -195,17 +195,24 @@ def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, ca
     torch.save({"c0": curves["c0"]}, tmp_path / "part.pt")
     assert main([*argv, "--control", str(tmp_path / "part.pt"), "--out", str(tmp_path / "p")]) == 1
     assert "has no curve for 2 clips" in capsys.readouterr().out
-    # Guidance against each curve's steady copy: the tool and score_model draw the same audio,
-    # which differs from guidance against the curve itself; the report says which copy.
+    # Control guidance against each curve's steady copy: the tool and score_model draw the same
+    # audio, which differs from plain guidance; the report says which copy and weight.
     steady = [*argv, "--control", str(tmp_path / "plan.pt"), "--control-guidance", "steady"]
-    assert main([*steady, "--out", str(tmp_path / "g")]) == 0
+    assert main([*steady, "--control-scale", "2", "--out", str(tmp_path / "g")]) == 0
     report = json.loads((tmp_path / "g" / "report.json").read_text())
-    assert report["control_guidance"] == "steady"
+    assert report["control_guidance"] == "steady" and report["control_scale"] == 2.0
     score_model(
-        model, text, codec, clips, tmp_path / "g2", [0], controls=curves, control_guidance="steady"
+        model,
+        text,
+        codec,
+        clips,
+        tmp_path / "g2",
+        [0],
+        controls=curves,
+        control_guidance="steady",
+        control_scale=2.0,
     )
     assert all(np.array_equal(a, b) for a, b in zip(wav("g"), wav("g2"), strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(wav("g"), wav("o"), strict=True))
-    assert main([*argv, "--control-guidance", "flat", "--out", str(tmp_path / "n")]) == 2
-    assert main([*steady, "--cfg-scale", "1", "--out", str(tmp_path / "n")]) == 2
-    assert "--control-guidance needs --control" in capsys.readouterr().out
+    assert main([*argv, "--control-scale", "2", "--out", str(tmp_path / "n")]) == 2
+    assert "--control-scale needs --control" in capsys.readouterr().out

@@ -76,6 +76,7 @@ def generate_audio(
     context_seconds: float = CONTEXT_SECONDS,
     controls: list[torch.Tensor] | None = None,
     control_guidance: str | None = None,
+    control_scale: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -100,9 +101,9 @@ def generate_audio(
         controls: one per-frame control curve [T_i, C] per caption, for LMs with
             `control_dim` > 0 (e.g. `siren loudness` curves); each is zero-padded or cut to its
             batch's frames.
-        control_guidance: guidance contrasts each curve with its `guidance_curve` of this
-            kind ("flat" or "steady") besides the caption with its negative; None: the same
-            curve in both branches (guidance contrasts the text alone).
+        control_guidance, control_scale: with a scale != 0, the draws also move towards each
+            curve and away from its `guidance_curve` of this kind ("flat", "steady",
+            "reversed"), by ``control_scale * (cond - contrast)`` (`contrast_control`).
 
     Returns:
         the records written to `generations.jsonl`.
@@ -143,10 +144,10 @@ def generate_audio(
         raise ValueError(
             f"generate_audio: {len(controls)} control curves for {len(captions)} captions"
         )
-    if control_guidance is not None:
-        if controls is None or sampling["cfg_scale"] == 1.0:
+    if control_scale != 0:
+        if controls is None or control_guidance is None:
             raise ValueError(
-                "generate_audio: control_guidance needs control curves and cfg_scale != 1"
+                "generate_audio: control_scale != 0 needs control curves and control_guidance"
             )
         guidance_curve(controls[0][:1], control_guidance)  # an unknown kind fails here
     window = None
@@ -164,7 +165,7 @@ def generate_audio(
         prompt = (
             None if prompt_codes is None else prompt_codes.to(device).expand(len(batch), -1, -1)
         )
-        control = uncond_control = None
+        control = contrast = None
         if controls is not None:
             if window is not None and frames > window:
                 raise ValueError(
@@ -172,9 +173,9 @@ def generate_audio(
                 )
             batch_curves = controls[start : start + batch_size]
             control = pad_curves(batch_curves, frames).to(device)
-            if control_guidance is not None:
-                negatives_of = [guidance_curve(c, control_guidance) for c in batch_curves]
-                uncond_control = pad_curves(negatives_of, frames).to(device)
+            if control_scale != 0:
+                copies = [guidance_curve(c, control_guidance) for c in batch_curves]
+                contrast = pad_curves(copies, frames).to(device)
         if window is not None and frames > window:
             codes = generate_long(
                 model,
@@ -194,7 +195,8 @@ def generate_audio(
                 generator=generator,
                 total_frames=torch.tensor(clip_frames, device=device),
                 control=control,
-                uncond_control=uncond_control,
+                control_contrast=contrast,
+                control_scale=control_scale,
                 **text,
                 **sampling,
             )  # [B, r, T]
@@ -222,7 +224,8 @@ def generate_audio(
                     "sample_rate": codec.sample_rate,
                     "prompt_frames": given,
                     "window_frames": window if window is not None and frames > window else None,
-                    "control_guidance": control_guidance,
+                    "control_guidance": control_guidance if control_scale != 0 else None,
+                    "control_scale": control_scale,
                     **sampling,
                 }
             )
@@ -418,12 +421,7 @@ def main(argv: list[str]) -> int:
         "clip's per-frame loudness from its caption and length, and the LM (control_dim 1) "
         "follows the plan",
     )
-    p.add_argument(
-        "--control-guidance",
-        choices=GUIDANCE_CURVES,
-        help="with --planner: guidance also contrasts each plan with this copy of it: flat (the "
-        "clip's mean loudness: no timing) or steady (each event at its mean: no shape)",
-    )
+    add_control_guidance_flags(p, "--planner")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     # Nonsense values (given or in the model's generation.json) fail here, before the model loads.
@@ -440,12 +438,8 @@ def main(argv: list[str]) -> int:
         )
 
     _check_editing_arguments(args)
-    if args.control_guidance and not args.planner:
-        raise ValueError("siren generate: --control-guidance needs --planner")
-    if args.control_guidance and sampling.values["cfg_scale"] == 1.0:
-        raise ValueError(
-            "siren generate: --control-guidance enters through guidance; cfg_scale is 1"
-        )
+    if args.control_scale and not args.planner:
+        raise ValueError("siren generate: --control-scale needs --planner")
     if args.planner and args.infill:
         raise ValueError("siren generate: --planner is not given to --infill")
 
@@ -522,12 +516,31 @@ def main(argv: list[str]) -> int:
             context_seconds=args.context_seconds,
             controls=controls,
             control_guidance=args.control_guidance,
+            control_scale=args.control_scale,
         )
     except ValueError as err:  # AudioError included: a missing or unreadable file
         print(f"siren generate: {err}")
         return 2
     print(f"wrote {len(records)} WAVs and {Path(args.out) / 'generations.jsonl'}")
     return 0
+
+
+def add_control_guidance_flags(parser: argparse.ArgumentParser, curves_flag: str) -> None:
+    """`--control-scale` and `--control-guidance` (`siren generate`, `siren adherence`)."""
+    parser.add_argument(
+        "--control-scale",
+        type=float,
+        default=0.0,
+        help=f"with {curves_flag}: draws also move towards each curve and away from a copy of it "
+        "(--control-guidance) by this weight (default 0: off)",
+    )
+    parser.add_argument(
+        "--control-guidance",
+        choices=GUIDANCE_CURVES,
+        default="reversed",
+        help="the copy: reversed (each event's level reversed in time; default), steady (each "
+        "event at its mean level) or flat (the clip's mean: no timing either)",
+    )
 
 
 def planned_controls(

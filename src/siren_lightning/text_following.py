@@ -24,8 +24,11 @@ from typing import Any
 import soundfile as sf
 import torch
 
-from siren_lightning.data.loudness import GUIDANCE_CURVES
-from siren_lightning.generate import generate_audio, load_generation_stack
+from siren_lightning.generate import (
+    add_control_guidance_flags,
+    generate_audio,
+    load_generation_stack,
+)
 from siren_lightning.metrics.adherence import (
     CHANCE,
     GAP_ROWS,
@@ -53,6 +56,7 @@ def score_model(
     codes: dict[str, torch.Tensor] | None = None,
     controls: dict[str, torch.Tensor] | None = None,
     control_guidance: str | None = None,
+    control_scale: float = 0.0,
 ) -> dict[str, Any]:
     """Adherence over sampling seeds (and the text gap and attribute gaps when `codes` maps
     clip id -> [r, T]).
@@ -62,8 +66,7 @@ def score_model(
             duration, so a batch holds clips of similar length.
         controls: clip id -> [T] per-frame control curve (LMs with `control_dim` > 0): the
             original's loudness (`siren loudness`, an oracle plan) or a planner's.
-        control_guidance: guidance also contrasts each curve with its `guidance_curve` of
-            this kind ("flat", "steady"; `generate_audio`).
+        control_guidance, control_scale: control guidance (`generate_audio`).
 
     Returns:
         {"adherence": {score: {"mean", "spread", "per_seed"}}, "text_gap": ... or None,
@@ -89,6 +92,7 @@ def score_model(
             ids=[c.id for c in clips],
             controls=None if controls is None else [controls[c.id] for c in clips],
             control_guidance=control_guidance,
+            control_scale=control_scale,
         )
         audios = [sf.read(r["path"], dtype="float32")[0] for r in records]
         per_seed.append(adherence(audios, attributes, codec.sample_rate))
@@ -167,28 +171,20 @@ def main(argv: list[str]) -> int:
         help="per-frame control curves for an LM with control_dim > 0: a `siren loudness` file "
         "(the originals': an oracle plan) or a planner's, holding every clip's id",
     )
-    p.add_argument(
-        "--control-guidance",
-        choices=GUIDANCE_CURVES,
-        help="guidance also contrasts each --control curve with this copy of it: flat (the "
-        "clip's mean loudness: no timing) or steady (each event at its mean: no shape)",
-    )
+    add_control_guidance_flags(p, "--control")
     add_sampling_flags(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1:
         print("siren adherence: --limit and --batch-size must be >= 1")
         return 2
-    if args.control_guidance and not args.control:
-        print("siren adherence: --control-guidance needs --control")
+    if args.control_scale and not args.control:
+        print("siren adherence: --control-scale needs --control")
         return 2
     try:  # a bad flag or generation.json fails here, before the model loads
         sampling = model_sampling(args.model, "siren adherence", given_sampling(args))
     except ValueError as err:
         print(err)
-        return 2
-    if args.control_guidance and sampling.values["cfg_scale"] == 1.0:
-        print("siren adherence: --control-guidance enters through guidance; cfg_scale is 1")
         return 2
 
     clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
@@ -233,9 +229,11 @@ def main(argv: list[str]) -> int:
         codes,
         controls,
         args.control_guidance,
+        args.control_scale,
     )
     report["control"] = args.control
-    report["control_guidance"] = args.control_guidance
+    report["control_guidance"] = args.control_guidance if args.control_scale else None
+    report["control_scale"] = args.control_scale
     report["sampling_from"] = sampling.sources
     report["model"] = str(Path(args.model).resolve())
     report["manifest"] = str(Path(args.manifest).resolve())

@@ -67,6 +67,8 @@ def test_guidance_curve_by_hand():
     torch.testing.assert_close(
         guidance_curve(two, "steady")[:, 1], torch.tensor([0, 1, 3, 3, 3, 5, 6.5, 6.5, 8])
     )
+    reversed_ = guidance_curve(curve, "reversed")  # each run backwards, the rest as it was
+    torch.testing.assert_close(reversed_, torch.tensor([0, 0, 0.7, 0.6, 0.5, 0.1, 0.8, 0.9, 0]))
     assert torch.equal(curve, torch.tensor([0.0, 0.0, 0.5, 0.6, 0.7, 0.1, 0.9, 0.8, 0.0]))
     with pytest.raises(ValueError, match="not one of"):
         guidance_curve(curve, "loud")

@@ -104,32 +104,65 @@ def test_pretraining_gives_the_lm_each_windows_curve(tmp_path, monkeypatch):
     assert len(seen) == 2 and all(torch.equal(c, want) for c in seen)
 
 
-def test_guidance_contrasts_the_curve_with_its_unconditional_copy():
-    # Greedy draws under guidance: each frame is the argmax of uncond + s (cond - uncond), with
-    # cond read under (caption, control) and uncond under (empty caption, uncond_control).
+@pytest.mark.parametrize("text_guided", [True, False])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_control_guidance_adds_the_contrast_with_the_curves_copy(text_guided, use_cache):
+    # Greedy draws: each frame is the argmax of g + c (cond - contrast), cond read under
+    # (caption, control), contrast under (caption, copy), g = uncond + s (cond - uncond) with
+    # uncond under (empty caption, control), or g = cond without text guidance.
     model = _trained_control(make_model(control_dim=1, duration_conditioning=True))
     states, mask = make_text(2)
     empty_states, empty_mask = make_text(1, seed=3)
-    t, scale = 10, 2.5
-    control, other = torch.rand(2, t, 1), torch.rand(2, t, 1)
+    t, scale, control_scale = 10, 2.5, 1.5
+    control, copy = torch.rand(2, t, 1), torch.rand(2, t, 1)
     kwargs = dict(uncond_states=empty_states, uncond_mask=empty_mask, cfg_scale=scale)
+    kwargs = kwargs if text_guided else {}
     drawn = generate(
-        model, states, mask, t, temperature=0.0, control=control, uncond_control=other, **kwargs
+        model,
+        states,
+        mask,
+        t,
+        temperature=0.0,
+        control=control,
+        use_cache=use_cache,
+        control_contrast=copy,
+        control_scale=control_scale,
+        **kwargs,
     )
     frames = torch.tensor([t, t])
     cond = model(drawn, states, mask, total_frames=frames, control=control).logits
-    uncond = model(
-        drawn,
-        empty_states.expand(2, -1, -1),
-        empty_mask.expand(2, -1),
-        total_frames=frames,
-        control=other,
-    ).logits
-    mixed = uncond + scale * (cond - uncond)
+    contrast = model(drawn, states, mask, total_frames=frames, control=copy).logits
+    guided = cond
+    if text_guided:
+        empty = (empty_states.expand(2, -1, -1), empty_mask.expand(2, -1))
+        uncond = model(drawn, *empty, total_frames=frames, control=control).logits
+        guided = uncond + scale * (cond - uncond)
+    mixed = guided + control_scale * (cond - contrast)
     torch.testing.assert_close(mixed.argmax(-1), drawn, rtol=0, atol=0)
-    same = generate(model, states, mask, t, temperature=0.0, control=control, **kwargs)
-    assert not torch.equal(same, drawn)  # the unconditional copy of the curve is read
-    with pytest.raises(ValueError, match="cfg_scale 1"):
-        generate(model, states, mask, t, control=control, uncond_control=other)
+    plain = generate(model, states, mask, t, temperature=0.0, control=control, **kwargs)
+    assert not torch.equal(plain, drawn)  # the copy is read
+    off = generate(
+        model,
+        states,
+        mask,
+        t,
+        temperature=0.0,
+        control=control,
+        control_contrast=copy,
+        control_scale=0.0,
+        **kwargs,
+    )
+    assert torch.equal(plain, off)  # scale 0: no contrast rows at all
+    with pytest.raises(ValueError, match="needs control_contrast"):
+        generate(model, states, mask, t, control=control, control_scale=1.0)
     with pytest.raises(ValueError, match="same shape"):
-        generate(model, states, mask, t, control=control, uncond_control=other[:, :5], **kwargs)
+        generate(
+            model,
+            states,
+            mask,
+            t,
+            control=control,
+            control_contrast=copy[:, :5],
+            control_scale=1.0,
+            **kwargs,
+        )

@@ -87,21 +87,22 @@ def window_control(
     return pad_curves([curves[c][s:] for c, s in zip(ids, starts, strict=True)], frames)
 
 
-GUIDANCE_CURVES = ("flat", "steady")
+GUIDANCE_CURVES = ("flat", "steady", "reversed")
 
 
 def guidance_curve(curve: Tensor, kind: str, sounding: float = 0.35) -> Tensor:
-    """The control of guidance's unconditional branch: the curve with part of its plan removed.
+    """A copy of a control curve without part of its plan, for control guidance.
 
-    Classifier-free guidance then mixes ``uncond + scale * (cond - uncond)`` with `cond` read
-    under the curve and `uncond` under this one, so it pushes the generation towards what the
-    curve says and this copy does not.
+    `generate(control_contrast=)` reads the captions under it too and adds ``control_scale *
+    (cond - contrast)`` to the guided logits, so the draws move towards what the curve says and
+    this copy does not (`models.sampling.contrast_control`).
 
     Args:
         curve: [T] or [T, C] per-frame loudness in [0, 1].
         kind: "flat": every frame at the clip's mean (no timing, no shape); "steady": each run
             of frames at or above `sounding` at the run's mean (the timing kept, the shape
-            within each event removed).
+            within each event removed); "reversed": each such run reversed in time (a fade in
+            becomes a fade out: the contrast is twice the shape).
 
     Returns:
         a tensor of the curve's shape.
@@ -118,7 +119,8 @@ def guidance_curve(curve: Tensor, kind: str, sounding: float = 0.35) -> Tensor:
         if t < len(on) and on[t]:
             continue
         if t > start:  # frames start .. t-1 sound
-            out[start:t] = out[start:t].mean(dim=0)
+            run = out[start:t]
+            out[start:t] = run.flip(0) if kind == "reversed" else run.mean(dim=0)
         start = t + 1
     return out
 

@@ -353,7 +353,7 @@ class DelayPatternLM(
         idle = seq.new_full((seq.shape[0], c.num_codebooks, 1), c.codebook_size)
         tokens = torch.cat([idle, seq[..., :-1]], -1)  # [B, r, P]: the input of each step
         e = sum(state.table[q][tokens[:, q]] for q in range(c.num_codebooks))  # [B, P, D]
-        e = torch.cat([e, e]) if p.guided else e  # [N, P, D]
+        e = p.tile(e)  # [N, P, D]
         x = e + state.summary[:, None]
         if state.stacked is not None:
             state.stacked.run(x[None], 0)
@@ -387,7 +387,7 @@ class DelayPatternLM(
             e = state.table[:, idle].sum(0).expand(n, -1)  # the all-idle step, [N, D]
         else:
             e = state.table[codebooks, state.seq[-1]].sum(1)  # [B, r, D] -> [B, D]
-            e = torch.cat([e, e]) if p.guided else e  # [N, D]
+            e = p.tile(e)  # [N, D]
         x = (e + state.summary)[:, None]  # [N, 1, D]
         if state.stacked is not None:
             h = state.stacked.step(x.transpose(0, 1), s)[0]  # [N, D]

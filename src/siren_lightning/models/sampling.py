@@ -192,6 +192,18 @@ def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def contrast_control(guided: Tensor, cond: Tensor, contrast: Tensor, scale: float) -> Tensor:
+    """Guidance towards what the control curve says: ``guided + scale * (cond - contrast)``.
+
+    Args:
+        guided: the text-guided logits [..., K] (`guide`, or `cond` without text guidance).
+        cond, contrast: logits with the caption under the curve, and under a copy of the curve
+            without what the plan should add (`data.loudness.guidance_curve`).
+        scale: 0 gives `guided`.
+    """
+    return guided + scale * (cond - contrast)
+
+
 class Sampler:
     """Logits to codes: guidance (when on), then temperature, top-k and top-p.
 
@@ -199,12 +211,19 @@ class Sampler:
         config: the sampling settings.
         guided: the rows are [conditional; unconditional] (N = 2B) and are mixed by `guide`.
         generator: seeds the draws.
+        control_scale: != 0: a last row block read the captions under a copy of each control
+            curve, and `contrast_control` adds control_scale x (cond - that block).
     """
 
     def __init__(
-        self, config: SamplingConfig, guided: bool, generator: torch.Generator | None = None
+        self,
+        config: SamplingConfig,
+        guided: bool,
+        generator: torch.Generator | None = None,
+        control_scale: float = 0.0,
     ) -> None:
         self.config, self.guided, self.generator = config, guided, generator
+        self.control_scale = control_scale
 
     def __call__(self, logits: Tensor) -> Tensor:
         """[N, ..., K] logits -> [B, ...] long codes."""
@@ -224,20 +243,27 @@ class Sampler:
         return probs.view(logits.shape)
 
     def _guided(self, logits: Tensor) -> Tensor:
-        return guide(*logits.chunk(2), self.config.cfg_scale) if self.guided else logits
+        blocks = logits.chunk(1 + int(self.guided) + int(self.control_scale != 0))
+        cond = blocks[0]
+        mixed = guide(cond, blocks[1], self.config.cfg_scale) if self.guided else cond
+        if self.control_scale != 0:
+            mixed = contrast_control(mixed, cond, blocks[-1], self.control_scale)
+        return mixed
 
 
 class Prompts(NamedTuple):
     """The text conditioning a model generates from (made by `prepare_prompts`).
 
     Attributes:
-        states: [N, L, Dt] token states (the unconditional rows under the conditional ones
-            when `guided`).
+        states: [N, L, Dt] token states: the conditional rows, then the unconditional ones
+            when `guided`, then the conditional ones again when `contrasted` (N = copies x B).
         mask: [N, L] bool.
         total_frames: [N] length of each requested clip, for duration-conditioned models.
-        guided: N = 2B rows.
+        guided: the rows hold an unconditional block (classifier-free guidance).
         control: [N, T, C] per-frame control features (LMs with `control_dim` > 0), the
             same for the unconditional rows; None for none.
+        contrasted: the last block holds the captions again under a copy of each control
+            curve (`generate(control_contrast=)`).
     """
 
     states: Tensor
@@ -245,11 +271,23 @@ class Prompts(NamedTuple):
     total_frames: Tensor
     guided: bool
     control: Tensor | None = None
+    contrasted: bool = False
+
+    @property
+    def copies(self) -> int:
+        """Rows per clip: the conditional one, the unconditional one when `guided`, the
+        control-contrast one when `contrasted`."""
+        return 1 + int(self.guided) + int(self.contrasted)
 
     @property
     def batch(self) -> int:
         """B, the clips generated."""
-        return self.states.shape[0] // (2 if self.guided else 1)
+        return self.states.shape[0] // self.copies
+
+    def tile(self, x: Tensor, dim: int = 0) -> Tensor:
+        """[.., B, ..] per-clip values (e.g. the codes just drawn) -> [.., N, ..], one copy for
+        every row block."""
+        return torch.cat([x] * self.copies, dim) if self.copies > 1 else x
 
 
 def _pad_tokens(states: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -270,7 +308,7 @@ def prepare_prompts(
     guided: bool = False,
     total_frames: Tensor | None = None,
     control: Tensor | None = None,
-    uncond_control: Tensor | None = None,
+    control_contrast: Tensor | None = None,
 ) -> Prompts:
     """Check the prompts and stack the unconditional ones under them when guiding.
 
@@ -282,10 +320,10 @@ def prepare_prompts(
             empty caption, or one negative caption per clip.
         total_frames: [B] length of each requested clip (a batch generated to its longest clip
             and cut per clip passes each clip's own length here).
-        control: [B, T, C] per-frame control features.
-        uncond_control: [B, T, C] the control of guidance's unconditional rows (default:
-            `control`, so guidance contrasts the text alone). A curve without what the plan
-            says (e.g. its steady copy) makes guidance push the generation towards the plan too.
+        control: [B, T, C] per-frame control features (the same for the unconditional rows).
+        control_contrast: [B, T, C] a copy of the control without what the plan should add
+            (e.g. its steady copy): a last row block reads the captions under it, for
+            `contrast_control`.
     """
     if text_states.dim() != 3 or text_states.shape[-1] != text_dim:
         raise ValueError(
@@ -307,17 +345,20 @@ def prepare_prompts(
         text_states = torch.cat([text_states, uncond_states])  # [2B, L, Dt]
         text_mask = torch.cat([text_mask, uncond_mask])
         total_frames = torch.cat([total_frames, total_frames])  # [2B]
-        if uncond_control is not None:
-            if control is None or uncond_control.shape != control.shape:
-                got = None if control is None else tuple(control.shape)
-                raise ValueError(
-                    f"generate: uncond_control {tuple(uncond_control.shape)} needs a control of "
-                    f"the same shape, got {got}"
-                )
-        else:
-            uncond_control = control
-        control = None if control is None else torch.cat([control, uncond_control])  # [2B, T, C]
-    return Prompts(text_states.to(dtype), text_mask, total_frames, guided, control)
+        control = None if control is None else torch.cat([control, control])  # [2B, T, C]
+    contrasted = control_contrast is not None
+    if contrasted:
+        if control is None or control_contrast.shape != control[:b].shape:
+            got = None if control is None else tuple(control[:b].shape)
+            raise ValueError(
+                f"generate: control_contrast {tuple(control_contrast.shape)} needs a control of "
+                f"the same shape, got {got}"
+            )
+        text_states = torch.cat([text_states, text_states[:b]])  # the captions once more
+        text_mask = torch.cat([text_mask, text_mask[:b]])
+        total_frames = torch.cat([total_frames, total_frames[:b]])
+        control = torch.cat([control, control_contrast])
+    return Prompts(text_states.to(dtype), text_mask, total_frames, guided, control, contrasted)
 
 
 @torch.no_grad()
@@ -340,7 +381,8 @@ def generate_frames(
     prompt_codes: Tensor | None = None,
     wrap_sampler: Callable[[Sampler], Callable[[Tensor], Tensor]] | None = None,
     control: Tensor | None = None,
-    uncond_control: Tensor | None = None,
+    control_contrast: Tensor | None = None,
+    control_scale: float = 0.0,
 ) -> Iterator[Tensor]:
     """Generate codes frame by frame (streaming): the loop over `model.begin` / `model.step`.
 
@@ -365,8 +407,10 @@ def generate_frames(
             replaces some draws by given codes: benchmarks/where_text_is_lost.py).
         control: [B, T, C] per-frame control features, for LMs with `control_dim` > 0 (e.g.
             the loudness curve a `LoudnessPlanner` draws for the caption).
-        uncond_control: [B, T, C] the control of guidance's unconditional branch (default:
-            `control`); needs cfg_scale != 1.
+        control_contrast: [B, T, C] a copy of `control` without what the plan should add;
+            with control_scale != 0 the draws follow ``guided + control_scale * (cond -
+            contrast)`` (`contrast_control`), guided being the text-guided logits.
+        control_scale: the weight of that term (0: off, the copy is not read).
 
     Yields:
         [B, r] long codes of each frame.
@@ -388,12 +432,10 @@ def generate_frames(
         guided=cfg_scale != 1.0,
         total_frames=total_frames,
         control=control,
-        uncond_control=uncond_control,
+        control_contrast=control_contrast if control_scale != 0 else None,
     )
-    if uncond_control is not None and cfg_scale == 1.0:
-        raise ValueError(
-            "generate: uncond_control enters through guidance; cfg_scale 1 turns it off"
-        )
+    if control_scale != 0 and control_contrast is None:
+        raise ValueError("generate: control_scale != 0 needs control_contrast")
     model.check_control(control, text_states.shape[0], num_frames)
     if prompt_codes is not None:
         b, r = prompts.batch, c.num_codebooks
@@ -405,7 +447,7 @@ def generate_frames(
             raise ValueError(
                 f"generate: {prompt_codes.shape[-1]} prompt frames exceed num_frames {num_frames}"
             )
-    sampler = Sampler(config, prompts.guided, generator)
+    sampler = Sampler(config, prompts.guided, generator, control_scale)
     if wrap_sampler is not None:
         sampler = wrap_sampler(sampler)
     state = model.begin(prompts, num_frames, use_cache, batch_experts, prompt_codes)

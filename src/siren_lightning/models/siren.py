@@ -432,7 +432,7 @@ class SirenGeneration:
         """Every expert's temporal input after each of T frames: the sum over the r codebooks
         of its projected vectors. codes [B, r, T] -> [G, N, T, D]."""
         x = sum(self.tables[:, j, codes[:, j]] for j in range(codes.shape[1]))  # [G, B, T, D]
-        return torch.cat([x, x], 1) if self.prompts.guided else x
+        return self.prompts.tile(x, 1)
 
     def embed(self, k: int, codes: Tensor, first: int) -> Tensor:
         """Sum of expert k's vectors of [B, m] codes of codebooks first .. first+m-1: [N, D]."""
@@ -440,7 +440,7 @@ class SirenGeneration:
         rows = (codes + self.offsets[k, first : first + m]).view(-1)
         e = self.flat_tables.index_select(0, rows)  # [B * m, D]
         e = e if m == 1 else e.view(b, m, -1).sum(1)  # [B, D]
-        return torch.cat([e, e]) if self.prompts.guided else e  # [N, D]
+        return self.prompts.tile(e)  # [N, D]
 
 
 class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
@@ -690,7 +690,7 @@ class SirenLM(CodecLM, PyTorchModelHubMixin, library_name="siren-lightning"):
             inputs = state.tables[:, state.codebooks, state.previous].sum(
                 2
             )  # [G, B, r, D] -> [G, B, D]
-            inputs = torch.cat([inputs, inputs], 1) if p.guided else inputs  # [G, N, D]
+            inputs = p.tile(inputs, 1)  # [G, N, D]
         if state.controls is not None:
             inputs = inputs + state.controls[:, :, t]
         if state.stacked is not None:
