@@ -95,7 +95,9 @@ def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp
     assert_readme_states_the_weights_sha256(folder)
 
 
-@pytest.mark.parametrize("name", ["siren_tiny_clean", "siren_tiny_clean_hn", "delay_tiny_clean"])
+@pytest.mark.parametrize(
+    "name", ["siren_tiny_clean", "siren_tiny_clean_hn", "delay_tiny_clean", "siren_tiny_planned"]
+)
 def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
     name, tmp_path, monkeypatch
 ):
@@ -115,3 +117,27 @@ def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
     assert config is not None and "val" in config["chosen_on"]
     temperature = config["sampling"]["temperature"]
     assert f"temperature {temperature:g}" in (folder / "README.md").read_text()
+
+
+def test_the_planned_siren_generates_under_the_committed_planners_curves(tmp_path, monkeypatch):
+    """`assets/siren_tiny_planned` reads one loudness value a frame, and the committed planner
+    (README-stated SHA-256) draws it from the LM's own text encoder at the clip's length."""
+    from siren_lightning.data.loudness import pad_curves
+    from siren_lightning.generate import planned_controls
+    from siren_lightning.models.sampling import encode_captions, generate
+
+    monkeypatch.chdir(tmp_path)
+    model, codec, text = load_generation_stack(ASSETS / "siren_tiny_planned")
+    assert model.config.control_dim == 1
+    planner = ASSETS / "planner_tiny_clean" / "planner.ckpt"
+    digest = hashlib.sha256(planner.read_bytes()).hexdigest()
+    assert f"SHA-256 `{digest}`" in (planner.parent / "README.md").read_text()
+    captions = ["A low tone sounds three times, fading out", "A high whistle, steady"]
+    curves = planned_controls(planner, text, captions, [0.1, 0.06], codec)
+    assert [tuple(c.shape) for c in curves] == [(5, 1), (3, 1)]  # 50 frames a second
+    assert all(((c >= 0) & (c <= 1)).all() for c in curves)
+    control = pad_curves(curves, 5)  # [2, 5, 1], the shorter clip zero-padded
+    codes = generate(
+        model, num_frames=5, control=control, temperature=0.0, **encode_captions(text, captions)
+    )
+    assert codes.shape == (2, 12, 5)
