@@ -21,7 +21,7 @@ import torch
 from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.generate import load_generation_stack
-from siren_lightning.metrics.adherence import codebook_ce, mismatched_partners
+from siren_lightning.metrics.adherence import caption_ce, mismatched_partners
 from siren_lightning.stages.planner import load_planner, plan_curves
 
 
@@ -40,27 +40,26 @@ def main() -> None:
     codes = CodeCache(args.codes).codes_of([c.id for c in clips])
     own = [c.captions[0] for c in clips]
     other = [own[j] for j in mismatched_partners([c.attributes for c in clips])]
-    frames = [codes[c.id].shape[-1] for c in clips]
-    rows = {"own": 0.0, "other caption and its plan": 0.0, "other caption, own plan": 0.0}
+    clip_codes = [codes[c.id] for c in clips]
+    frames = [x.shape[-1] for x in clip_codes]
     with torch.no_grad():
         own_plan = plan_curves(planner, encoder, own, frames)
         other_plan = plan_curves(planner, encoder, other, frames)
-        for i, clip in enumerate(clips):
-            x = codes[clip.id][None]
-            mask = torch.ones(1, x.shape[-1], dtype=torch.bool)
-            runs = zip(
-                rows, (own[i], other[i], other[i]), (own_plan[i], other_plan[i], own_plan[i])
-            )
-            for key, caption, plan in runs:
-                text = encoder.encode([caption])
-                ce, _ = codebook_ce(model, x, mask, text.states, text.mask, plan[None, :, None])
-                rows[key] = rows[key] + ce[0] / len(clips)
+    ce, _ = caption_ce(
+        model,
+        encoder,
+        clip_codes,
+        [own, other, other],
+        control_sets=[own_plan, other_plan, own_plan],
+    )  # [3, n]
+    keys = ("own", "other caption and its plan", "other caption, own plan")
+    rows = dict(zip(keys, ce, strict=True))
     print(f"{len(clips)} clips; CE of the true codes (nats) per codebook")
-    for key, ce in rows.items():
-        print(f"  {key:<28}" + " ".join(f"{v:5.2f}" for v in ce.tolist()))
+    for key, row in rows.items():
+        print(f"  {key:<33}" + " ".join(f"{v:5.2f}" for v in row.tolist()))
     for key in list(rows)[1:]:
         gap = rows[key] - rows["own"]
-        print(f"  gap: {key:<23}" + " ".join(f"{v:+5.2f}" for v in gap.tolist()))
+        print(f"  {'gap: ' + key:<33}" + " ".join(f"{v:+5.2f}" for v in gap.tolist()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,12 @@ from text_lm_testing import TextLogitsLM
 from torch import nn
 
 from siren_lightning.data.synthcaps import synthesize
-from siren_lightning.metrics.adherence import adherence, mismatched_partners, text_gap
+from siren_lightning.metrics.adherence import (
+    adherence,
+    caption_ce,
+    mismatched_partners,
+    text_gap,
+)
 from siren_lightning.models.siren import SirenConfig, SirenLM
 from siren_lightning.text.encoder import TextStates
 
@@ -100,6 +105,16 @@ def test_text_gap_under_control_by_hand():
     assert got["gap"] == pytest.approx([other - own], abs=1e-6)
     plain = text_gap(TextLogitsLM(), _NumberText(), codes, ["s=3", "s=0"], attrs)
     assert plain["gap"] != pytest.approx(got["gap"])  # the curves are read
+    # Each caption set with its own curves: set 1 reads clip 0 under s=0 and [[1, 0], [0, 2]].
+    other_curves = [torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[3.0, 0.0]])]
+    sets = [["s=3", "s=0"], ["s=0", "s=3"]]
+    both, _ = caption_ce(
+        TextLogitsLM(), _NumberText(), codes, sets, control_sets=[curves, other_curves]
+    )
+    other_with_its_curves = ((ce(0, 1, 0) + ce(0, 0, 2)) / 2 + ce(3, 3, 0)) / 2
+    assert both[:, 0].tolist() == pytest.approx([own, other_with_its_curves], abs=1e-6)
+    with pytest.raises(ValueError, match="one control set per caption set"):
+        caption_ce(TextLogitsLM(), _NumberText(), codes, sets, control_sets=[curves])
 
 
 class _TableText:

@@ -127,7 +127,7 @@ def caption_ce(
     codes: Sequence[Tensor],
     caption_sets: Sequence[Sequence[str]],
     batch_size: int = 16,
-    controls: Sequence[Tensor] | None = None,
+    control_sets: Sequence[Sequence[Tensor]] | None = None,
 ) -> tuple[Tensor, list[int]]:
     """Mean teacher-forced CE over clips of the same codes under each of S caption sets.
 
@@ -138,15 +138,18 @@ def caption_ce(
         text_encoder: `encode(list[str]) -> TextStates`.
         codes: one [r, T_i] long tensor per clip (whole clips).
         caption_sets: S lists, each with one caption per clip.
-        controls: one per-frame control curve [T_i] or [T_i, C] per clip (LMs with
-            `control_dim` > 0), the same under every caption set: the gap is then what the
-            caption says beyond the curve.
+        control_sets: S lists, each with one per-frame control curve [T_i] or [T_i, C] per
+            clip (LMs with `control_dim` > 0), read with the caption set of the same place.
 
     Returns:
         ce [S, n] (nats, mean over clips) and the n codebook indices.
     """
     if any(len(captions) != len(codes) for captions in caption_sets):
         raise ValueError(f"caption_ce: every caption set needs one caption per clip ({len(codes)})")
+    if control_sets is not None and (
+        len(control_sets) != len(caption_sets) or any(len(c) != len(codes) for c in control_sets)
+    ):
+        raise ValueError("caption_ce: one control set per caption set, one curve per clip")
     device = network.codebook_table.device
     sums, books = 0.0, None
     for start in range(0, len(codes), batch_size):
@@ -158,11 +161,11 @@ def caption_ce(
             batch[b, :, : codes[i].shape[-1]] = codes[i]
             mask[b, : codes[i].shape[-1]] = True
         batch, mask = batch.to(device), mask.to(device)
-        control = None
-        if controls is not None:
-            control = pad_curves([controls[i] for i in idx], t_max).to(device)
         ces = []
-        for captions in caption_sets:
+        for s, captions in enumerate(caption_sets):
+            control = None
+            if control_sets is not None:
+                control = pad_curves([control_sets[s][i] for i in idx], t_max).to(device)
             enc = text_encoder.encode([captions[i] for i in idx])
             states = enc.states.to(device)
             ce, books = codebook_ce(network, batch, mask, states, enc.mask, control)
@@ -197,7 +200,12 @@ def text_gap(
     partners = mismatched_partners(attributes)
     other_captions = [captions[j] for j in partners]
     (own, other), books = caption_ce(
-        network, text_encoder, codes, [captions, other_captions], batch_size, controls
+        network,
+        text_encoder,
+        codes,
+        [captions, other_captions],
+        batch_size,
+        None if controls is None else [controls] * 2,
     )
     return {
         "gap": (other - own).tolist(),
@@ -284,7 +292,7 @@ def attribute_gaps(
         codes,
         [captions["own"], *(captions[row] for row in GAP_ROWS)],
         batch_size,
-        controls,
+        None if controls is None else [controls] * (1 + len(GAP_ROWS)),
     )  # [1 + rows, n]
     out: dict[str, Any] = {}
     for row, swapped in zip(GAP_ROWS, ce[1:], strict=True):
