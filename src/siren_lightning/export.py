@@ -381,7 +381,7 @@ def load_grown(
         network.load_state_dict(state)
         return
     missing, unexpected = network.load_state_dict(state, strict=False)
-    others = [k for k in missing if ".control." not in k]
+    others = [k for k in missing if "control" not in k.split(".")]
     if others or unexpected:
         raise RuntimeError(
             f"load_grown: missing {others}, unexpected {list(unexpected)} (beyond the control "

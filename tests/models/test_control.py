@@ -1,12 +1,15 @@
-"""Per-frame control (`SirenConfig.control_dim`): frame t's features join every expert's
-temporal input at t, in teacher forcing and in cached generation alike; an LM grown to take
-them computes what it computed before until its control projections learn."""
+"""Per-frame control (`control_dim`): frame t's features join every Siren expert's temporal
+input at t, and the delay LM's input at delay step t (codebook 0 of frame t), in teacher
+forcing and in cached generation alike; an LM grown to take them computes what it computed
+before until its control projections learn."""
 
 import pytest
 import torch
+from delay_testing import make_delay_model
 from siren_testing import make_model, make_text
 
 from siren_lightning.export import load_grown
+from siren_lightning.models.delay_lm import DelayPatternLM
 from siren_lightning.models.sampling import generate
 
 
@@ -14,16 +17,21 @@ def _codes(b=2, t=12, seed=0):
     return torch.randint(16, (b, 6, t), generator=torch.Generator().manual_seed(seed))
 
 
+BUILDERS = {"siren": make_model, "delay": make_delay_model}
+both_lms = pytest.mark.parametrize("lm", sorted(BUILDERS))
+
+
 def _trained_control(model):
     with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+        for module in [model] if isinstance(model, DelayPatternLM) else model.experts:
+            module.control.proj.weight.normal_(0, 0.5)
     return model
 
 
-def test_a_grown_lm_is_the_lm_it_grew_from():
-    plain = make_model(duration_conditioning=True)
-    grown = make_model(seed=5, duration_conditioning=True, control_dim=2)
+@both_lms
+def test_a_grown_lm_is_the_lm_it_grew_from(lm):
+    plain = BUILDERS[lm](duration_conditioning=True)
+    grown = BUILDERS[lm](seed=5, duration_conditioning=True, control_dim=2)
     load_grown(grown, plain.state_dict(), 0)  # control projections stay zero
     codes, (states, mask) = _codes(), make_text(2)
     control = torch.rand(2, 12, 2)
@@ -35,22 +43,28 @@ def test_a_grown_lm_is_the_lm_it_grew_from():
         load_grown(grown, state, 0)
 
 
-def test_frame_t_reads_the_control_of_frame_t_and_no_later():
-    model = _trained_control(make_model(control_dim=1))
+@both_lms
+def test_frame_t_reads_the_control_of_frame_t_and_no_later(lm):
+    # Siren: every codebook of frame t reads the control of frames <= t. Delay LM: codebook q of
+    # frame t is drawn at step t + q, so it reads frames <= t + q.
+    model = _trained_control(BUILDERS[lm](control_dim=1))
     codes, (states, mask) = _codes(), make_text(2)
     control = torch.rand(2, 12, 1)
-    base = model(codes, states, mask, control=control).logits
+    base = model(codes, states, mask, control=control).logits  # [B, r, T, K]
     moved = control.clone()
     moved[:, 5] += 1.0
     out = model(codes, states, mask, control=moved).logits
-    torch.testing.assert_close(out[:, :, :5], base[:, :, :5])  # earlier frames: unchanged
-    assert (out[:, :, 5] - base[:, :, 5]).abs().amax() > 1e-3  # frame 5 itself reads it
+    lag = torch.arange(6)[:, None] if lm == "delay" else torch.zeros(6, 1, dtype=torch.long)
+    reads = (torch.arange(12)[None] + lag) >= 5  # [r, T]: the moved frame is in its past
+    changed = (out - base).abs().amax(dim=(0, 3)) > 1e-5  # [r, T]
+    assert torch.equal(changed, reads)
 
 
+@both_lms
 @pytest.mark.parametrize("prompt", [0, 4])
-def test_cached_generation_follows_the_control_as_teacher_forcing_reads_it(prompt):
+def test_cached_generation_follows_the_control_as_teacher_forcing_reads_it(lm, prompt):
     # Greedy draws: every generated frame is the teacher-forced argmax under the same control.
-    model = _trained_control(make_model(control_dim=1, duration_conditioning=True))
+    model = _trained_control(BUILDERS[lm](control_dim=1, duration_conditioning=True))
     states, mask = make_text(2)
     t = 10
     control = torch.rand(2, t, 1)
@@ -64,14 +78,15 @@ def test_cached_generation_follows_the_control_as_teacher_forcing_reads_it(promp
     assert not torch.equal(other, drawn)  # the control decides
 
 
-def test_control_is_checked():
-    states, mask = make_text(2)
+@both_lms
+def test_control_is_checked(lm):
+    states, mask, build = *make_text(2), BUILDERS[lm]
     with pytest.raises(ValueError, match="control_dim 1 needs control"):
-        make_model(control_dim=1)(_codes(), states, mask)
+        build(control_dim=1)(_codes(), states, mask)
     with pytest.raises(ValueError, match="takes none"):
-        make_model()(_codes(), states, mask, control=torch.rand(2, 12, 1))
+        build()(_codes(), states, mask, control=torch.rand(2, 12, 1))
     with pytest.raises(ValueError, match="control must be"):
-        generate(make_model(control_dim=1), states, mask, 10, control=torch.rand(2, 4, 1))
+        generate(build(control_dim=1), states, mask, 10, control=torch.rand(2, 4, 1))
 
 
 def test_pretraining_gives_the_lm_each_windows_curve(tmp_path, monkeypatch):
@@ -104,13 +119,14 @@ def test_pretraining_gives_the_lm_each_windows_curve(tmp_path, monkeypatch):
     assert len(seen) == 2 and all(torch.equal(c, want) for c in seen)
 
 
+@both_lms
 @pytest.mark.parametrize("text_guided", [True, False])
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_control_guidance_adds_the_contrast_with_the_curves_copy(text_guided, use_cache):
+def test_control_guidance_adds_the_contrast_with_the_curves_copy(lm, text_guided, use_cache):
     # Greedy draws: each frame is the argmax of g + c (cond - contrast), cond read under
     # (caption, control), contrast under (caption, copy), g = uncond + s (cond - uncond) with
     # uncond under (empty caption, control), or g = cond without text guidance.
-    model = _trained_control(make_model(control_dim=1, duration_conditioning=True))
+    model = _trained_control(BUILDERS[lm](control_dim=1, duration_conditioning=True))
     states, mask = make_text(2)
     empty_states, empty_mask = make_text(1, seed=3)
     t, scale, control_scale = 10, 2.5, 1.5

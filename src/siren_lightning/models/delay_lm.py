@@ -37,6 +37,7 @@ from siren_lightning.models.base import (
     TextConditionedStack,
 )
 from siren_lightning.models.blocks import (
+    ControlEmbedding,
     DurationEmbedding,
     StackedTemporal,
     TemporalBlock,
@@ -81,6 +82,11 @@ class DelayLMConfig(LMConfigMethods):
         max_frames: longest clip (in frames) a sampler's KV cache holds.
         duration_conditioning: tell every block how far through the requested clip each step
             is (`DurationEmbedding`, as in `SirenConfig`; off by default).
+        control_dim: C, features given per frame (0: none), as in `SirenConfig`: frame s's
+            features join the input of delay step s, the step that draws codebook 0 of frame s
+            (the frame `duration_conditioning` also times that step by). The r - 1 steps
+            after the last frame read features of value 0, as a shorter clip's padding does.
+            A deviation from MusicGen (docs/model.md "A plan to follow").
     """
 
     num_codebooks: int = 12
@@ -96,6 +102,7 @@ class DelayLMConfig(LMConfigMethods):
     bias: bool = True
     max_frames: int = 3000
     duration_conditioning: bool = False
+    control_dim: int = 0
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     # Written by versions that pretended the model was one "group" of r codebooks.
     legacy_fields: ClassVar[frozenset[str]] = frozenset({"group", "num_groups"})
@@ -147,6 +154,7 @@ class DelayPatternLM(
         )
         self.norm = nn.RMSNorm(c.width, eps=c.norm_eps)
         self.duration = DurationEmbedding(c.width) if c.duration_conditioning else None
+        self.control = ControlEmbedding(c.control_dim, c.width) if c.control_dim > 0 else None
         self.heads = nn.ModuleList(
             nn.Linear(c.width, c.codebook_size, bias=c.bias) for _ in range(c.num_codebooks)
         )
@@ -238,6 +246,20 @@ class DelayPatternLM(
         start = seq.new_full((seq.shape[0], seq.shape[1], 1), self.config.codebook_size)
         return torch.cat([start, seq[..., :-1]], dim=-1)  # [B, r, S]
 
+    def step_control(self, control: Tensor, frames: int) -> Tensor:
+        """Each delay step's control: frame s's features at step s, value 0 after the last frame.
+
+        Args:
+            control: [B, T', C] per-frame features, T' >= frames.
+            frames: T, frames of the clip (cut or generated).
+
+        Returns:
+            [B, S, D] the embedded features added to each step's input (S = T + r - 1).
+        """
+        tail = self.config.num_codebooks - 1
+        steps = torch.nn.functional.pad(control[:, :frames], (0, 0, 0, tail))  # [B, S, C]
+        return self.control(steps)
+
     def forward(
         self,
         codes: Tensor,
@@ -248,6 +270,7 @@ class DelayPatternLM(
         total_frames: Tensor | None = None,
         frame_offset: Tensor | None = None,
         history: Tensor | None = None,
+        control: Tensor | None = None,
     ) -> LMOutput:
         """Teacher-forced logits of every codebook.
 
@@ -260,6 +283,8 @@ class DelayPatternLM(
                 `duration_conditioning`, as in `SirenLM.forward`.
             history: [B, r, T] long, the codes the steps read as their inputs (`codes` when
                 None), as in `SirenLM.forward`; the targets stay `codes`.
+            control: [B, T', C] features of each frame (T' >= T), needed when `control_dim` > 0
+                (`step_control` places them).
 
         Returns:
             `LMOutput` with logits [B, r, T, K], mask [B, r, T] and codebooks 0 .. r-1.
@@ -274,8 +299,11 @@ class DelayPatternLM(
         text_states = text_states.to(self.codebook_table.dtype)
         if history is not None:
             self.check_history(codes, history)
+        self.check_control(control, b, t)
         x = self.embed(self.step_inputs(codes if history is None else history, mask))  # [B, S, D]
         x = x + self.text_summary(text_states, text_mask)[:, None]
+        if self.control is not None:
+            x = x + self.step_control(control, t).to(x.dtype)
         timing = None
         if c.duration_conditioning:
             timing = window_timing(mask, x.shape[1], total_frames, frame_offset)  # [B, S, 2]
@@ -318,6 +346,9 @@ class DelayPatternLM(
         state = DelayGeneration(
             prompts=prompts,
             summary=self.text_summary(states, mask),
+            controls=None
+            if prompts.control is None
+            else self.step_control(prompts.control, num_frames).to(states.dtype),
             table=self.projected_table(),
             valid=self.pattern.valid_mask(steps, states.device),
             stacked=stacked,
@@ -355,6 +386,8 @@ class DelayPatternLM(
         e = sum(state.table[q][tokens[:, q]] for q in range(c.num_codebooks))  # [B, P, D]
         e = p.tile(e)  # [N, P, D]
         x = e + state.summary[:, None]
+        if state.controls is not None:
+            x = x + state.controls[:, :frames]
         if state.stacked is not None:
             state.stacked.run(x[None], 0)
         else:
@@ -388,7 +421,10 @@ class DelayPatternLM(
         else:
             e = state.table[codebooks, state.seq[-1]].sum(1)  # [B, r, D] -> [B, D]
             e = p.tile(e)  # [N, D]
-        x = (e + state.summary)[:, None]  # [N, 1, D]
+        x = e + state.summary
+        if state.controls is not None:
+            x = x + state.controls[:, s]
+        x = x[:, None]  # [N, 1, D]
         if state.stacked is not None:
             h = state.stacked.step(x.transpose(0, 1), s)[0]  # [N, D]
             logits = apply_operand(h, *state.heads).view(n, r, -1)  # [N, r, K]
@@ -415,6 +451,7 @@ class DelayGeneration:
     Attributes:
         prompts: the text conditioning (N rows).
         summary: [N, D] prompt summary; table: [r, K + 1, D] `projected_table`.
+        controls: [N, S, D] each step's embedded control (`step_control`), or None.
         valid: [r, S] which codebooks hold a code at each step.
         stacked, heads: the cached layout of the blocks and the fused heads (None uncached).
         text_kv, history: uncached path: cross-attention keys/values and the inputs so far.
@@ -424,6 +461,7 @@ class DelayGeneration:
 
     prompts: Prompts
     summary: Tensor
+    controls: Tensor | None
     table: Tensor
     valid: Tensor
     stacked: StackedTemporal | None
