@@ -193,3 +193,111 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
     assert generate.main(wide) == 2
     out = capsys.readouterr().out
     assert "none.ckpt not found" in out and "text states of width 384" in out
+
+
+def test_a_model_whose_generation_json_names_a_plan_follows_it_with_no_flag(
+    tmp_path, monkeypatch, capsys
+):
+    # `siren set-sampling --planner` stores the planner relative to the model folder; `siren
+    # generate --model` then plans and guides as the explicit flags would, and a flag given wins.
+    import json
+
+    import numpy as np
+    import pytest
+    import soundfile as sf
+
+    from siren_lightning import generate
+    from siren_lightning.generation_config import main as set_sampling
+
+    model = make_model(control_dim=1, duration_conditioning=True).eval()
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.proj.weight.normal_(0, 0.5)
+    codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
+    monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
+    (tmp_path / "plans").mkdir()
+    _planner_checkpoint(tmp_path / "plans" / "planner.ckpt", text_dim=12)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "siren.json").write_text("{}")  # what set-sampling checks an export folder by
+    planner = str(tmp_path / "plans" / "planner.ckpt")
+    plan_flags = ["--planner", planner, "--control-scale", "2", "--control-guidance", "steady"]
+    assert set_sampling([str(folder), *plan_flags, "--chosen-on", "val"]) == 0
+    written = json.loads((folder / "generation.json").read_text())
+    assert written["plan"] == {
+        "planner": "../plans/planner.ckpt",
+        "control_scale": 2.0,
+        "control_guidance": "steady",
+    }
+    argv = ["--model", str(folder), "--captions", "a", "b", "--seconds", "0.1"]
+
+    def wavs(name, *flags):
+        assert generate.main([*argv, *flags, "--out", str(tmp_path / name)]) == 0
+        return [sf.read(str(tmp_path / name / f"{i:05d}.wav"))[0] for i in range(2)]
+
+    own = wavs("own")
+    assert "(the model's generation.json), control_scale 2" in capsys.readouterr().out
+    assert all(np.array_equal(a, b) for a, b in zip(own, wavs("flags", *plan_flags), strict=True))
+    unguided = wavs("unguided", "--control-scale", "0")
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(unguided, wavs("flags0", "--planner", planner), strict=True)
+    )
+    assert not all(np.array_equal(a, b) for a, b in zip(own, unguided, strict=True))
+    # One message: a plan naming a planner that is not there; a plan without its planner key.
+    (tmp_path / "plans" / "planner.ckpt").rename(tmp_path / "plans" / "moved.ckpt")
+    assert generate.main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "planner.ckpt not found" in capsys.readouterr().out
+    written["plan"] = {"control_scale": 2}
+    (folder / "generation.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match="plan must be"):
+        generate.main([*argv, "--out", str(tmp_path / "x")])
+
+
+def test_adherence_plans_each_clip_with_the_models_planner(tmp_path, monkeypatch, capsys):
+    # No --control: the model's planner draws each clip's curve at its duration, and the audio is
+    # the audio generated under those curves given as a --control file.
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from siren_lightning import text_following
+    from siren_lightning.data.manifest import Clip, write_manifest
+    from siren_lightning.generate import planned_controls
+
+    model = make_model(control_dim=1, duration_conditioning=True).eval()
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.proj.weight.normal_(0, 0.5)
+    codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
+    stack = (model, codec, encoder)
+    monkeypatch.setattr(text_following, "load_generation_stack", lambda spec, device: stack)
+    _planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
+    clips = []
+    for i, (seconds, pitch) in enumerate(((0.05, "low"), (0.08, "high"))):
+        stated = {"source": "tone", "pitch": pitch, "count": "once", "envelope": "steady"}
+        path, caption = tmp_path / f"c{i}.wav", [f"a {pitch} tone"]
+        clip = Clip(f"c{i}", path, caption, duration=seconds, attributes=stated)
+        sf.write(str(clip.audio), np.zeros(int(seconds * 1600), np.float32), 1600)
+        clips.append(clip)
+    write_manifest(tmp_path / "m.jsonl", clips)
+    (tmp_path / "model").mkdir()
+    plan = {"planner": "../planner.ckpt", "control_scale": 1.5}
+    config = {"sampling": {"temperature": 0.5}, "plan": plan}
+    (tmp_path / "model" / "generation.json").write_text(json.dumps(config))
+    curves = planned_controls(
+        tmp_path / "planner.ckpt", encoder, [c.captions[0] for c in clips], [0.05, 0.08], codec
+    )
+    torch.save({c.id: k[:, 0] for c, k in zip(clips, curves, strict=True)}, tmp_path / "p.pt")
+    argv = ["--model", str(tmp_path / "model"), "--manifest", str(tmp_path / "m.jsonl")]
+    assert text_following.main([*argv, "--out", str(tmp_path / "own")]) == 0
+    assert "plan: " in capsys.readouterr().out
+    given = ["--control", str(tmp_path / "p.pt"), "--control-scale", "1.5"]
+    assert text_following.main([*argv, *given, "--out", str(tmp_path / "file")]) == 0
+    for i in range(2):
+        own = sf.read(str(tmp_path / "own" / "seed0" / f"c{i}.wav"))[0]
+        file = sf.read(str(tmp_path / "file" / "seed0" / f"c{i}.wav"))[0]
+        assert np.array_equal(own, file)
+    report = json.loads((tmp_path / "own" / "report.json").read_text())
+    assert report["control_scale"] == 1.5 and report["control"].endswith("planner.ckpt")

@@ -126,10 +126,16 @@ def test_the_planned_siren_generates_under_the_committed_planners_curves(tmp_pat
     from siren_lightning.generate import planned_controls
     from siren_lightning.models.sampling import encode_captions, generate
 
+    from siren_lightning.generation_config import model_plan
+
     monkeypatch.chdir(tmp_path)
     model, codec, text = load_generation_stack(ASSETS / "siren_tiny_planned")
     assert model.config.control_dim == 1
     planner = ASSETS / "planner_tiny_clean" / "planner.ckpt"
+    # Its generation.json names this planner and the control guidance chosen on val (README).
+    plan = model_plan(ASSETS / "siren_tiny_planned")
+    assert plan is not None and plan.planner.resolve() == planner.resolve()
+    assert (plan.control_scale, plan.control_guidance) == (2.0, "reversed")
     digest = hashlib.sha256(planner.read_bytes()).hexdigest()
     assert f"SHA-256 `{digest}`" in (planner.parent / "README.md").read_text()
     captions = ["A low tone sounds three times, fading out", "A high whistle, steady"]

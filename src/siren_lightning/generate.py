@@ -355,7 +355,13 @@ def load_generation_stack(
 def main(argv: list[str]) -> int:
     """Generate audio from captions with a model folder written by `siren export`."""
     from siren_lightning.export import ExportError
-    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
+    from siren_lightning.generation_config import (
+        add_sampling_flags,
+        given_sampling,
+        model_plan,
+        model_sampling,
+        resolve_control,
+    )
 
     p = argparse.ArgumentParser(prog="siren generate", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -419,7 +425,7 @@ def main(argv: list[str]) -> int:
         "--planner",
         help="PlannerModule checkpoint (`experiments/planner_tiny_clean.yaml`): plans every "
         "clip's per-frame loudness from its caption and length, and the LM (control_dim 1) "
-        "follows the plan",
+        "follows the plan (default: the planner the model's generation.json names, if any)",
     )
     add_control_guidance_flags(p, "--planner")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -438,7 +444,11 @@ def main(argv: list[str]) -> int:
         )
 
     _check_editing_arguments(args)
-    if args.control_scale and not args.planner:
+    plan = None if args.planner else model_plan(args.model)
+    if plan is not None:
+        args.planner = str(plan.planner)
+    control_scale, control_guidance = resolve_control(args, plan)
+    if control_scale and not args.planner:
         raise ValueError("siren generate: --control-scale needs --planner")
     if args.planner and args.infill:
         raise ValueError("siren generate: --planner is not given to --infill")
@@ -496,6 +506,11 @@ def main(argv: list[str]) -> int:
             prompt = encode_prompt(codec, args.prompt_audio, args.prompt_seconds, args.device)
         controls = None
         if args.planner:
+            if plan is not None:
+                print(
+                    f"plan: {args.planner} (the model's generation.json), control_scale "
+                    f"{control_scale:g}, control_guidance {control_guidance}"
+                )
             controls = planned_controls(
                 args.planner, text_encoder, captions, seconds, codec, args.device
             )
@@ -515,8 +530,8 @@ def main(argv: list[str]) -> int:
             window_seconds=args.window_seconds or None,
             context_seconds=args.context_seconds,
             controls=controls,
-            control_guidance=args.control_guidance,
-            control_scale=args.control_scale,
+            control_guidance=control_guidance,
+            control_scale=control_scale,
         )
     except ValueError as err:  # AudioError included: a missing or unreadable file
         print(f"siren generate: {err}")
@@ -530,16 +545,18 @@ def add_control_guidance_flags(parser: argparse.ArgumentParser, curves_flag: str
     parser.add_argument(
         "--control-scale",
         type=float,
-        default=0.0,
-        help=f"with {curves_flag}: draws also move towards each curve and away from a copy of it "
-        "(--control-guidance) by this weight (default 0: off)",
+        default=None,
+        help=f"with {curves_flag} or a model whose generation.json names a plan: draws also "
+        "move towards each curve and away from a copy of it (--control-guidance) by this weight "
+        "(default: the model's plan's, else 0: off)",
     )
     parser.add_argument(
         "--control-guidance",
         choices=GUIDANCE_CURVES,
-        default="reversed",
-        help="the copy: reversed (each event's level reversed in time; default), steady (each "
-        "event at its mean level) or flat (the clip's mean: no timing either)",
+        default=None,
+        help="the copy: reversed (each event's level reversed in time; the default unless the "
+        "model's plan says otherwise), steady (each event at its mean level) or flat (the "
+        "clip's mean: no timing either)",
     )
 
 

@@ -152,7 +152,13 @@ def main(argv: list[str]) -> int:
     from siren_lightning.data.code_cache import CodeCache, CodeCacheError
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError
-    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
+    from siren_lightning.generation_config import (
+        add_sampling_flags,
+        given_sampling,
+        model_plan,
+        model_sampling,
+        resolve_control,
+    )
 
     p = argparse.ArgumentParser(prog="siren adherence", description=main.__doc__)
     p.add_argument("--model", required=True, help="folder written by `siren export`")
@@ -169,7 +175,8 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--control",
         help="per-frame control curves for an LM with control_dim > 0: a `siren loudness` file "
-        "(the originals': an oracle plan) or a planner's, holding every clip's id",
+        "(the originals': an oracle plan) or a planner's, holding every clip's id (default: "
+        "the planner the model's generation.json names plans each clip at its duration)",
     )
     add_control_guidance_flags(p, "--control")
     add_sampling_flags(p)
@@ -178,13 +185,15 @@ def main(argv: list[str]) -> int:
     if args.limit < 1 or args.batch_size < 1:
         print("siren adherence: --limit and --batch-size must be >= 1")
         return 2
-    if args.control_scale and not args.control:
-        print("siren adherence: --control-scale needs --control")
-        return 2
     try:  # a bad flag or generation.json fails here, before the model loads
         sampling = model_sampling(args.model, "siren adherence", given_sampling(args))
+        plan = None if args.control else model_plan(args.model)
     except ValueError as err:
         print(err)
+        return 2
+    control_scale, control_guidance = resolve_control(args, plan)
+    if control_scale and not (args.control or plan):
+        print("siren adherence: --control-scale needs --control")
         return 2
 
     clips = [c for c in read_manifest(args.manifest) if c.captions][: args.limit]
@@ -215,6 +224,23 @@ def main(argv: list[str]) -> int:
                 f"siren adherence: {args.control} has no curve for {len(missing)} clips, e.g. {missing[0]}"
             )
             return 1
+    elif plan is not None:
+        from siren_lightning.generate import planned_controls
+
+        print(f"plan: {plan.planner} (the model's generation.json), each clip at its duration")
+        try:
+            curves = planned_controls(
+                plan.planner,
+                text_encoder,
+                [c.captions[0] for c in clips],
+                [c.duration for c in clips],
+                codec,
+                args.device,
+            )
+        except ValueError as err:
+            print(f"siren adherence: {err}")
+            return 1
+        controls = {c.id: curve[:, 0] for c, curve in zip(clips, curves, strict=True)}
     out = Path(args.out)
     print(sampling.describe())
     report = score_model(
@@ -228,12 +254,12 @@ def main(argv: list[str]) -> int:
         args.batch_size,
         codes,
         controls,
-        args.control_guidance,
-        args.control_scale,
+        control_guidance,
+        control_scale,
     )
-    report["control"] = args.control
-    report["control_guidance"] = args.control_guidance if args.control_scale else None
-    report["control_scale"] = args.control_scale
+    report["control"] = args.control or (str(plan.planner) if plan is not None else None)
+    report["control_guidance"] = control_guidance if control_scale else None
+    report["control_scale"] = control_scale
     report["sampling_from"] = sampling.sources
     report["model"] = str(Path(args.model).resolve())
     report["manifest"] = str(Path(args.manifest).resolve())
