@@ -14,6 +14,7 @@ from siren_lightning import cli, export, generate, text_following
 from siren_lightning.data.manifest import Clip, write_manifest
 from siren_lightning.generation_config import (
     GENERATION_FILE,
+    model_plan,
     model_sampling,
     read_generation_config,
 )
@@ -219,3 +220,32 @@ def test_align_report_grades_both_models_at_one_setting(tmp_path, capsys):
     # a flag settles it: the tool goes on to load the models (none here)
     assert cli.main([*argv, "--temperature", "0.7"]) == 1
     assert "before has no config.json: not a folder written by" in capsys.readouterr().out
+
+
+def test_an_aligned_export_names_its_plans_planner_from_its_own_folder(exported, tmp_path):
+    import os
+
+    folder, ckpt, _ = exported
+    plan = {"planner": "../plans/p.ckpt", "control_scale": 2.0, "control_guidance": "steady"}
+    (folder / GENERATION_FILE).write_text(
+        json.dumps({"sampling": {"temperature": 0.2}, "chosen_on": "val", "plan": plan})
+    )
+    blob = torch.load(ckpt, weights_only=True)
+    blob["siren"]["align"] = {"init_from": str(folder), "strategy": "grpo"}
+    torch.save(blob, tmp_path / "aligned.ckpt")
+    blob["siren"]["align"]["planner"] = str(tmp_path / "other.ckpt")  # what the run used
+    torch.save(blob, tmp_path / "aligned_other.ckpt")
+    try:
+        out = export.export_checkpoint(tmp_path / "aligned.ckpt", tmp_path / "a" / "b")
+        other = export.export_checkpoint(tmp_path / "aligned_other.ckpt", tmp_path / "c")
+    finally:
+        (folder / GENERATION_FILE).unlink()
+    carried = read_generation_config(out)["plan"]
+    assert {k: v for k, v in carried.items() if k != "planner"} == {
+        "control_scale": 2.0,
+        "control_guidance": "steady",
+    }
+    here = os.path.normpath((out / carried["planner"]).resolve())
+    assert here == os.path.normpath((folder / plan["planner"]).resolve())
+    assert model_plan(out).planner.resolve() == (folder.parent / "plans" / "p.ckpt").resolve()
+    assert model_plan(other).planner.resolve() == (tmp_path / "other.ckpt").resolve()

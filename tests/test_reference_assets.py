@@ -124,9 +124,8 @@ def test_the_planned_siren_generates_under_the_committed_planners_curves(tmp_pat
     (README-stated SHA-256) draws it from the LM's own text encoder at the clip's length."""
     from siren_lightning.data.loudness import pad_curves
     from siren_lightning.generate import planned_controls
-    from siren_lightning.models.sampling import encode_captions, generate
-
     from siren_lightning.generation_config import model_plan
+    from siren_lightning.models.sampling import encode_captions, generate
 
     monkeypatch.chdir(tmp_path)
     model, codec, text = load_generation_stack(ASSETS / "siren_tiny_planned")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -167,13 +168,14 @@ def export_checkpoint(
         sidecar["adapter"] = adapter
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     if meta.get("align") is not None:
-        _carry_generation_config(meta["align"].get("init_from"), out)
+        _carry_generation_config(meta["align"].get("init_from"), out, meta["align"].get("planner"))
     return out
 
 
-def _carry_generation_config(init_from: str | None, out: Path) -> None:
+def _carry_generation_config(init_from: str | None, out: Path, planner: str | None = None) -> None:
     """An aligned export samples as the model its alignment started from: copy that model's
-    generation.json (if it is an export folder that has one), its provenance kept."""
+    generation.json (if it is an export folder that has one), its provenance kept. Its plan's
+    planner (the one the alignment used, when recorded) is named relative to `out`."""
     from siren_lightning.generation_config import read_generation_config, write_generation_config
 
     source = lm_location(init_from) if init_from else None
@@ -181,8 +183,15 @@ def _carry_generation_config(init_from: str | None, out: Path) -> None:
     if config is None:
         return
     chosen_on = config.get("chosen_on") or "not recorded"
+    plan = config.get("plan")
+    if plan is not None:
+        used = Path(planner) if planner else source / plan["planner"]
+        plan = {**plan, "planner": os.path.relpath(used.resolve(), out.resolve())}
     write_generation_config(
-        out, config["sampling"], f"for {source}, the model this alignment started from: {chosen_on}"
+        out,
+        config["sampling"],
+        f"for {source}, the model this alignment started from: {chosen_on}",
+        plan,
     )
 
 

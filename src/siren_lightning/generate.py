@@ -575,19 +575,12 @@ def planned_controls(
         ValueError: no such checkpoint, or a planner that reads another text width than the
             LM's text encoder gives.
     """
-    from siren_lightning.stages.planner import load_planner, plan_curves
+    from siren_lightning.stages.planner import CaptionPlan, load_planner
 
-    planner = load_planner(planner_path, device)
-    if planner.config.text_dim != text_encoder.dim:
-        raise ValueError(
-            f"the planner reads text states of width {planner.config.text_dim}, the text "
-            f"encoder gives {text_encoder.dim}"
-        )
+    plan = CaptionPlan(load_planner(planner_path, device), text_encoder)
     lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else seconds
     frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in lengths]
-    with torch.no_grad():
-        curves = plan_curves(planner, text_encoder, captions, frames)
-    return [c[:, None] for c in curves]
+    return plan.curves(captions, frames)
 
 
 def _check_editing_arguments(args: argparse.Namespace) -> None:

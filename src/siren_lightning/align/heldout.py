@@ -28,7 +28,7 @@ from siren_lightning.align.objectives import kl_exact
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.blocks import clip_timing
-from siren_lightning.models.sampling import generate, guide, resolve_sampling
+from siren_lightning.models.sampling import contrast_control, generate, guide, resolve_sampling
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ def group_logits(
     cfg_scale: float = 1.0,
     temperature: float = 1.0,
     total_frames: Tensor | None = None,
+    control: Tensor | None = None,
+    control_contrast: Tensor | None = None,
+    control_scale: float = 0.0,
 ) -> Tensor:
     """Teacher-forced logits of the given experts' codebooks, as the sampler draws from them.
 
@@ -75,6 +78,10 @@ def group_logits(
         temperature: the logits are divided by it (as the sampler does).
         total_frames: [B] clip lengths the sampler was asked for (T when None); duration-
             conditioned networks are told each frame's place in its clip, as when sampling.
+        control: [B, T', C] per-frame control (`control_dim` > 0), under which both the caption
+            and the empty caption are read, as when sampling.
+        control_contrast, control_scale: control guidance (`models.sampling.contrast_control`,
+            the sampler's mix): with a scale != 0 the caption is also read under the copy.
 
     Returns:
         [B, n, T, K], n = g x len(experts).
@@ -87,16 +94,24 @@ def group_logits(
             total_frames = torch.full((b,), t, device=codes.device)
         timing = clip_timing(total_frames, t)  # [B, T, 2]
 
-    def run(states: Tensor, mask: Tensor) -> Tensor:
+    def run(states: Tensor, mask: Tensor, curve: Tensor | None = control) -> Tensor:
         states = states.to(vectors.dtype)
-        return torch.cat([e(vectors, states, mask, timing) for e in experts.values()], dim=1)
+        curve = None if curve is None else curve[:, :t].to(vectors.dtype)
+        outs = [e(vectors, states, mask, timing, control=curve) for e in experts.values()]
+        return torch.cat(outs, dim=1)
 
-    logits = run(text_states, text_mask)
+    cond = logits = run(text_states, text_mask)
     if cfg_scale != 1.0:
         if uncond is None:
             raise ValueError("group_logits: cfg_scale != 1 needs the empty caption's states")
         empty = run(uncond[0].expand(b, -1, -1), uncond[1].expand(b, -1))
-        logits = guide(logits, empty, cfg_scale)
+        logits = guide(cond, empty, cfg_scale)
+    if control_scale != 0:
+        if control_contrast is None:
+            raise ValueError("group_logits: control_scale != 0 needs control_contrast")
+        logits = contrast_control(
+            logits, cond, run(text_states, text_mask, control_contrast), control_scale
+        )
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -120,6 +135,7 @@ def evaluate_policy(
     sampling: Mapping[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    plan: Any = None,
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Generate, score and grade one clip per held-out caption.
 
@@ -135,6 +151,9 @@ def evaluate_policy(
         seconds, sampling, seed, batch_size: generation settings (`siren generate`'s defaults,
             `DEFAULT_SAMPLING`, for the sampling settings not given: held-out clips are
             sampled the way users sample).
+        plan: a `stages.planner.CaptionPlan` for an LM that follows a plan (`control_dim` > 0):
+            each clip is generated, and its KL read, under the planner's curve for its caption
+            and the plan's control guidance.
 
     Returns:
         metrics (name -> float) and the first clips' audio (caption -> [N]) for logging.
@@ -156,6 +175,11 @@ def evaluate_policy(
         captions = [c.caption for c in batch]
         # Encoded here, not inside a caption-level helper: the KL below needs the same states.
         text = text_encoder.encode(captions)
+        control: dict[str, Any] = {}
+        if plan is not None:
+            curves, contrast = plan.controls(captions, frames)  # [B, T, 1] each
+            control = {"control": curves.to(device), "control_scale": plan.scale}
+            control["control_contrast"] = None if contrast is None else contrast.to(device)
         codes = generate(
             network,
             text.states,
@@ -165,6 +189,7 @@ def evaluate_policy(
             uncond_mask=empty.mask,
             generator=generator,
             **sampling,
+            **control,
         )  # [B, r, T]
         audio = codec.decode(codes).float()  # [B, 1, N]
         if reward is not None:
@@ -176,6 +201,7 @@ def evaluate_policy(
                 "uncond": (empty.states, empty.mask),
                 "cfg_scale": sampling["cfg_scale"],
                 "temperature": sampling["temperature"],
+                **control,
             }
             logits = group_logits(network, policy, codes, text.states, text.mask, **guide)
             ref_logits = group_logits(network, reference, codes, text.states, text.mask, **guide)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from siren_lightning.align.heldout import HeldoutClip, evaluate_policy
+from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.metrics.adherence import mean_and_spread
 from siren_lightning.models.sampling import resolve_sampling
 
@@ -80,17 +81,35 @@ def seed_metrics(
     evaluator: Any = None,
     sampling: dict[str, Any] | None = None,
     batch_size: int = 50,
+    plan: Any = None,
 ) -> dict[str, list[float]]:
     """Per-seed metrics of one model: metric name -> one value per seed.
 
     Args:
         clips: manifest `Clip`s with SynthCaps `attributes`, a first caption, audio and duration.
         out: the WAVs go to `out/seed<S>/<id>.wav`.
+        plan: a `stages.planner.CaptionPlan` (LMs with `control_dim` > 0): each clip is
+            generated under its caption's planned curve at its own duration.
     """
     from siren_lightning.text_following import score_model
 
+    controls = None
+    if plan is not None:
+        frames = [seconds_to_frames(c.duration, codec.sample_rate, codec.hop_length) for c in clips]
+        curves = plan.curves([c.captions[0] for c in clips], frames)
+        controls = {c.id: curve[:, 0] for c, curve in zip(clips, curves, strict=True)}
     adherence = score_model(
-        model, text_encoder, codec, list(clips), out, list(seeds), sampling, batch_size
+        model,
+        text_encoder,
+        codec,
+        list(clips),
+        out,
+        list(seeds),
+        sampling,
+        batch_size,
+        controls=controls,
+        control_guidance=None if plan is None else plan.guidance,
+        control_scale=0.0 if plan is None else plan.scale,
     )["adherence"]
     values = {f"adherence_{k}": adherence[k]["per_seed"] for k in adherence}
     captions = {c.id: c.captions[0] for c in clips}
@@ -170,6 +189,7 @@ def compare(
     grader: dict[str, Any] | None = None,
     cache: str | Path | None = None,
     sampling_from: dict[str, str] | None = None,
+    plan: Any = None,
 ) -> dict[str, Any]:
     """Grade each model on the same held-out clips and seeds; write `report.json` / `report.md`.
 
@@ -187,6 +207,8 @@ def compare(
         cache: folder of per-model metrics (see the module's docstring), or None.
         sampling_from: where each sampling setting came from (`ResolvedSampling.sources`),
             recorded as given.
+        plan: a `stages.planner.CaptionPlan` both models generate under (LMs that follow a
+            plan), or None.
 
     Returns:
         the report dict (also written as JSON).
@@ -194,6 +216,9 @@ def compare(
     out = Path(out)
     sampling = resolve_sampling("siren align-report", sampling).values
     ref_experts = {k: reference.experts[k] for k in policy_groups}
+    plan_record = None
+    if plan is not None:
+        plan_record = {"planner": plan.source, "scale": plan.scale, "guidance": plan.guidance}
     rows, timing = {}, {}
     for name, model in models.items():
         start = time.perf_counter()
@@ -212,6 +237,7 @@ def compare(
                 # a judge retrained under the same name must not reuse the old one's rows
                 "grader_clap_sha256": (grader or {}).get("clap_sha256"),
                 "reward": None if reward is None else reward.provenance(),
+                "plan": plan_record,
             }
             name_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
             if cache is not None:
@@ -232,6 +258,7 @@ def compare(
                 evaluator=evaluator,
                 sampling=sampling,
                 batch_size=batch_size,
+                plan=plan,
             )
             for i, seed in enumerate(missing):
                 per_seed[seed] = {k: v[i] for k, v in values.items()}
@@ -254,6 +281,7 @@ def compare(
                 seconds=kl_seconds,
                 sampling=sampling,
                 seed=0,
+                plan=plan,
             )
             rows[name]["kl_ref"] = {"mean": kl["kl_ref"], "spread": 0.0, "per_seed": [kl["kl_ref"]]}
         timing[name] = round(time.perf_counter() - start, 1)
@@ -267,6 +295,7 @@ def compare(
         "seeds": list(seeds),
         "sampling": sampling,
         "sampling_from": sampling_from,
+        "plan": plan_record,
         "batch_size": batch_size,
         "kl_clips": kl_clips,
         "kl_seconds": kl_seconds,
@@ -327,11 +356,17 @@ def main(argv: list[str]) -> int:
     from siren_lightning.codec.checkpoint import load_codec
     from siren_lightning.data.manifest import read_manifest
     from siren_lightning.export import ExportError, exported_codec, load_lm
-    from siren_lightning.generation_config import add_sampling_flags, given_sampling, model_sampling
+    from siren_lightning.generation_config import (
+        add_sampling_flags,
+        given_sampling,
+        model_plan,
+        model_sampling,
+    )
     from siren_lightning.metrics.adherence import has_attributes
     from siren_lightning.metrics.protocol import build_evaluator
     from siren_lightning.metrics.tiny_clap import tiny_clap_path
     from siren_lightning.metrics.weights import sha256_file
+    from siren_lightning.stages.planner import CaptionPlan
     from siren_lightning.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="siren align-report", description=main.__doc__)
@@ -417,6 +452,26 @@ def main(argv: list[str]) -> int:
         "same_family": family == "tiny-clap",
         "adherence": "measure_attributes (signal processing)",
     }
+    plan = None
+    if getattr(before.config, "control_dim", 0) > 0:
+        found = model_plan(args.before)
+        if found is None:
+            print(
+                f"siren align-report: {args.before} follows a per-frame plan (control_dim > 0) "
+                "but its generation.json names no planner (`siren set-sampling --planner`)"
+            )
+            return 2
+        try:
+            plan = CaptionPlan.load(
+                found.planner, text_encoder, found.control_scale, found.control_guidance
+            )
+        except ValueError as err:
+            print(f"siren align-report: {err}")
+            return 2
+        print(
+            f"plan: {found.planner} (--before's generation.json), control_scale "
+            f"{found.control_scale:g}, control_guidance {found.control_guidance}; both rows"
+        )
     models = {"before": before} if after is None else {"before": before, "after": after}
     print(sampling.describe())
     report = compare(
@@ -437,6 +492,7 @@ def main(argv: list[str]) -> int:
         trained_with=trained_with,
         grader=grader,
         cache=args.cache,
+        plan=plan,
     )
     print(markdown_table(report))
     print(f"report: {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'}")

@@ -187,6 +187,7 @@ class HeldoutEvaluation(L.Callback):
             seconds=self.seconds or rollout.seconds,
             sampling=self.sampling,
             seed=rollout.seed if self.seed is None else self.seed,
+            plan=getattr(module, "plan", None),
         )
         self._last_step = step
         self.history.append({"step": step, **metrics})

@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,6 +68,7 @@ from siren_lightning.align.objectives import (
 from siren_lightning.align.rewards import Reward, TinyCLAPReward
 from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.export import load_lm
+from siren_lightning.generation_config import model_plan
 from siren_lightning.models.sampling import DEFAULT_SAMPLING, check_sampling, generate
 from siren_lightning.models.siren import SirenLM
 from siren_lightning.stages.chassis import (
@@ -75,6 +77,7 @@ from siren_lightning.stages.chassis import (
     check_optimizer,
     optimizer_factory,
 )
+from siren_lightning.stages.planner import CaptionPlan
 
 ALIGN_OPTIMIZER = {
     "class_path": "torch.optim.AdamW",
@@ -95,12 +98,17 @@ class RolloutConfig:
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default `ROLLOUT_SAMPLING`;
             top_k and top_p must stay off: the update needs exact log-probabilities).
         seed: seeds the rollout sampler (and, by default, the held-out evaluation's).
+        control_scale: for an LM that follows a plan (`AlignModule(planner=)`): control
+            guidance's weight in the rollouts and the held-out evaluation (0: off).
+        control_guidance: the copy control guidance moves away from (`GUIDANCE_CURVES`).
     """
 
     group_size: int = 8
     seconds: float = 2.0
     sampling: dict[str, Any] | None = None
     seed: int = 0
+    control_scale: float = 0.0
+    control_guidance: str = "reversed"
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -182,6 +190,12 @@ class AlignModule(StageModule):
         objective: the RL strategy and its coefficients (`ObjectiveConfig`).
         optimizer: the optimizer over the policy's parameters (constant rate), from YAML
             (default `ALIGN_OPTIMIZER`: AdamW lr 1e-5, betas (0.9, 0.95), no weight decay).
+        planner: for an LM that follows a per-frame plan (`control_dim` > 0): the
+            `PlannerModule` checkpoint that draws each caption's curve (default: the one
+            `init_from`'s generation.json names). Rollouts, their log-probabilities and the
+            held-out evaluation are all under the planner's curve (the plan is part of the
+            prompt) and `rollout.control_scale`'s control guidance; the policy learns which
+            codes to draw under a plan, the planner stays as it is.
     """
 
     def __init__(
@@ -195,6 +209,7 @@ class AlignModule(StageModule):
         rollout: RolloutConfig | None = None,
         objective: ObjectiveConfig | None = None,
         optimizer: OptimizerCallable = ALIGN_OPTIMIZER,
+        planner: str | None = None,
     ) -> None:
         super().__init__()
         # The groups go in as plain dicts: checkpoints load with weights_only=True.
@@ -240,6 +255,7 @@ class AlignModule(StageModule):
         if text_encoder is None:
             text_encoder = self._stage1_text_encoder()
         self.text_encoder = text_encoder
+        self.plan = self._caption_plan(planner, init_from, network, rollout)
         codec = codec if codec is not None else meta.get("codec")
         if codec is None:
             raise ValueError("AlignModule: no codec given and the stage-1 record names none")
@@ -252,6 +268,30 @@ class AlignModule(StageModule):
         self.eval()
 
     # Pieces built from the stage-1 record.
+
+    def _caption_plan(
+        self,
+        planner: str | None,
+        init_from: str | None,
+        network: nn.Module,
+        rollout: RolloutConfig,
+    ) -> CaptionPlan | None:
+        """The planner an LM with control_dim > 0 generates under (None for the paper's LM)."""
+        if getattr(network.config, "control_dim", 0) == 0:
+            if planner is not None:
+                raise ValueError("AlignModule: planner given, but the LM takes no control")
+            return None
+        if planner is None and init_from is not None:
+            found = model_plan(init_from) if Path(init_from).is_dir() else None
+            planner = None if found is None else str(found.planner)
+        if planner is None:
+            raise ValueError(
+                "AlignModule: the LM follows a per-frame plan (control_dim > 0): give planner (a "
+                "PlannerModule checkpoint) or start from a model whose generation.json names one"
+            )
+        return CaptionPlan.load(
+            planner, self.text_encoder, rollout.control_scale, rollout.control_guidance
+        )
 
     def _stage1_text_encoder(self) -> nn.Module:
         info = self.meta.get("text_encoder")
@@ -305,6 +345,7 @@ class AlignModule(StageModule):
             "reward": self.reward.provenance(),
             "grader": self._grader(),
             "rollout_batches": self._rollout_batches,
+            "planner": None if self.plan is None else self.plan.source,
             # The sampler's position, so a resumed run draws the rollouts it would have.
             "rollout_rng": None if self._generator is None else self._generator.get_state(),
         }
@@ -331,6 +372,8 @@ class AlignModule(StageModule):
 
     def on_fit_start(self) -> None:
         self.codec.to(self.device)
+        if self.plan is not None:
+            self.plan.planner.to(self.device)
         self.reward.to(self.device)
         self._generator = torch.Generator(device=self.device).manual_seed(self.rollout_config.seed)
         if self._resumed_rng is not None:
@@ -364,6 +407,16 @@ class AlignModule(StageModule):
             uncond = {"uncond_states": empty.states, "uncond_mask": empty.mask}
         if self._generator is None:
             self._generator = torch.Generator(device=self.device).manual_seed(hp.seed)
+        control: dict[str, Any] = {}
+        if self.plan is not None:  # one curve per caption, the same for its G samples
+            curves, contrast = self.plan.controls(captions, frames)  # [P, T, 1]
+            control = {
+                "control": curves.repeat_interleave(hp.group_size, 0).to(self.device),
+                "control_scale": self.plan.scale,
+                "control_contrast": None
+                if contrast is None
+                else contrast.repeat_interleave(hp.group_size, 0).to(self.device),
+            }
         codes = generate(
             self.network,
             text.states,
@@ -372,6 +425,7 @@ class AlignModule(StageModule):
             generator=self._generator,
             **uncond,
             **self.rollout_sampling,
+            **control,
         )  # [B, r, T]
         audio = codec.decode(codes).float()  # [B, 1, N]
         rewards = self.reward(audio, codec.sample_rate, repeated).to(self.device)  # [B]
@@ -383,12 +437,17 @@ class AlignModule(StageModule):
             "text_states": text.states,
             "text_mask": text.mask,
             "uncond": (empty.states, empty.mask),
+            "control": control,
         }
 
     def _logits(self, experts: dict[int, nn.Module], r: dict[str, Any], rows: Tensor | None):
         codes, states, mask = r["codes"], r["text_states"], r["text_mask"]
+        control = dict(r["control"])
         if rows is not None:
             codes, states, mask = codes[rows], states[rows], mask[rows]
+            for key in ("control", "control_contrast"):
+                if control.get(key) is not None:
+                    control[key] = control[key][rows]
         rs = self.rollout_sampling
         return group_logits(
             self.network,
@@ -399,6 +458,7 @@ class AlignModule(StageModule):
             uncond=r["uncond"],
             cfg_scale=rs["cfg_scale"],
             temperature=rs["temperature"],
+            **control,
         )  # [B, n, T, K]
 
     # Steps.

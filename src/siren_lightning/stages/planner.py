@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from siren_lightning.codec.base import seconds_to_frames
-from siren_lightning.data.loudness import read_curves, window_control
+from siren_lightning.data.loudness import guidance_curve, pad_curves, read_curves, window_control
 from siren_lightning.models.blocks import window_timing
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.chassis import FrozenTextModule
@@ -120,6 +120,61 @@ def load_planner(path: str | Path, device: str = "cpu") -> LoudnessPlanner:
         )
     module = PlannerModule.load_from_checkpoint(path, map_location=device)
     return module.planner.eval()
+
+
+class CaptionPlan:
+    """A planner drawing each caption's curve, with the control guidance that follows it: what
+    alignment rollouts, its held-out evaluation and `siren align-report` generate under.
+
+    Args:
+        planner: eval-mode `LoudnessPlanner`.
+        text_encoder: the LM's caption encoder (its width is checked against the planner's).
+        scale: control guidance's weight (0: off, no contrast is made).
+        guidance: the copy's kind (`data.loudness.GUIDANCE_CURVES`).
+        source: where the planner came from (recorded in reports).
+    """
+
+    def __init__(
+        self,
+        planner: LoudnessPlanner,
+        text_encoder: Any,
+        scale: float = 0.0,
+        guidance: str = "reversed",
+        source: str | None = None,
+    ) -> None:
+        if planner.config.text_dim != text_encoder.dim:
+            raise ValueError(
+                f"the planner reads text states of width {planner.config.text_dim}, the text "
+                f"encoder gives {text_encoder.dim}"
+            )
+        guidance_curve(torch.zeros(1), guidance)  # an unknown kind fails here
+        self.planner, self.text_encoder = planner, text_encoder
+        self.scale, self.guidance, self.source = scale, guidance, source
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        text_encoder: Any,
+        scale: float = 0.0,
+        guidance: str = "reversed",
+        device: str | torch.device = "cpu",
+    ) -> CaptionPlan:
+        """From a `PlannerModule` checkpoint (`load_planner`), on the text encoder's device."""
+        return cls(load_planner(path, device), text_encoder, scale, guidance, str(path))
+
+    def curves(self, captions: list[str], frames: list[int]) -> list[Tensor]:
+        """One curve [T_i, 1] per caption, T_i = frames[i]."""
+        return [c[:, None] for c in plan_curves(self.planner, self.text_encoder, captions, frames)]
+
+    def controls(self, captions: list[str], frames: int) -> tuple[Tensor, Tensor | None]:
+        """control [B, T, 1] for clips of `frames` frames, and its guidance copy (None when the
+        scale is 0): what `generate(control=, control_contrast=)` takes."""
+        curves = self.curves(captions, [frames] * len(captions))
+        contrast = None
+        if self.scale != 0:
+            contrast = pad_curves([guidance_curve(c, self.guidance) for c in curves], frames)
+        return pad_curves(curves, frames), contrast
 
 
 def main(argv: list[str]) -> int:
