@@ -16,8 +16,9 @@ CODES := data/synthcaps/codes_litdata
 # SET: the SynthCaps variant that `make pretrain`, `make align` and `make evaluate` work on.
 # - clean (the default): SynthCaps with digital silence between its events (`siren prepare
 #   synthcaps --background 0`), the committed codec that spells silence with one code
-#   (assets/codec_tiny_clean), the reference Siren trained on it (assets/siren_tiny_clean), the
-#   tiny CLAPs trained on it (reward tiny-clap-reward-clean, grader tiny-clap-eval-clean).
+#   (assets/codec_tiny_clean), the reference Siren that follows its captions on it
+#   (assets/siren_tiny_planned, with the planner its generation.json names), the tiny CLAPs
+#   trained on it (reward tiny-clap-reward-clean, grader tiny-clap-eval-clean).
 #   `make pretrain` runs experiments/siren_tiny_clean.yaml with its cosine ending at the last step,
 #   and samples at the clean reference's temperature (0.7, chosen on val). docs/model.md
 #   "make pretrain on SynthCaps clean".
@@ -29,7 +30,7 @@ SET_DATA := data/synthcaps_clean
 SET_CODEC := assets/codec_tiny_clean
 SET_PREPARE := --background 0
 RUN := runs/siren_tiny_clean
-REFERENCE := assets/siren_tiny_clean
+REFERENCE := assets/siren_tiny_planned
 # Steps of the tiny Siren run that `make pretrain` does on a 2-core CPU in its time budget.
 PRETRAIN_STEPS ?= 500
 PRETRAIN_CONFIGS = --config experiments/siren_tiny.yaml --config experiments/siren_tiny_clean.yaml \
@@ -63,6 +64,12 @@ PREPARE_SET = $(SIREN) prepare synthcaps --out $(SET_DATA) $(SET_PREPARE)
 # The model `make align`, `make evaluate` and the notebook start from: SET's committed reference
 # tiny Siren. SIREN_MODEL=$(RUN)/model picks the model `make pretrain` trained instead.
 SIREN_MODEL ?= $(REFERENCE)
+# The planned reference is aligned at its own sampling and under its plan (temperature 0.2,
+# control guidance 2: experiments/align_tiny_planned.yaml) into its own folder.
+ifeq ($(SIREN_MODEL),assets/siren_tiny_planned)
+ALIGN := runs/align_tiny_planned
+ALIGN_CONFIGS += --config experiments/align_tiny_planned.yaml
+endif
 # Held-out test clips whose adherence `make pretrain` prints at its end.
 ADHERENCE_CLIPS ?= 48
 

@@ -40,10 +40,13 @@ def fit_line(out: str) -> str:
 def test_make_align_defaults_to_the_clean_set_and_set_noisy_to_the_noisy_one():
     out = dry_run().stdout
     fit = fit_line(out)
+    # The reference follows its captions under its plan, aligned at its own sampling.
     assert "--config experiments/align_tiny_clean.yaml" in fit
-    assert "--model.init_args.init_from assets/siren_tiny_clean" in fit
+    assert fit.split("--config")[-1].startswith(" experiments/align_tiny_planned.yaml")
+    assert "--model.init_args.init_from assets/siren_tiny_planned" in fit
+    assert "export runs/align_tiny_planned/checkpoints/last.ckpt" in out
     reports = [line for line in commands(out) if "align-report --before" in line]
-    assert reports and all("--before assets/siren_tiny_clean" in line for line in reports)
+    assert reports and all("--before assets/siren_tiny_planned" in line for line in reports)
     assert all(
         "synthcaps_clean/test.jsonl" in line and "--tiny-clap tiny-clap-eval-clean" in line
         and "--reward tiny-clap-reward-clean" in line
@@ -52,8 +55,10 @@ def test_make_align_defaults_to_the_clean_set_and_set_noisy_to_the_noisy_one():
     assert "prepare synthcaps --out data/synthcaps_clean --background 0" in out
 
     # Naming the model picks the model only: the set stays clean.
-    named = fit_line(dry_run(SIREN_MODEL="runs/siren_tiny_clean/model").stdout)
+    named_run = dry_run(SIREN_MODEL="runs/siren_tiny_clean/model").stdout
+    named = fit_line(named_run)
     assert "align_tiny_clean.yaml" in named and "init_from runs/siren_tiny_clean/model" in named
+    assert "align_tiny_planned" not in named_run
 
     noisy = dry_run("SET=noisy").stdout
     fit = fit_line(noisy)
@@ -84,5 +89,5 @@ def test_make_pretrain_and_evaluate_follow_the_set():
     assert "set-sampling" not in noisy and "--codec assets/codec_tiny " in flat(noisy)
 
     evaluate = flat(dry_run(target="evaluate").stdout)
-    assert "generate --model assets/siren_tiny_clean --manifest data/synthcaps_clean/" in evaluate
+    assert "generate --model assets/siren_tiny_planned --manifest data/synthcaps_clean/" in evaluate
     assert "--tiny-clap tiny-clap-eval-clean --codec-ceiling assets/codec_tiny_clean" in evaluate
