@@ -2,7 +2,7 @@
 to draw the curve, and the L1 it is trained by."""
 
 import torch
-from siren_testing import TableCodec, make_model, make_text
+from siren_testing import TableCodec, make_model, make_planner_checkpoint, make_text
 
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.planner import PlannerModule, plan_curves
@@ -106,21 +106,6 @@ def test_siren_loudness_and_siren_plan_write_a_curve_per_clip(tmp_path, capsys):
     assert "2 planned curves" in capsys.readouterr().out
 
 
-def _planner_checkpoint(path, **sizes):
-    import lightning
-
-    module = PlannerModule(str(path.parent), width=16, num_heads=2, layers=1, **sizes)
-    torch.nn.init.normal_(module.planner.head.weight, 0, 0.1)  # levels that differ by frame
-    torch.nn.init.constant_(module.planner.head.bias, 0.7)
-    checkpoint = {
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-        "pytorch-lightning_version": lightning.__version__,
-    }
-    torch.save(checkpoint, path)
-    return module.planner.eval()
-
-
 def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsys):
     import numpy as np
     import pytest
@@ -134,7 +119,7 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
             expert.control.proj.weight.normal_(0, 0.5)
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
-    planner = _planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
+    planner = make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
     argv = ["--model", str(tmp_path), "--captions", "a", "b", "--seconds", "0.1"]
     with_plan = [*argv, "--planner", str(tmp_path / "planner.ckpt")]
     assert generate.main([*with_plan, "--out", str(tmp_path / "tool")]) == 0
@@ -188,7 +173,7 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
         generate.main([*argv, "--control-scale", "1", "--out", str(tmp_path / "x")])
     missing = [*argv, "--planner", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "x")]
     assert generate.main(missing) == 2
-    _planner_checkpoint(tmp_path / "wide.ckpt", text_dim=384)
+    make_planner_checkpoint(tmp_path / "wide.ckpt", text_dim=384)
     wide = [*argv, "--planner", str(tmp_path / "wide.ckpt"), "--out", str(tmp_path / "x")]
     assert generate.main(wide) == 2
     out = capsys.readouterr().out
@@ -216,7 +201,7 @@ def test_a_model_whose_generation_json_names_a_plan_follows_it_with_no_flag(
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
     (tmp_path / "plans").mkdir()
-    _planner_checkpoint(tmp_path / "plans" / "planner.ckpt", text_dim=12)
+    make_planner_checkpoint(tmp_path / "plans" / "planner.ckpt", text_dim=12)
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "siren.json").write_text("{}")  # what set-sampling checks an export folder by
@@ -273,7 +258,7 @@ def test_adherence_plans_each_clip_with_the_models_planner(tmp_path, monkeypatch
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     stack = (model, codec, encoder)
     monkeypatch.setattr(text_following, "load_generation_stack", lambda spec, device: stack)
-    _planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
+    make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
     clips = []
     for i, (seconds, pitch) in enumerate(((0.05, "low"), (0.08, "high"))):
         stated = {"source": "tone", "pitch": pitch, "count": "once", "envelope": "steady"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from siren_testing import TableCodec, make_model
+from siren_testing import TableCodec, make_model, make_planner_checkpoint
 
 from siren_lightning import text_following
 from siren_lightning.callbacks.text_following import TextFollowingCallback
@@ -216,3 +216,84 @@ def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, ca
     assert not all(np.array_equal(a, b) for a, b in zip(wav("g"), wav("o"), strict=True))
     assert main([*argv, "--control-scale", "2", "--out", str(tmp_path / "n")]) == 2
     assert "--control-scale needs --control" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("with_planner", [False, True])
+def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
+    tmp_path, monkeypatch, with_planner
+):
+    # Without a planner: the clips' own curves (the control cache); with one: the planner's for
+    # each caption and length. Generation gets them (and their guidance copies), and the text gap
+    # reads them under both captions.
+    from siren_lightning.data.loudness import guidance_curve, pad_curves
+    from siren_lightning.stages.planner import CaptionPlan
+
+    torch.manual_seed(0)
+    model = make_model(text_dim=384, duration_conditioning=True, control_dim=1).eval()
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.proj.weight.normal_(0, 0.5)
+    codec, text = TableCodec(model.codebook_table.clone()), TextEncoder("minilm")
+    clips = _clips(tmp_path)
+    write_manifest(tmp_path / "val.jsonl", clips)
+    codes = [torch.randint(16, (6, 5 + i)) for i in range(3)]
+    own = {c.id: torch.rand(8 + i) for i, c in enumerate(clips)}  # longer than the codes
+    (tmp_path / "loud").mkdir()
+    torch.save(own, tmp_path / "loud" / "val.pt")
+    module = PretrainModule(
+        model,
+        text_encoder=text,
+        codec=codec,
+        caption_dropout=0.0,
+        control_cache=str(tmp_path / "loud"),
+    )
+    module.setup("fit")
+    items = [{"id": c.id, "captions": c.captions, "codes": codes[i]} for i, c in enumerate(clips)]
+    logged = {}
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        global_step=7,
+        loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.update(m))],
+        callback_metrics={},
+        datamodule=SimpleNamespace(
+            hparams={"val_manifest": str(tmp_path / "val.jsonl")},
+            datasets={"val": SimpleNamespace(items=items)},
+        ),
+    )
+    planner = None
+    if with_planner:
+        planner = make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=384)
+    seen = []
+    sample = module.sample_codes
+
+    def spy(captions, frames, seed=0, **kwargs):
+        seen.append(kwargs)
+        return sample(captions, frames, seed=seed, **kwargs)
+
+    monkeypatch.setattr(module, "sample_codes", spy)
+    callback = TextFollowingCallback(
+        num_clips=3,
+        batch_size=3,
+        planner=str(tmp_path / "planner.ckpt") if with_planner else None,
+        control_scale=1.5,
+    )
+    callback.on_validation_epoch_end(trainer, module)
+    frames = [5, 6, 7]
+    if with_planner:
+        plan = CaptionPlan(planner, text)
+        curves = plan.curves([c.captions[0] for c in clips], frames)
+    else:
+        curves = [own[c.id][:n, None] for c, n in zip(clips, frames, strict=True)]
+    (given,) = seen
+    assert torch.equal(given["control"], pad_curves(curves, 7))
+    copies = [guidance_curve(c, "reversed") for c in curves]
+    assert torch.equal(given["control_contrast"], pad_curves(copies, 7))
+    assert given["control_scale"] == 1.5
+    captions = [c.captions[0] for c in clips]
+    gap = text_gap(model, text, codes, captions, ATTRS, batch_size=3, controls=curves)
+    assert logged["val/text_gap_cb00"] == pytest.approx(gap["gap"][0], abs=1e-6)
+    flat = text_gap(
+        model, text, codes, captions, ATTRS, batch_size=3, controls=[c * 0 for c in curves]
+    )
+    assert flat["gap"][0] != pytest.approx(gap["gap"][0], abs=1e-6)  # the curves are read

@@ -7,16 +7,16 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from siren_testing import HashTextEncoder, TableCodec, make_model
+from siren_testing import HashTextEncoder, TableCodec, make_model, make_planner_checkpoint
 
 from siren_lightning.align.heldout import group_logits
 from siren_lightning.align.rewards import LoudnessReward
-from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.models.sampling import generate
 from siren_lightning.stages.align import AlignModule, RolloutConfig
-from siren_lightning.stages.planner import CaptionPlan, PlannerModule
+from siren_lightning.stages.planner import CaptionPlan
 
 CAPTIONS = ["a loud low hum", "two quiet beeps"]
+LEVELS = {"spread": 0.3, "level": 0.6}  # curves that vary enough to move greedy draws
 
 
 def _planned_lm():
@@ -27,31 +27,13 @@ def _planned_lm():
     return network
 
 
-def _planner(text_dim: int = 12) -> LoudnessPlanner:
-    torch.manual_seed(3)
-    planner = LoudnessPlanner(PlannerConfig(text_dim=text_dim, width=16, num_heads=2, layers=1))
-    torch.nn.init.normal_(planner.head.weight, 0, 0.3)  # levels that differ by frame
-    torch.nn.init.constant_(planner.head.bias, 0.6)  # sounding runs, so that reversing moves them
-    return planner.eval()
-
-
-def _planner_checkpoint(path):
-    module = PlannerModule(str(path.parent), text_dim=12, width=16, num_heads=2, layers=1)
-    module.planner.load_state_dict(_planner().state_dict())
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": L.__version__,
-        },
-        path,
-    )
-
-
 @pytest.mark.parametrize("control_scale", [0.0, 1.5])
-def test_teacher_forced_logits_under_the_plan_are_what_the_sampler_drew_from(control_scale):
+def test_teacher_forced_logits_under_the_plan_are_what_the_sampler_drew_from(
+    tmp_path, control_scale
+):
     network, text = _planned_lm(), HashTextEncoder(12)
-    plan = CaptionPlan(_planner(), text, scale=control_scale, guidance="reversed")
+    planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
+    plan = CaptionPlan(planner, text, scale=control_scale, guidance="reversed")
     control, contrast = plan.controls(CAPTIONS, 12)  # [2, 12, 1]
     assert (contrast is None) == (control_scale == 0)
     prompts, empty = text.encode(CAPTIONS), text.encode([""])
@@ -85,7 +67,7 @@ def test_rollouts_follow_each_captions_plan_and_an_update_trains_the_policy(
 ):
     network, text = _planned_lm(), HashTextEncoder(12)
     codec = TableCodec(network.codebook_table.clone())
-    _planner_checkpoint(tmp_path / "planner.ckpt")
+    planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     rollout = RolloutConfig(group_size=3, seconds=0.16, control_scale=1.5)
     module = AlignModule(
         network=network,
@@ -96,7 +78,7 @@ def test_rollouts_follow_each_captions_plan_and_an_update_trains_the_policy(
         planner=str(tmp_path / "planner.ckpt"),
     )
     r = module.rollout(CAPTIONS)
-    curves, contrast = CaptionPlan(_planner(), text, 1.5).controls(CAPTIONS, 16)
+    curves, contrast = CaptionPlan(planner, text, 1.5).controls(CAPTIONS, 16)
     assert torch.equal(r["control"]["control"], curves.repeat_interleave(3, 0))
     assert torch.equal(r["control"]["control_contrast"], contrast.repeat_interleave(3, 0))
     assert r["control"]["control_scale"] == 1.5
@@ -119,7 +101,7 @@ def test_a_planned_lm_needs_its_planner_and_a_plain_one_takes_none(tmp_path):
     kwargs = {"codec": codec, "text_encoder": text, "reward": LoudnessReward()}
     with pytest.raises(ValueError, match="give planner"):
         AlignModule(network=_planned_lm(), **kwargs)
-    _planner_checkpoint(tmp_path / "planner.ckpt")
+    make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     with pytest.raises(ValueError, match="takes no control"):
         AlignModule(network=make_model(), planner=str(tmp_path / "planner.ckpt"), **kwargs)
     with pytest.raises(ValueError, match="not found"):
@@ -139,7 +121,8 @@ def test_the_report_grades_both_rows_under_the_plan(tmp_path):
 
     network, text = _planned_lm(), HashTextEncoder(12)
     codec = TableCodec(network.codebook_table.clone())
-    plan = CaptionPlan(_planner(), text, scale=1.5, guidance="reversed", source="p.ckpt")
+    planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
+    plan = CaptionPlan(planner, text, scale=1.5, guidance="reversed", source="p.ckpt")
     stated = {"pitch": "low", "count": "once", "envelope": "steady"}
     clips = [
         Clip(f"c{i}", tmp_path / "x.wav", [c], duration=0.2 + 0.1 * i, attributes=stated)

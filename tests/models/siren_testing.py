@@ -79,3 +79,25 @@ class HashTextEncoder(nn.Module):
         states = self.table[ids] * mask[..., None]  # [B, L, Dt]
         pooled = states.sum(1) / mask.sum(1, keepdim=True)
         return TextStates(states, mask, pooled)
+
+
+def make_planner_checkpoint(
+    path, text_dim: int = 12, spread: float = 0.1, level: float = 0.7, seed: int = 3
+):
+    """A `PlannerModule` checkpoint at `path` whose planner draws levels that differ by frame
+    (head weights of sd `spread`) around `level` (its bias); returns that planner in eval mode."""
+    import lightning
+
+    from siren_lightning.stages.planner import PlannerModule
+
+    torch.manual_seed(seed)
+    module = PlannerModule(str(path.parent), width=16, num_heads=2, layers=1, text_dim=text_dim)
+    torch.nn.init.normal_(module.planner.head.weight, 0, spread)
+    torch.nn.init.constant_(module.planner.head.bias, level)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    torch.save(checkpoint, path)
+    return module.planner.eval()

@@ -11,6 +11,11 @@ every N-th validation, for a fixed set of validation clips with SynthCaps attrib
   caption, on the same clips (`val/attribute_gap_{pitch,count,envelope,empty}_cb00` and
   `..._mean` over codebooks; 5 teacher-forced passes: the own wording and the 4 rows).
 On data without attributes it logs nothing and says so once.
+
+For an LM that follows a per-frame plan (`control_dim` > 0) every generation and every
+teacher-forced pass reads a curve per clip: the planner's for its caption and length when
+`planner` is given (what users generate with), else the clip's own curve from the module's
+`control_cache` (an oracle plan; the log line says which).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from siren_lightning.callbacks.evaluation import reference_clips
 from siren_lightning.callbacks.samples import generate_waveforms
+from siren_lightning.data.loudness import guidance_curve, pad_curves
 from siren_lightning.metrics.adherence import (
     GAP_ROWS,
     JUDGED,
@@ -32,6 +38,7 @@ from siren_lightning.metrics.adherence import (
     text_gap,
 )
 from siren_lightning.models.sampling import check_sampling
+from siren_lightning.stages.planner import CaptionPlan
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,9 @@ class TextFollowingCallback(L.Callback):
             curves are comparable.
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default: `siren generate`'s).
         batch_size: clips generated together.
+        planner: `PlannerModule` checkpoint drawing the curves of an LM with `control_dim` > 0
+            (default: the clips' own curves, an oracle plan).
+        control_scale, control_guidance: control guidance of the generations (0: off).
     """
 
     def __init__(
@@ -59,7 +69,11 @@ class TextFollowingCallback(L.Callback):
         seed: int = 0,
         sampling: dict[str, Any] | None = None,
         batch_size: int = 16,
+        planner: str | None = None,
+        control_scale: float = 0.0,
+        control_guidance: str = "reversed",
     ) -> None:
+        guidance_curve(torch.zeros(1), control_guidance)  # an unknown kind fails here
         if num_clips < 1 or every_n_validations < 1 or batch_size < 1:
             raise ValueError(
                 "TextFollowingCallback: num_clips, every_n_validations and batch_size must be >= 1"
@@ -71,6 +85,12 @@ class TextFollowingCallback(L.Callback):
         self.seed = seed
         self.sampling = dict(sampling or {})
         self.batch_size = batch_size
+        self.planner, self.control_scale, self.control_guidance = (
+            planner,
+            control_scale,
+            control_guidance,
+        )
+        self._plan: CaptionPlan | None = None
         self.validations = 0
         self._clips: list[dict[str, Any]] | None = None
         self._disabled = False
@@ -116,6 +136,7 @@ class TextFollowingCallback(L.Callback):
                 self._disabled = True
                 return
         clips = sorted(self._clips, key=lambda c: c["codes"].shape[-1])  # similar lengths
+        curves = self._curves(pl_module, clips)
         hop = pl_module.codec.hop_length
         audios = []
         for start in range(0, len(clips), self.batch_size):
@@ -125,6 +146,10 @@ class TextFollowingCallback(L.Callback):
                 **self.sampling,
                 "total_frames": torch.tensor(frames, device=pl_module.device),
             }
+            if curves is not None:
+                sampling |= self._controls(
+                    curves[start : start + len(batch)], max(frames), pl_module
+                )
             audio = generate_waveforms(
                 pl_module, [c["caption"] for c in batch], max(frames), self.seed + start, sampling
             )  # [B, N]
@@ -137,9 +162,17 @@ class TextFollowingCallback(L.Callback):
         codes = [c["codes"].to(pl_module.device) for c in clips]
         network, text = pl_module.network, pl_module.text_encoder
         captions = [c["caption"] for c in clips]
-        gap = text_gap(network, text, codes, captions, attributes, batch_size=self.batch_size)
+        gap = text_gap(
+            network, text, codes, captions, attributes, batch_size=self.batch_size, controls=curves
+        )
         per_attribute = attribute_gaps(
-            network, text, codes, attributes, rng_seed=self.seed, batch_size=self.batch_size
+            network,
+            text,
+            codes,
+            attributes,
+            rng_seed=self.seed,
+            batch_size=self.batch_size,
+            controls=curves,
         )
         pl_module.network.train(was_training)
         for book, value in zip(gap["codebooks"], gap["gap"], strict=True):
@@ -155,10 +188,47 @@ class TextFollowingCallback(L.Callback):
             trainer.callback_metrics[key] = torch.tensor(value)
         summary = ", ".join(f"{k}={scores[k]:.2f}" for k in (*JUDGED, "mean"))
         rows = ", ".join(f"{row} {per_attribute[row]['gap'][0]:+.3f}" for row in GAP_ROWS)
+        plan = ""
+        if curves is not None:
+            plan = (
+                " (under the planner's curves)"
+                if self.planner
+                else " (under the clips' own curves)"
+            )
         log.info(
-            "step %d: adherence %s; text gap cb00 %.3f; attribute gaps cb00 %s",
+            "step %d: adherence %s; text gap cb00 %.3f; attribute gaps cb00 %s%s",
             trainer.global_step,
             summary,
             gap["gap"][0],
             rows,
+            plan,
         )
+
+    def _curves(self, pl_module: L.LightningModule, clips: list[dict[str, Any]]) -> list | None:
+        """One curve [T_i, 1] per clip for an LM that follows a plan (None otherwise)."""
+        if getattr(pl_module.network.config, "control_dim", 0) == 0:
+            if self.planner is not None:
+                raise ValueError(
+                    "TextFollowingCallback: planner given, but the LM takes no control"
+                )
+            return None
+        frames = [c["codes"].shape[-1] for c in clips]
+        if self.planner is not None:
+            if self._plan is None:
+                self._plan = CaptionPlan.load(
+                    self.planner, pl_module.text_encoder, device=pl_module.device
+                )
+            return self._plan.curves([c["caption"] for c in clips], frames)
+        own = pl_module.clip_curves([c["id"] for c in clips])
+        return [curve[:n, None] for curve, n in zip(own, frames, strict=True)]
+
+    def _controls(
+        self, curves: list[torch.Tensor], frames: int, pl_module: L.LightningModule
+    ) -> dict[str, Any]:
+        """`generate`'s control arguments for one batch of curves."""
+        out: dict[str, Any] = {"control": pad_curves(curves, frames).to(pl_module.device)}
+        if self.control_scale:
+            copies = [guidance_curve(c, self.control_guidance) for c in curves]
+            out["control_contrast"] = pad_curves(copies, frames).to(pl_module.device)
+            out["control_scale"] = self.control_scale
+        return out

@@ -881,6 +881,16 @@ class PretrainModule(StageModule):
             **({"control": self._batch_control(batch)} if self._control else {}),
         )
 
+    def clip_curves(self, ids: list[str]) -> list[Tensor]:
+        """Each clip's own whole loudness curve [T] from `control_cache` (the plan a clip was
+        made with: an oracle plan for generating its caption)."""
+        if not self._control:
+            raise ValueError("PretrainModule.clip_curves: no control_cache was given")
+        missing = [clip for clip in ids if clip not in self._control]
+        if missing:
+            raise ValueError(f"control: clip {missing[0]} has no loudness curve")
+        return [self._control[clip].float() for clip in ids]
+
     def _batch_control(self, batch: dict[str, Any]) -> Tensor:
         codes = batch["codes"]
         control = window_control(
