@@ -147,6 +147,8 @@ def test_the_report_grades_both_rows_under_the_plan(tmp_path):
         plan=plan,
     )
     assert out["plan"] == {"planner": "p.ckpt", "scale": 1.5, "guidance": "reversed"}
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "under the planner's curves (p.ckpt), control guidance 1.5 (reversed copy)" in table
     assert out["rows"]["after"]["kl_ref"]["mean"] > 0
     frames = [20, 30, 40]  # 0.2, 0.3, 0.4 s at 100 frames a second (1600 Hz, hop 16)
     curves = plan.curves([c.captions[0] for c in clips], frames)

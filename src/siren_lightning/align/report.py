@@ -347,6 +347,12 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"sha256 {trained.get('sha256', '-')}). Graded by: {graded.get('clap', '?')} "
         f"(family {graded.get('clap_family', '?')}{caveat}), adherence by signal processing.",
     ]
+    plan = report.get("plan")
+    if plan:
+        lines.append(
+            f"Both rows generated under the planner's curves ({plan['planner']}), control "
+            f"guidance {plan['scale']:g} ({plan['guidance']} copy)."
+        )
     return "\n".join(lines)
 
 
