@@ -222,6 +222,9 @@ def test_a_model_whose_generation_json_names_a_plan_follows_it_with_no_flag(
 
     own = wavs("own")
     assert "(the model's generation.json), control_scale 2" in capsys.readouterr().out
+    record = json.loads((tmp_path / "own" / "generations.jsonl").read_text().splitlines()[0])
+    assert record["control"] == str(tmp_path / "plans" / "planner.ckpt")  # the planner used
+    assert (record["control_scale"], record["control_guidance"]) == (2.0, "steady")
     assert all(np.array_equal(a, b) for a, b in zip(own, wavs("flags", *plan_flags), strict=True))
     unguided = wavs("unguided", "--control-scale", "0")
     assert all(

@@ -77,6 +77,7 @@ def generate_audio(
     controls: list[torch.Tensor] | None = None,
     control_guidance: str | None = None,
     control_scale: float = 0.0,
+    control_source: str | None = None,
 ) -> list[dict[str, Any]]:
     """Generate one clip per caption, write WAVs and `generations.jsonl`.
 
@@ -104,6 +105,7 @@ def generate_audio(
         control_guidance, control_scale: with a scale != 0, the draws also move towards each
             curve and away from its `guidance_curve` of this kind ("flat", "steady",
             "reversed"), by ``control_scale * (cond - contrast)`` (`contrast_control`).
+        control_source: where the curves came from (e.g. the planner), recorded as `control`.
 
     Returns:
         the records written to `generations.jsonl`.
@@ -224,6 +226,7 @@ def generate_audio(
                     "sample_rate": codec.sample_rate,
                     "prompt_frames": given,
                     "window_frames": window if window is not None and frames > window else None,
+                    "control": control_source if controls is not None else None,
                     "control_guidance": control_guidance if control_scale != 0 else None,
                     "control_scale": control_scale,
                     **sampling,
@@ -532,6 +535,7 @@ def main(argv: list[str]) -> int:
             controls=controls,
             control_guidance=control_guidance,
             control_scale=control_scale,
+            control_source=args.planner,
         )
     except ValueError as err:  # AudioError included: a missing or unreadable file
         print(f"siren generate: {err}")
