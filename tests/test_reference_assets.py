@@ -96,7 +96,14 @@ def test_the_aligned_reference_changed_expert_0_alone_and_records_its_reward(tmp
 
 
 @pytest.mark.parametrize(
-    "name", ["siren_tiny_clean", "siren_tiny_clean_hn", "delay_tiny_clean", "siren_tiny_planned"]
+    "name",
+    [
+        "siren_tiny_clean",
+        "siren_tiny_clean_hn",
+        "delay_tiny_clean",
+        "siren_tiny_planned",
+        "delay_tiny_planned",
+    ],
 )
 def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
     name, tmp_path, monkeypatch
@@ -119,20 +126,22 @@ def test_the_clean_references_load_with_the_clean_codec_and_their_own_sampling(
     assert f"temperature {temperature:g}" in (folder / "README.md").read_text()
 
 
-def test_the_planned_siren_generates_under_the_committed_planners_curves(tmp_path, monkeypatch):
-    """`assets/siren_tiny_planned` reads one loudness value a frame, and the committed planner
-    (README-stated SHA-256) draws it from the LM's own text encoder at the clip's length."""
+@pytest.mark.parametrize("name", ["siren_tiny_planned", "delay_tiny_planned"])
+def test_the_planned_lms_generate_under_the_committed_planners_curves(name, tmp_path, monkeypatch):
+    """The planned Siren and its delay-LM control read one loudness value a frame, and the
+    committed planner (README-stated SHA-256) draws it from the LM's own text encoder at the
+    clip's length."""
     from siren_lightning.data.loudness import pad_curves
     from siren_lightning.generate import planned_controls
     from siren_lightning.generation_config import model_plan
     from siren_lightning.models.sampling import encode_captions, generate
 
     monkeypatch.chdir(tmp_path)
-    model, codec, text = load_generation_stack(ASSETS / "siren_tiny_planned")
+    model, codec, text = load_generation_stack(ASSETS / name)
     assert model.config.control_dim == 1
     planner = ASSETS / "planner_tiny_clean" / "planner.ckpt"
     # Its generation.json names this planner and the control guidance chosen on val (README).
-    plan = model_plan(ASSETS / "siren_tiny_planned")
+    plan = model_plan(ASSETS / name)
     assert plan is not None and plan.planner.resolve() == planner.resolve()
     assert (plan.control_scale, plan.control_guidance) == (2.0, "reversed")
     digest = hashlib.sha256(planner.read_bytes()).hexdigest()
