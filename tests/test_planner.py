@@ -2,7 +2,12 @@
 to draw the curve, and the L1 it is trained by."""
 
 import torch
-from siren_testing import TableCodec, make_model, make_planner_checkpoint, make_text
+from siren_testing import (
+    TableCodec,
+    make_planned_model,
+    make_planner_checkpoint,
+    make_text,
+)
 
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.planner import PlannerModule, plan_curves
@@ -113,10 +118,7 @@ def test_siren_generate_follows_the_planners_curves(tmp_path, monkeypatch, capsy
 
     from siren_lightning import generate
 
-    model = make_model(control_dim=1, duration_conditioning=True).eval()
-    with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+    model = make_planned_model()
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
     planner = make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=12)
@@ -194,10 +196,7 @@ def test_a_model_whose_generation_json_names_a_plan_follows_it_with_no_flag(
     from siren_lightning import generate
     from siren_lightning.generation_config import main as set_sampling
 
-    model = make_model(control_dim=1, duration_conditioning=True).eval()
-    with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+    model = make_planned_model()
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     monkeypatch.setattr(generate, "load_generation_stack", lambda *a, **k: (model, codec, encoder))
     (tmp_path / "plans").mkdir()
@@ -254,10 +253,7 @@ def test_adherence_plans_each_clip_with_the_models_planner(tmp_path, monkeypatch
     from siren_lightning.data.manifest import Clip, write_manifest
     from siren_lightning.generate import planned_controls
 
-    model = make_model(control_dim=1, duration_conditioning=True).eval()
-    with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+    model = make_planned_model()
     codec, encoder = TableCodec(model.codebook_table.clone()), _Encoder()
     stack = (model, codec, encoder)
     monkeypatch.setattr(text_following, "load_generation_stack", lambda spec, device: stack)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from siren_testing import TableCodec, make_model, make_planner_checkpoint
+from siren_testing import TableCodec, make_model, make_planned_model, make_planner_checkpoint
 
 from siren_lightning import text_following
 from siren_lightning.callbacks.text_following import TextFollowingCallback
@@ -167,10 +167,7 @@ def test_callback_logs_the_metrics_of_its_own_generations(tmp_path):
 
 def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
-    model = make_model(text_dim=384, duration_conditioning=True, control_dim=1).eval()
-    with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+    model = make_planned_model(text_dim=384)
     codec, text = TableCodec(model.codebook_table.clone()), TextEncoder("minilm")
     clips = _clips(tmp_path)
     write_manifest(tmp_path / "m.jsonl", clips)
@@ -229,10 +226,7 @@ def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
     from siren_lightning.stages.planner import CaptionPlan
 
     torch.manual_seed(0)
-    model = make_model(text_dim=384, duration_conditioning=True, control_dim=1).eval()
-    with torch.no_grad():
-        for expert in model.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
+    model = make_planned_model(text_dim=384)
     codec, text = TableCodec(model.codebook_table.clone()), TextEncoder("minilm")
     clips = _clips(tmp_path)
     write_manifest(tmp_path / "val.jsonl", clips)

@@ -7,7 +7,13 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from siren_testing import HashTextEncoder, TableCodec, make_model, make_planner_checkpoint
+from siren_testing import (
+    HashTextEncoder,
+    TableCodec,
+    make_model,
+    make_planned_model,
+    make_planner_checkpoint,
+)
 
 from siren_lightning.align.heldout import group_logits
 from siren_lightning.align.rewards import LoudnessReward
@@ -19,19 +25,11 @@ CAPTIONS = ["a loud low hum", "two quiet beeps"]
 LEVELS = {"spread": 0.3, "level": 0.6}  # curves that vary enough to move greedy draws
 
 
-def _planned_lm():
-    network = make_model(seed=0, control_dim=1, duration_conditioning=True)
-    with torch.no_grad():
-        for expert in network.experts:
-            expert.control.proj.weight.normal_(0, 0.5)
-    return network
-
-
 @pytest.mark.parametrize("control_scale", [0.0, 1.5])
 def test_teacher_forced_logits_under_the_plan_are_what_the_sampler_drew_from(
     tmp_path, control_scale
 ):
-    network, text = _planned_lm(), HashTextEncoder(12)
+    network, text = make_planned_model(), HashTextEncoder(12)
     planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     plan = CaptionPlan(planner, text, scale=control_scale, guidance="reversed")
     control, contrast = plan.controls(CAPTIONS, 12)  # [2, 12, 1]
@@ -65,7 +63,7 @@ def test_teacher_forced_logits_under_the_plan_are_what_the_sampler_drew_from(
 def test_rollouts_follow_each_captions_plan_and_an_update_trains_the_policy(
     tmp_path, caption_loader
 ):
-    network, text = _planned_lm(), HashTextEncoder(12)
+    network, text = make_planned_model(), HashTextEncoder(12)
     codec = TableCodec(network.codebook_table.clone())
     planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     rollout = RolloutConfig(group_size=3, seconds=0.16, control_scale=1.5)
@@ -100,12 +98,12 @@ def test_a_planned_lm_needs_its_planner_and_a_plain_one_takes_none(tmp_path):
     codec = TableCodec(make_model().codebook_table.clone())
     kwargs = {"codec": codec, "text_encoder": text, "reward": LoudnessReward()}
     with pytest.raises(ValueError, match="give planner"):
-        AlignModule(network=_planned_lm(), **kwargs)
+        AlignModule(network=make_planned_model(), **kwargs)
     make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     with pytest.raises(ValueError, match="takes no control"):
         AlignModule(network=make_model(), planner=str(tmp_path / "planner.ckpt"), **kwargs)
     with pytest.raises(ValueError, match="not found"):
-        AlignModule(network=_planned_lm(), planner=str(tmp_path / "none.ckpt"), **kwargs)
+        AlignModule(network=make_planned_model(), planner=str(tmp_path / "none.ckpt"), **kwargs)
 
 
 def test_the_report_grades_both_rows_under_the_plan(tmp_path):
@@ -119,7 +117,7 @@ def test_the_report_grades_both_rows_under_the_plan(tmp_path):
     from siren_lightning.data.manifest import Clip
     from siren_lightning.text_following import score_model
 
-    network, text = _planned_lm(), HashTextEncoder(12)
+    network, text = make_planned_model(), HashTextEncoder(12)
     codec = TableCodec(network.codebook_table.clone())
     planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     plan = CaptionPlan(planner, text, scale=1.5, guidance="reversed", source="p.ckpt")

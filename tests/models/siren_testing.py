@@ -101,3 +101,13 @@ def make_planner_checkpoint(
     }
     torch.save(checkpoint, path)
     return module.planner.eval()
+
+
+def make_planned_model(seed: int = 0, **overrides) -> SirenLM:
+    """A tiny duration-conditioned SirenLM that reads one control value a frame, its control
+    projections random (sd 0.5, not the zeros they start at) so that the curve moves the logits."""
+    model = make_model(seed, control_dim=1, duration_conditioning=True, **overrides)
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.control.proj.weight.normal_(0, 0.5)
+    return model
