@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from siren_lightning.codec.base import seconds_to_frames, seconds_to_samples
-from siren_lightning.data.loudness import GUIDANCE_CURVES, guidance_curve, pad_curves
+from siren_lightning.codec.base import seconds_to_samples
+from siren_lightning.data.loudness import GUIDANCE_CURVES, control_arguments, guidance_curve
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.editing import encode_prompt, generate_long, infill
 from siren_lightning.models.delay_lm import DelayPatternLM
@@ -167,17 +167,16 @@ def generate_audio(
         prompt = (
             None if prompt_codes is None else prompt_codes.to(device).expand(len(batch), -1, -1)
         )
-        control = contrast = None
+        control: dict[str, Any] = {}
         if controls is not None:
             if window is not None and frames > window:
                 raise ValueError(
                     "generate_audio: control curves are not given to windowed generation"
                 )
             batch_curves = controls[start : start + batch_size]
-            control = pad_curves(batch_curves, frames).to(device)
-            if control_scale != 0:
-                copies = [guidance_curve(c, control_guidance) for c in batch_curves]
-                contrast = pad_curves(copies, frames).to(device)
+            control = control_arguments(
+                batch_curves, frames, control_scale, control_guidance, device
+            )
         if window is not None and frames > window:
             codes = generate_long(
                 model,
@@ -196,9 +195,7 @@ def generate_audio(
                 prompt_codes=prompt,
                 generator=generator,
                 total_frames=torch.tensor(clip_frames, device=device),
-                control=control,
-                control_contrast=contrast,
-                control_scale=control_scale,
+                **control,
                 **text,
                 **sampling,
             )  # [B, r, T]
@@ -582,9 +579,7 @@ def planned_controls(
     from siren_lightning.stages.planner import CaptionPlan, load_planner
 
     plan = CaptionPlan(load_planner(planner_path, device), text_encoder)
-    lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else seconds
-    frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in lengths]
-    return plan.curves(captions, frames)
+    return plan.curves_for_seconds(captions, seconds, codec)
 
 
 def _check_editing_arguments(args: argparse.Namespace) -> None:

@@ -12,8 +12,9 @@ they were chosen (split, clips, seeds, the command). An LM that follows a per-fr
              "control_guidance": "reversed"}
 
 (the planner's path relative to the folder), so that `siren generate --model` and `siren
-adherence --model` plan every clip from its caption and length with no flag; flags given win. The tools that take a model (`siren
-generate`, `siren adherence`, `siren align-report`, `siren demo`) sample with them where no flag
+adherence --model` plan every clip from its caption and length with no flag; flags given win.
+The tools that take a model (`siren generate`, `siren adherence`, `siren align-report`, `siren
+demo`) sample with them where no flag
 is given: given > the model's generation.json > `DEFAULT_SAMPLING`
 (`models.sampling.resolve_sampling`). `siren export` writes none, except that the export of an
 aligned checkpoint carries over the file of the model the alignment started from.

@@ -32,7 +32,8 @@ def test_teacher_forced_logits_under_the_plan_are_what_the_sampler_drew_from(
     network, text = make_planned_model(), HashTextEncoder(12)
     planner = make_planner_checkpoint(tmp_path / "planner.ckpt", **LEVELS)
     plan = CaptionPlan(planner, text, scale=control_scale, guidance="reversed")
-    control, contrast = plan.controls(CAPTIONS, 12)  # [2, 12, 1]
+    arguments = plan.controls(CAPTIONS, 12)
+    control, contrast = arguments["control"], arguments.get("control_contrast")  # [2, 12, 1]
     assert (contrast is None) == (control_scale == 0)
     prompts, empty = text.encode(CAPTIONS), text.encode([""])
     guidance = {"control": control, "control_contrast": contrast, "control_scale": control_scale}
@@ -76,7 +77,8 @@ def test_rollouts_follow_each_captions_plan_and_an_update_trains_the_policy(
         planner=str(tmp_path / "planner.ckpt"),
     )
     r = module.rollout(CAPTIONS)
-    curves, contrast = CaptionPlan(planner, text, 1.5).controls(CAPTIONS, 16)
+    arguments = CaptionPlan(planner, text, 1.5).controls(CAPTIONS, 16)
+    curves, contrast = arguments["control"], arguments["control_contrast"]
     assert torch.equal(r["control"]["control"], curves.repeat_interleave(3, 0))
     assert torch.equal(r["control"]["control_contrast"], contrast.repeat_interleave(3, 0))
     assert r["control"]["control_scale"] == 1.5

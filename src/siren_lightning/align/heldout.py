@@ -175,11 +175,7 @@ def evaluate_policy(
         captions = [c.caption for c in batch]
         # Encoded here, not inside a caption-level helper: the KL below needs the same states.
         text = text_encoder.encode(captions)
-        control: dict[str, Any] = {}
-        if plan is not None:
-            curves, contrast = plan.controls(captions, frames)  # [B, T, 1] each
-            control = {"control": curves.to(device), "control_scale": plan.scale}
-            control["control_contrast"] = None if contrast is None else contrast.to(device)
+        control = {} if plan is None else plan.controls(captions, frames, device)
         codes = generate(
             network,
             text.states,

@@ -45,7 +45,6 @@ import torch
 from torch import nn
 
 from siren_lightning.align.heldout import HeldoutClip, evaluate_policy
-from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.metrics.adherence import mean_and_spread
 from siren_lightning.models.sampling import resolve_sampling
 
@@ -95,8 +94,8 @@ def seed_metrics(
 
     controls = None
     if plan is not None:
-        frames = [seconds_to_frames(c.duration, codec.sample_rate, codec.hop_length) for c in clips]
-        curves = plan.curves([c.captions[0] for c in clips], frames)
+        captions = [c.captions[0] for c in clips]
+        curves = plan.curves_for_seconds(captions, [c.duration for c in clips], codec)
         controls = {c.id: curve[:, 0] for c, curve in zip(clips, curves, strict=True)}
     adherence = score_model(
         model,

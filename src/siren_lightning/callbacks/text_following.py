@@ -28,7 +28,7 @@ import torch
 
 from siren_lightning.callbacks.evaluation import reference_clips
 from siren_lightning.callbacks.samples import generate_waveforms
-from siren_lightning.data.loudness import guidance_curve, pad_curves
+from siren_lightning.data.loudness import control_arguments, guidance_curve
 from siren_lightning.metrics.adherence import (
     GAP_ROWS,
     JUDGED,
@@ -147,8 +147,12 @@ class TextFollowingCallback(L.Callback):
                 "total_frames": torch.tensor(frames, device=pl_module.device),
             }
             if curves is not None:
-                sampling |= self._controls(
-                    curves[start : start + len(batch)], max(frames), pl_module
+                sampling |= control_arguments(
+                    curves[start : start + len(batch)],
+                    max(frames),
+                    self.control_scale,
+                    self.control_guidance,
+                    pl_module.device,
                 )
             audio = generate_waveforms(
                 pl_module, [c["caption"] for c in batch], max(frames), self.seed + start, sampling
@@ -221,14 +225,3 @@ class TextFollowingCallback(L.Callback):
             return self._plan.curves([c["caption"] for c in clips], frames)
         own = pl_module.clip_curves([c["id"] for c in clips])
         return [curve[:n, None] for curve, n in zip(own, frames, strict=True)]
-
-    def _controls(
-        self, curves: list[torch.Tensor], frames: int, pl_module: L.LightningModule
-    ) -> dict[str, Any]:
-        """`generate`'s control arguments for one batch of curves."""
-        out: dict[str, Any] = {"control": pad_curves(curves, frames).to(pl_module.device)}
-        if self.control_scale:
-            copies = [guidance_curve(c, self.control_guidance) for c in curves]
-            out["control_contrast"] = pad_curves(copies, frames).to(pl_module.device)
-            out["control_scale"] = self.control_scale
-        return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,24 @@ def pad_curves(curves: list[Tensor], frames: int) -> Tensor:
     for i, curve in enumerate(curves):
         piece = curve[:frames]
         out[i, : piece.shape[0]] = piece.float()
+    return out
+
+
+def control_arguments(
+    curves: list[Tensor],
+    frames: int,
+    scale: float = 0.0,
+    guidance: str = "reversed",
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """`models.sampling.generate`'s control arguments for a batch of curves: `control` [B,
+    frames, C] and, when `scale` != 0, `control_contrast` (each curve's `guidance_curve` copy of
+    this kind, padded alike) and `control_scale`."""
+    out: dict[str, Any] = {"control": pad_curves(curves, frames).to(device)}
+    if scale != 0:
+        copies = [guidance_curve(c, guidance) for c in curves]
+        out["control_contrast"] = pad_curves(copies, frames).to(device)
+        out["control_scale"] = scale
     return out
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -282,7 +281,7 @@ class AlignModule(StageModule):
                 raise ValueError("AlignModule: planner given, but the LM takes no control")
             return None
         if planner is None and init_from is not None:
-            found = model_plan(init_from) if Path(init_from).is_dir() else None
+            found = model_plan(init_from)
             planner = None if found is None else str(found.planner)
         if planner is None:
             raise ValueError(
@@ -409,13 +408,10 @@ class AlignModule(StageModule):
             self._generator = torch.Generator(device=self.device).manual_seed(hp.seed)
         control: dict[str, Any] = {}
         if self.plan is not None:  # one curve per caption, the same for its G samples
-            curves, contrast = self.plan.controls(captions, frames)  # [P, T, 1]
+            per_caption = self.plan.controls(captions, frames, self.device)  # [P, T, 1] each
             control = {
-                "control": curves.repeat_interleave(hp.group_size, 0).to(self.device),
-                "control_scale": self.plan.scale,
-                "control_contrast": None
-                if contrast is None
-                else contrast.repeat_interleave(hp.group_size, 0).to(self.device),
+                k: v.repeat_interleave(hp.group_size, 0) if torch.is_tensor(v) else v
+                for k, v in per_caption.items()
             }
         codes = generate(
             self.network,
@@ -445,9 +441,7 @@ class AlignModule(StageModule):
         control = dict(r["control"])
         if rows is not None:
             codes, states, mask = codes[rows], states[rows], mask[rows]
-            for key in ("control", "control_contrast"):
-                if control.get(key) is not None:
-                    control[key] = control[key][rows]
+            control = {k: v[rows] if torch.is_tensor(v) else v for k, v in control.items()}
         rs = self.rollout_sampling
         return group_logits(
             self.network,

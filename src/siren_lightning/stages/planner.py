@@ -12,7 +12,12 @@ import torch
 from torch import Tensor
 
 from siren_lightning.codec.base import seconds_to_frames
-from siren_lightning.data.loudness import guidance_curve, pad_curves, read_curves, window_control
+from siren_lightning.data.loudness import (
+    control_arguments,
+    guidance_curve,
+    read_curves,
+    window_control,
+)
 from siren_lightning.models.blocks import window_timing
 from siren_lightning.models.planner import LoudnessPlanner, PlannerConfig
 from siren_lightning.stages.chassis import FrozenTextModule
@@ -167,14 +172,21 @@ class CaptionPlan:
         """One curve [T_i, 1] per caption, T_i = frames[i]."""
         return [c[:, None] for c in plan_curves(self.planner, self.text_encoder, captions, frames)]
 
-    def controls(self, captions: list[str], frames: int) -> tuple[Tensor, Tensor | None]:
-        """control [B, T, 1] for clips of `frames` frames, and its guidance copy (None when the
-        scale is 0): what `generate(control=, control_contrast=)` takes."""
+    def curves_for_seconds(
+        self, captions: list[str], seconds: float | list[float], codec: Any
+    ) -> list[Tensor]:
+        """One curve [T_i, 1] per caption, T_i the codec frames of its clip's length."""
+        lengths = [seconds] * len(captions) if isinstance(seconds, int | float) else seconds
+        frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in lengths]
+        return self.curves(captions, frames)
+
+    def controls(
+        self, captions: list[str], frames: int, device: str | torch.device | None = None
+    ) -> dict[str, Any]:
+        """`generate`'s control arguments for clips of `frames` frames (`control_arguments`:
+        the curves and, when the scale is not 0, their guidance copies)."""
         curves = self.curves(captions, [frames] * len(captions))
-        contrast = None
-        if self.scale != 0:
-            contrast = pad_curves([guidance_curve(c, self.guidance) for c in curves], frames)
-        return pad_curves(curves, frames), contrast
+        return control_arguments(curves, frames, self.scale, self.guidance, device)
 
 
 def main(argv: list[str]) -> int:
