@@ -215,13 +215,13 @@ def test_tool_generates_under_the_given_control_curves(tmp_path, monkeypatch, ca
     assert "--control-scale needs --control" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("with_planner", [False, True])
+@pytest.mark.parametrize("source", ["own", "callback", "module"])
 def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
-    tmp_path, monkeypatch, with_planner
+    tmp_path, monkeypatch, source
 ):
-    # Without a planner: the clips' own curves (the control cache); with one: the planner's for
-    # each caption and length. Generation gets them (and their guidance copies), and the text gap
-    # reads them under both captions.
+    # Without a planner: the clips' own curves (the control cache); with one, the callback's or
+    # the module's `plan`: the planner's for each caption and length. Generation gets them (and
+    # their guidance copies at the scale given), and the text gap reads them under both captions.
     from siren_lightning.data.loudness import guidance_curve, pad_curves
     from siren_lightning.stages.planner import CaptionPlan
 
@@ -234,12 +234,18 @@ def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
     own = {c.id: torch.rand(8 + i) for i, c in enumerate(clips)}  # longer than the codes
     (tmp_path / "loud").mkdir()
     torch.save(own, tmp_path / "loud" / "val.pt")
+    with_planner = source != "own"
+    planner = None
+    if with_planner:
+        planner = make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=384)
+    plan = {"planner": str(tmp_path / "planner.ckpt"), "control_scale": 1.5}
     module = PretrainModule(
         model,
         text_encoder=text,
         codec=codec,
         caption_dropout=0.0,
         control_cache=str(tmp_path / "loud"),
+        plan=plan if source == "module" else None,
     )
     module.setup("fit")
     items = [{"id": c.id, "captions": c.captions, "codes": codes[i]} for i, c in enumerate(clips)]
@@ -255,9 +261,6 @@ def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
             datasets={"val": SimpleNamespace(items=items)},
         ),
     )
-    planner = None
-    if with_planner:
-        planner = make_planner_checkpoint(tmp_path / "planner.ckpt", text_dim=384)
     seen = []
     sample = module.sample_codes
 
@@ -266,12 +269,10 @@ def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
         return sample(captions, frames, seed=seed, **kwargs)
 
     monkeypatch.setattr(module, "sample_codes", spy)
-    callback = TextFollowingCallback(
-        num_clips=3,
-        batch_size=3,
-        planner=str(tmp_path / "planner.ckpt") if with_planner else None,
-        control_scale=1.5,
-    )
+    given_here = {} if source == "module" else {"control_scale": 1.5}
+    if source == "callback":
+        given_here["planner"] = plan["planner"]
+    callback = TextFollowingCallback(num_clips=3, batch_size=3, **given_here)
     callback.on_validation_epoch_end(trainer, module)
     frames = [5, 6, 7]
     if with_planner:

@@ -14,7 +14,8 @@ names the base export folder and its weights' SHA-256.
 
 The folder may also hold `generation.json`, the model's own sampling defaults
 (`generation_config`); `siren export` writes none, except for an aligned checkpoint, whose export
-carries over the file of the model the alignment started from (`align.init_from`).
+carries over the file of the model the alignment started from (`align.init_from`), and for a run
+whose `PretrainModule` had a `plan`, which the export names so that the model plans by itself.
 
 `load_lm(spec)` is the one way to load an LM: from an export folder (an adapter-only one loads
 its base, adds the adapters and merges them), from a stage's Lightning `.ckpt` (the one place the
@@ -169,7 +170,26 @@ def export_checkpoint(
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     if meta.get("align") is not None:
         _carry_generation_config(meta["align"].get("init_from"), out, meta["align"].get("planner"))
+    elif meta.get("plan") is not None:
+        _write_training_plan(meta["plan"], out)
     return out
+
+
+def _write_training_plan(plan: dict[str, Any], out: Path) -> None:
+    """A planned LM's export plans as its training run generated: the `PretrainModule` plan
+    goes into generation.json, its planner named relative to `out`. Sampling an existing file
+    chose is kept; an existing plan wins (`siren set-sampling` wrote it on purpose)."""
+    from siren_lightning.generation_config import read_generation_config, write_generation_config
+
+    config = read_generation_config(out)
+    if config is not None and "plan" in config:
+        return
+    plan = {**plan, "planner": os.path.relpath(Path(plan["planner"]).resolve(), out.resolve())}
+    sampling, chosen_on = {}, "sampling not chosen (`siren set-sampling`)"
+    if config is not None:
+        sampling, chosen_on = config["sampling"], config.get("chosen_on", "not recorded")
+    chosen_on += "; plan: the training run's (PretrainModule plan)"
+    write_generation_config(out, sampling, chosen_on, plan)
 
 
 def _carry_generation_config(init_from: str | None, out: Path, planner: str | None = None) -> None:

@@ -17,7 +17,8 @@ The tools that take a model (`siren generate`, `siren adherence`, `siren align-r
 demo`) sample with them where no flag
 is given: given > the model's generation.json > `DEFAULT_SAMPLING`
 (`models.sampling.resolve_sampling`). `siren export` writes none, except that the export of an
-aligned checkpoint carries over the file of the model the alignment started from.
+aligned checkpoint carries over the file of the model the alignment started from, and the
+export of a planned run writes its `PretrainModule` plan. New sampling keeps the plan a file names.
 
     siren set-sampling runs/siren_tiny/model --temperature 0.7 --chosen-on "val, 100 clips x 2 seeds"
     siren set-sampling runs/siren_tiny/model            # prints the sampling in effect
@@ -274,13 +275,15 @@ def main(argv: list[str]) -> int:
         plan |= {"control_guidance": args.control_guidance} if args.control_guidance else {}
     elif args.control_scale is not None or args.control_guidance:
         raise ValueError("--control-scale and --control-guidance go with --planner")
+    else:  # new sampling keeps the plan the file already names
+        plan = (read_generation_config(folder) or {}).get("plan")
     if args.clear:
-        if sampling or args.chosen_on or plan:
+        if sampling or args.chosen_on or args.planner:
             raise ValueError("--clear takes no values")
         path.unlink(missing_ok=True)
         print(f"removed {path}; {model_sampling(folder, 'siren set-sampling').describe()}")
         return 0
-    if sampling or plan:
+    if sampling or args.planner:
         if not (args.chosen_on or "").strip():
             raise ValueError("--chosen-on is needed: say how the values were chosen")
         write_generation_config(folder, sampling, args.chosen_on.strip(), plan)

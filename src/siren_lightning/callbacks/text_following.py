@@ -14,8 +14,8 @@ On data without attributes it logs nothing and says so once.
 
 For an LM that follows a per-frame plan (`control_dim` > 0) every generation and every
 teacher-forced pass reads a curve per clip: the planner's for its caption and length when
-`planner` is given (what users generate with), else the clip's own curve from the module's
-`control_cache` (an oracle plan; the log line says which).
+`planner` is given or the module has a `plan` (what users generate with), else the clip's own
+curve from the module's `control_cache` (an oracle plan; the log line says which).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class TextFollowingCallback(L.Callback):
         sampling: `temperature`, `top_k`, `top_p`, `cfg_scale` (default: `siren generate`'s).
         batch_size: clips generated together.
         planner: `PlannerModule` checkpoint drawing the curves of an LM with `control_dim` > 0
-            (default: the clips' own curves, an oracle plan).
-        control_scale, control_guidance: control guidance of the generations (0: off).
+            (default: the module's `plan`, else the clips' own curves, an oracle plan).
+        control_scale, control_guidance: control guidance of the generations (default: the
+            module's `plan`'s, else 0, off, and "reversed").
     """
 
     def __init__(
@@ -70,10 +71,11 @@ class TextFollowingCallback(L.Callback):
         sampling: dict[str, Any] | None = None,
         batch_size: int = 16,
         planner: str | None = None,
-        control_scale: float = 0.0,
-        control_guidance: str = "reversed",
+        control_scale: float | None = None,
+        control_guidance: str | None = None,
     ) -> None:
-        guidance_curve(torch.zeros(1), control_guidance)  # an unknown kind fails here
+        if control_guidance is not None:
+            guidance_curve(torch.zeros(1), control_guidance)  # an unknown kind fails here
         if num_clips < 1 or every_n_validations < 1 or batch_size < 1:
             raise ValueError(
                 "TextFollowingCallback: num_clips, every_n_validations and batch_size must be >= 1"
@@ -136,7 +138,8 @@ class TextFollowingCallback(L.Callback):
                 self._disabled = True
                 return
         clips = sorted(self._clips, key=lambda c: c["codes"].shape[-1])  # similar lengths
-        curves = self._curves(pl_module, clips)
+        planner, scale, guidance = self._settings(pl_module)
+        curves = self._curves(pl_module, clips, planner)
         hop = pl_module.codec.hop_length
         audios = []
         for start in range(0, len(clips), self.batch_size):
@@ -150,8 +153,8 @@ class TextFollowingCallback(L.Callback):
                 sampling |= control_arguments(
                     curves[start : start + len(batch)],
                     max(frames),
-                    self.control_scale,
-                    self.control_guidance,
+                    scale,
+                    guidance,
                     pl_module.device,
                 )
             audio = generate_waveforms(
@@ -194,11 +197,7 @@ class TextFollowingCallback(L.Callback):
         rows = ", ".join(f"{row} {per_attribute[row]['gap'][0]:+.3f}" for row in GAP_ROWS)
         plan = ""
         if curves is not None:
-            plan = (
-                " (under the planner's curves)"
-                if self.planner
-                else " (under the clips' own curves)"
-            )
+            plan = " (under the planner's curves)" if planner else " (under the clips' own curves)"
         log.info(
             "step %d: adherence %s; text gap cb00 %.3f; attribute gaps cb00 %s%s",
             trainer.global_step,
@@ -208,7 +207,18 @@ class TextFollowingCallback(L.Callback):
             plan,
         )
 
-    def _curves(self, pl_module: L.LightningModule, clips: list[dict[str, Any]]) -> list | None:
+    def _settings(self, pl_module: L.LightningModule) -> tuple[str | None, float, str]:
+        """The planner, control scale and guidance in effect: the callback's, else the module's
+        `plan`'s, else none (the clips' own curves), 0 and "reversed"."""
+        plan = getattr(pl_module.hparams, "plan", None) or {}
+        scale = self.control_scale
+        scale = float(plan.get("control_scale", 0.0)) if scale is None else scale
+        guidance = self.control_guidance or plan.get("control_guidance", "reversed")
+        return self.planner or plan.get("planner"), scale, guidance
+
+    def _curves(
+        self, pl_module: L.LightningModule, clips: list[dict[str, Any]], planner: str | None
+    ) -> list | None:
         """One curve [T_i, 1] per clip for an LM that follows a plan (None otherwise)."""
         if getattr(pl_module.network.config, "control_dim", 0) == 0:
             if self.planner is not None:
@@ -217,10 +227,10 @@ class TextFollowingCallback(L.Callback):
                 )
             return None
         frames = [c["codes"].shape[-1] for c in clips]
-        if self.planner is not None:
+        if planner is not None:
             if self._plan is None:
                 self._plan = CaptionPlan.load(
-                    self.planner, pl_module.text_encoder, device=pl_module.device
+                    planner, pl_module.text_encoder, device=pl_module.device
                 )
             return self._plan.curves([c["caption"] for c in clips], frames)
         own = pl_module.clip_curves([c["id"] for c in clips])

@@ -181,12 +181,19 @@ class CaptionPlan:
         return self.curves(captions, frames)
 
     def controls(
-        self, captions: list[str], frames: int, device: str | torch.device | None = None
+        self,
+        captions: list[str],
+        frames: int | list[int],
+        device: str | torch.device | None = None,
+        length: int | None = None,
     ) -> dict[str, Any]:
-        """`generate`'s control arguments for clips of `frames` frames (`control_arguments`:
-        the curves and, when the scale is not 0, their guidance copies)."""
-        curves = self.curves(captions, [frames] * len(captions))
-        return control_arguments(curves, frames, self.scale, self.guidance, device)
+        """`generate`'s control arguments (`control_arguments`: the curves and, when the scale
+        is not 0, their guidance copies) for clips of `frames` frames (one for all, or one per
+        caption), padded to `length` frames (default: the longest clip)."""
+        lengths = [frames] * len(captions) if isinstance(frames, int) else list(frames)
+        length = max(lengths) if length is None else length
+        curves = self.curves(captions, lengths)
+        return control_arguments(curves, length, self.scale, self.guidance, device)
 
 
 def main(argv: list[str]) -> int:

@@ -28,6 +28,7 @@ from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.loudness import read_curves, window_control
 from siren_lightning.data.manifest import read_manifest
 from siren_lightning.export import load_lm
+from siren_lightning.generation_config import check_plan
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.metrics.adherence import JUDGED, attribute_captions
 from siren_lightning.models.base import CodecLM
@@ -39,6 +40,7 @@ from siren_lightning.stages.chassis import (
     decay_groups,
     optimizer_factory,
 )
+from siren_lightning.stages.planner import CaptionPlan
 from siren_lightning.text.encoder import TextEncoder
 
 
@@ -443,6 +445,12 @@ class PretrainModule(StageModule):
             clip's loudness curve over its window as per-frame control. A deviation from the
             paper (docs/model.md "A plan to follow").
         gradient_checkpointing: recompute block activations in the backward pass.
+        plan: where an LM with `control_dim` 1 takes its per-frame plan when it generates in
+            the loop (`sample_codes`: the audio-sample and FD/CLAP callbacks, and
+            `TextFollowingCallback` unless it names its own planner), in generation.json's shape:
+            `{"planner": ckpt, "control_scale": S, "control_guidance": "reversed"}`. Training
+            reads the clips' own curves (`control_cache`), never the planner's. `siren export`
+            writes it into the export's generation.json, so the model plans with no flag.
         init_weights: start the LM from the weights of a PretrainModule `.ckpt` or a folder
             written by `siren export` (model.safetensors); e.g. train experts [2, 3] on top of a
             run that trained [0, 1]. Unlike `ckpt_path`, no optimizer or loop state is taken.
@@ -481,6 +489,7 @@ class PretrainModule(StageModule):
         future_weight: float = 0.0,
         future_offsets: Sequence[int] = (2, 4, 8, 16),
         control_cache: str | None = None,
+        plan: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -523,6 +532,18 @@ class PretrainModule(StageModule):
                 "folder of `siren loudness` curves) exactly when control_dim > 0; got "
                 f"control_cache {control_cache!r}"
             )
+        if plan is not None:
+            check_plan(plan, "PretrainModule: plan")
+            if control_dim == 0:
+                raise ValueError(
+                    "PretrainModule: plan given, but the LM takes no per-frame control "
+                    "(control_dim 0)"
+                )
+            if not Path(plan["planner"]).is_file():
+                raise FileNotFoundError(
+                    f"PretrainModule: plan.planner {plan['planner']} does not exist (a "
+                    "PlannerModule checkpoint: experiments/planner_tiny_clean.yaml)"
+                )
         if history_swap > 0 and history_cache is None:
             raise ValueError(
                 "PretrainModule: history_swap needs history_cache (a code cache of the same "
@@ -605,6 +626,7 @@ class PretrainModule(StageModule):
         self._attributes: dict[str, dict[str, Any]] = {}
         self._history_codes: dict[str, Tensor] = {}
         self._control: dict[str, Tensor] = {}
+        self._caption_plan: CaptionPlan | None = None
 
     @staticmethod
     def _future_heads(
@@ -687,6 +709,9 @@ class PretrainModule(StageModule):
         checkpoint["siren"] = self.checkpoint_record(
             self.codec_spec, self._codec_sha256(), self.train_groups
         )
+        if self.hparams.plan is not None:  # absolute: `siren export` names it from its folder
+            plan = self.hparams.plan
+            checkpoint["siren"]["plan"] = {**plan, "planner": str(Path(plan["planner"]).resolve())}
         if self.lora is not None:
             checkpoint["siren"]["lora"] = {
                 **self.lora.to_dict(),
@@ -753,6 +778,8 @@ class PretrainModule(StageModule):
 
         if self.text_encoder is None:
             raise ValueError("PretrainModule.sample_codes needs a text_encoder")
+        if getattr(self.network.config, "control_dim", 0) and rest.get("control") is None:
+            rest |= self._planned_controls(captions, num_frames, rest.get("total_frames"))
         was_training = self.network.training
         self.network.eval()
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -767,6 +794,29 @@ class PretrainModule(StageModule):
         )
         self.network.train(was_training)
         return codes
+
+    def _planned_controls(
+        self, captions: list[str], num_frames: int, total_frames: Tensor | None
+    ) -> dict[str, Any]:
+        """`generate`'s control arguments from the module's `plan`: each caption's curve at its
+        clip's length (`total_frames`, else `num_frames`), with their guidance copies."""
+        plan = self.hparams.plan
+        if plan is None:
+            raise ValueError(
+                "PretrainModule.sample_codes: this LM follows a per-frame plan (control_dim "
+                f"{self.network.config.control_dim}); give the module a `plan` (its planner "
+                "checkpoint) or pass `control`"
+            )
+        if self._caption_plan is None:
+            self._caption_plan = CaptionPlan.load(
+                plan["planner"],
+                self.text_encoder,
+                float(plan.get("control_scale", 0.0)),
+                plan.get("control_guidance", "reversed"),
+                device=self.device,
+            )
+        frames = num_frames if total_frames is None else [int(n) for n in total_frames.tolist()]
+        return self._caption_plan.controls(captions, frames, self.device, length=num_frames)
 
     # Steps.
 
