@@ -20,7 +20,9 @@ from siren_lightning.demo import DemoGenerator, build_demo
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-@pytest.fixture(scope="module", params=["siren_tiny_reference", "delay_tiny_reference"])
+@pytest.fixture(
+    scope="module", params=["siren_tiny_reference", "delay_tiny_reference", "siren_tiny_planned"]
+)
 def demo(request, tmp_path_factory):
     return DemoGenerator(ASSETS / request.param, tmp_path_factory.mktemp("demo"))
 
@@ -31,6 +33,9 @@ def test_a_result_has_its_length_and_its_command_reproduces_it(demo, tmp_path):
     assert sr == 16000 and audio.shape == (4800,)
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "0.30 s" in status and "prompt" not in status and "window" not in status
+    # A planned model plans from its generation.json, as the CLI line does with no flag.
+    assert ("planned by planner.ckpt (control_scale 2)" in status) == (demo.plan is not None)
+    assert (demo.plan is not None) == demo.model_dir.endswith("planned")
     argv = shlex.split(command)
     assert argv[:2] == ["siren", "generate"]
     assert argv[argv.index("--negative-caption") + 1] == "a low hum"
@@ -65,6 +70,15 @@ def test_seconds_past_the_training_crops_run_the_sliding_window(demo):
     audio, _ = sf.read(wav, dtype="int16")
     assert audio.shape == (6.4 * 16000,) and "sliding window of 300 frames" in status
     assert "--seconds 6.4" in command
+
+
+def test_a_planned_lm_whose_folder_names_no_planner_is_refused_at_load(tmp_path):
+    from siren_testing import TableCodec, make_planned_model
+
+    model = make_planned_model()
+    stack = (model, TableCodec(model.codebook_table.clone()), object())
+    with pytest.raises(ValueError, match="control_dim 1.*names no planner"):
+        DemoGenerator(tmp_path, tmp_path / "out", stack=stack)
 
 
 def test_the_generator_refuses_what_the_cli_refuses(demo):

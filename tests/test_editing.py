@@ -65,6 +65,33 @@ def test_each_window_continues_its_last_frames_told_it_is_a_clip_of_w_frames(nam
         generate_long(model, states, mask, t, w, c, prompt_codes=codes[..., :w])
 
 
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_each_window_reads_the_plan_of_the_frames_it_holds(name):
+    # A planned LM (random control projections, so the curve moves the logits) generates 23
+    # frames in windows of 10 re-reading 4. Greedy: each window's new frames are the argmax given
+    # its frames and the plan's slice over those same frames, context included.
+    model = BUILDERS[name](duration_conditioning=True, control_dim=1).double()
+    with torch.no_grad():
+        for module in [model] if name == "delay" else model.experts:
+            module.control.proj.weight.normal_(0, 0.5)
+    states, mask = make_text(2)
+    states = states.double()
+    t, w, c = 23, 10, 4
+    control = torch.rand(2, t, 1, generator=torch.Generator().manual_seed(2)).double()
+    codes = generate_long(model, states, mask, t, w, c, temperature=0.0, control=control)
+    told = torch.full((2,), w)
+    for first, new in window_plan(t, w, c):
+        context = 0 if first == 0 else c
+        seen = slice(first - context, first + new)
+        logits = model(codes[..., seen], states, mask, total_frames=told, control=control[:, seen])
+        assert torch.equal(logits.logits.argmax(-1)[..., context:], codes[..., first : first + new])
+    # The plan is read: another curve over the later windows changes the frames made there only.
+    other = control.clone()
+    other[:, w:] = 1 - other[:, w:]
+    moved = generate_long(model, states, mask, t, w, c, temperature=0.0, control=other)
+    assert torch.equal(moved[..., :w], codes[..., :w]) and not torch.equal(moved, codes)
+
+
 def test_long_generation_starts_with_its_prompt():
     model = make_model(duration_conditioning=True).double()
     states, mask = make_text(2)

@@ -128,8 +128,33 @@ class DemoGenerator:
         )
         # The model's own defaults (its generation.json), else the global ones.
         self.sampling = model_sampling(model_dir, "siren demo").values
+        self.plan = self._plan(device)
         self.out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="siren-demo-"))
         self.count = 0
+
+    def _plan(self, device: str) -> Any:
+        """The `CaptionPlan` of an LM that follows a per-frame plan (its generation.json's), or
+        None for one that does not."""
+        from siren_lightning.generation_config import model_plan
+        from siren_lightning.stages.planner import CaptionPlan
+
+        dim = getattr(self.model.config, "control_dim", 0)
+        if not dim:
+            return None
+        found = model_plan(self.model_dir)
+        if found is None:
+            raise ValueError(
+                f"{self.model_dir}: this LM follows a per-frame plan (control_dim {dim}), and "
+                "its generation.json names no planner: `siren set-sampling "
+                f"{self.model_dir} --planner PLANNER.ckpt --chosen-on ...` names one"
+            )
+        return CaptionPlan.load(
+            found.planner,
+            self.text_encoder,
+            found.control_scale,
+            found.control_guidance,
+            device=device,
+        )
 
     def __call__(
         self,
@@ -166,6 +191,14 @@ class DemoGenerator:
                 )
         self.count += 1
         folder = self.out / f"{self.count:04d}"
+        planned: dict[str, Any] = {}
+        if self.plan is not None:  # the caption's curve over the whole clip, prompt included
+            planned = {
+                "controls": self.plan.curves_for_seconds([caption], float(seconds), self.codec),
+                "control_guidance": self.plan.guidance,
+                "control_scale": self.plan.scale,
+                "control_source": self.plan.source,
+            }
         record = generate_audio(
             self.model,
             self.text_encoder,
@@ -179,6 +212,7 @@ class DemoGenerator:
             negative_captions=(negative_caption or "").strip(),
             prompt_codes=prompt,
             window_seconds=WINDOW_SECONDS,
+            **planned,
         )[0]
         png = spectrogram_png(record["path"], folder / "spectrogram.png")
         settings = {
@@ -192,6 +226,10 @@ class DemoGenerator:
         status = f"{record['samples'] / record['sample_rate']:.2f} s at {record['sample_rate']} Hz"
         if prompt is not None:
             status += f"; continues the prompt's first {record['prompt_frames']} frames"
+        if self.plan is not None:
+            status += (
+                f"; planned by {Path(self.plan.source).name} (control_scale {self.plan.scale:g})"
+            )
         if record["window_frames"]:
             status += (
                 f"; past the {WINDOW_SECONDS:g} s training crops: a sliding window of "

@@ -193,7 +193,9 @@ def generate_long(
     """T frames (any number) by a sliding window of W frames re-prompted with the last C.
 
     Every window is told it is a clip of W frames (`total_frames`); `prompt_codes` [B, r, P]
-    (P < W) start the first window. T <= W is one plain generation told its own length T.
+    (P < W) start the first window. T <= W is one plain generation told its own length T. A
+    per-frame plan (`control` [B, T, C], and `control_contrast` with it) is read window by
+    window: each window gets the plan of the frames it holds, its C context frames included.
 
     Args:
         text_states: [B, L, Dt]; text_mask: [B, L] bool.
@@ -211,6 +213,12 @@ def generate_long(
             f"generate_long: {prompt_codes.shape[-1]} prompt frames leave nothing to generate "
             f"in the first window of {min(window, num_frames)} frames"
         )
+    per_frame = {k: kwargs.pop(k) for k in ("control", "control_contrast") if k in kwargs}
+
+    def plan_of(start: int, stop: int) -> dict[str, Tensor]:
+        """The per-frame plan of output frames [start, stop)."""
+        return {k: v[:, start:stop] for k, v in per_frame.items() if v is not None}
+
     plan = window_plan(num_frames, window, context)
     told = torch.full((b,), min(window, num_frames), device=text_states.device)
     out = generate(
@@ -220,6 +228,7 @@ def generate_long(
         plan[0][1],
         prompt_codes=prompt_codes,
         total_frames=told,
+        **plan_of(0, plan[0][1]),
         **kwargs,
     )  # [B, r, min(W, T)]
     for first, new in plan[1:]:
@@ -231,6 +240,7 @@ def generate_long(
             context + new,
             prompt_codes=prompt,
             total_frames=told,
+            **plan_of(first - context, first + new),
             **kwargs,
         )  # [B, r, C + new]
         out = torch.cat([out, codes[..., context:]], -1)

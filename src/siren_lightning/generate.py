@@ -169,10 +169,6 @@ def generate_audio(
         )
         control: dict[str, Any] = {}
         if controls is not None:
-            if window is not None and frames > window:
-                raise ValueError(
-                    "generate_audio: control curves are not given to windowed generation"
-                )
             batch_curves = controls[start : start + batch_size]
             control = control_arguments(
                 batch_curves, frames, control_scale, control_guidance, device
@@ -185,6 +181,7 @@ def generate_audio(
                 context=context,
                 prompt_codes=prompt,
                 generator=generator,
+                **control,
                 **text,
                 **sampling,
             )  # [B, r, T]
