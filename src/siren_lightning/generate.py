@@ -441,14 +441,19 @@ def main(argv: list[str]) -> int:
         )
 
     _check_editing_arguments(args)
+    if args.planner and args.infill:
+        raise ValueError("siren generate: --planner is not given to --infill")
     plan = None if args.planner else model_plan(args.model)
+    if plan is not None and args.infill:
+        raise ValueError(
+            f"siren generate: --infill does not plan: {args.model} follows a per-frame plan "
+            f"(its generation.json names {plan.planner}), and infilling reads none yet"
+        )
     if plan is not None:
         args.planner = str(plan.planner)
     control_scale, control_guidance = resolve_control(args, plan)
     if control_scale and not args.planner:
         raise ValueError("siren generate: --control-scale needs --planner")
-    if args.planner and args.infill:
-        raise ValueError("siren generate: --planner is not given to --infill")
 
     ids, seconds = None, args.seconds
     if args.match_durations and not args.manifest:
