@@ -183,16 +183,18 @@ align: install
 	  $(ALIGN_REPORT_ARGS) --out $(ALIGN)/report
 	@echo "aligned model: $(ALIGN)/model; report: $(ALIGN)/report/report.md; TensorBoard: $(ALIGN)/tensorboard"
 
-# Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling).
+# Score the pretrained model on held-out SynthCaps captions (tiny preset, with the codec ceiling),
+# into a folder of the model's own: the run's eval/ for the run's model, else runs/eval/<model>.
 EVAL_CLIPS ?= 32
+EVAL ?= $(if $(filter $(RUN)/%,$(SIREN_MODEL)),$(RUN)/eval,runs/eval/$(notdir $(SIREN_MODEL)))
 evaluate: install
 	test -f $(SIREN_MODEL)/config.json || $(MAKE) pretrain
 	$(PREPARE_SET)
 	$(SIREN) generate --model $(SIREN_MODEL) --manifest $(SET_DATA)/test.jsonl --limit $(EVAL_CLIPS) \
-	  --match-durations --out $(RUN)/eval/generated
-	$(SIREN) evaluate --generated $(RUN)/eval/generated --reference $(SET_DATA)/test.jsonl \
-	  --preset tiny --tiny-clap $(GRADER) --codec-ceiling $(SET_CODEC) --out $(RUN)/eval/results.json \
-	  --per-clip $(RUN)/eval/per_clip.jsonl --bootstrap 200
+	  --match-durations --out $(EVAL)/generated
+	$(SIREN) evaluate --generated $(EVAL)/generated --reference $(SET_DATA)/test.jsonl \
+	  --preset tiny --tiny-clap $(GRADER) --codec-ceiling $(SET_CODEC) --out $(EVAL)/results.json \
+	  --per-clip $(EVAL)/per_clip.jsonl --bootstrap 200
 
 # The tables benchmarks/RESULTS.md quotes, with the arguments it states for each (CPU time, one
 # thread; the 10 s uncached run alone takes several minutes on 2 cores).

@@ -91,3 +91,8 @@ def test_make_pretrain_and_evaluate_follow_the_set():
     evaluate = flat(dry_run(target="evaluate").stdout)
     assert "generate --model assets/siren_tiny_planned --manifest data/synthcaps_clean/" in evaluate
     assert "--tiny-clap tiny-clap-eval-clean --codec-ceiling assets/codec_tiny_clean" in evaluate
+    # Each model's scores in a folder of its own: the reference's, and the run's model's.
+    assert "--match-durations --out runs/eval/siren_tiny_planned/generated" in evaluate
+    assert "--out runs/eval/siren_tiny_planned/results.json" in evaluate
+    own = flat(dry_run("SIREN_MODEL=runs/siren_tiny_clean/model", target="evaluate").stdout)
+    assert "--out runs/siren_tiny_clean/eval/results.json" in own
