@@ -100,16 +100,30 @@ def test_long_generation_starts_with_its_prompt():
     assert codes.shape[-1] == 17 and torch.equal(codes[..., :3], prompt)
 
 
+def _planned(model, name):
+    """The LM with random control projections, so that its per-frame plan moves the logits."""
+    with torch.no_grad():
+        for module in [model] if name == "delay" else model.experts:
+            module.control.proj.weight.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("planned", [False, True])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_infill_keeps_the_candidate_under_which_the_true_suffix_is_most_likely(name):
-    model = BUILDERS[name](duration_conditioning=True).double()
+def test_infill_keeps_the_candidate_under_which_the_true_suffix_is_most_likely(name, planned):
+    # A planned LM reads its clips' plans (each clip its own) when it draws and when it scores.
+    extra = {"control_dim": 1} if planned else {}
+    model = BUILDERS[name](duration_conditioning=True, **extra).double()
+    model = _planned(model, name) if planned else model
     states, mask = make_text(2)
     states = states.double()
     g = torch.Generator().manual_seed(4)
     codes = torch.randint(16, (2, 6, 10), generator=g)
+    control = torch.rand(2, 10, 1, generator=g).double() if planned else None
+    plan = {"control": control} if planned else {}
     start, end, n = 3, 6, 5
     result = infill(
-        model, states, mask, codes, start, end, candidates=n, generator=g, temperature=1.5
+        model, states, mask, codes, start, end, candidates=n, generator=g, temperature=1.5, **plan
     )
     assert torch.equal(result.codes[..., :start], codes[..., :start])
     assert torch.equal(result.codes[..., end:], codes[..., end:])
@@ -119,7 +133,8 @@ def test_infill_keeps_the_candidate_under_which_the_true_suffix_is_most_likely(n
         for k in range(n):  # the suffix's log-probability, computed here from the logits
             whole = codes[i : i + 1].clone()
             whole[..., start:end] = result.candidates[i, k]
-            logp = model(whole, states[i : i + 1], mask[i : i + 1]).logits.log_softmax(-1)
+            own = {"control": control[i : i + 1]} if planned else {}
+            logp = model(whole, states[i : i + 1], mask[i : i + 1], **own).logits.log_softmax(-1)
             hand.append(
                 sum(logp[0, q, f, whole[0, q, f]].item() for q in range(6) for f in range(end, 10))
             )
@@ -129,6 +144,16 @@ def test_infill_keeps_the_candidate_under_which_the_true_suffix_is_most_likely(n
         assert result.chosen[i] == max(range(n), key=hand.__getitem__)
         assert torch.equal(result.codes[i, :, start:end], result.candidates[i, result.chosen[i]])
     assert len({tuple(c.flatten().tolist()) for c in result.candidates[0]}) > 1  # not one draw
+    if planned:  # greedy: the span is the argmax of the teacher-forced logits under the plan
+        greedy = infill(
+            model, states, mask, codes, start, end, candidates=1, temperature=0.0, **plan
+        )
+        # What the draws read: the frames before the span's end (the delay LM's last steps
+        # read no later frame), told the clip's length, under the plan's first frames.
+        drawn, told = greedy.codes[..., :end], torch.full((2,), 10)
+        logits = model(drawn, states, mask, total_frames=told, control=control[:, :end]).logits
+        span = slice(start, end)
+        assert torch.equal(logits.argmax(-1)[..., span], greedy.codes[..., span])
     with pytest.raises(ValueError, match="span"):
         infill(model, states, mask, codes, 6, 6)
     with pytest.raises(ValueError, match="span"):

@@ -16,7 +16,8 @@ from siren_lightning.generate import generate_audio
 from siren_lightning.text import TextEncoder
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-MODELS = ["siren_tiny_reference", "delay_tiny_reference"]
+# The planned one plans from its generation.json (its committed planner, control guidance 2).
+MODELS = ["siren_tiny_reference", "delay_tiny_reference", "siren_tiny_planned"]
 
 
 def _tone(path: Path, seconds: float, sr: int, hz: float = 440.0) -> Path:
@@ -80,8 +81,36 @@ def test_generate_infills_a_span_and_keeps_the_best_scored_candidate(name, tmp_p
     assert all(math.isfinite(s) and s < 0 for s in record["scores"])
     audio, _ = sf.read(record["path"])
     assert audio.shape == (24000,)  # as long as the clip
+    planned = name.endswith("planned")
+    assert (record["control"] or "").endswith("planner_tiny_clean/planner.ckpt") == planned
+    assert record["control_scale"] == (2.0 if planned else 0.0)
     bad = argv[:-5] + ["--span", "1.0", "2.0"]  # past the clip's end
     assert generate.main(bad) == 2
+
+
+def test_an_infill_reads_the_clips_own_loudness_and_the_planned_curve_over_the_span(tmp_path):
+    from siren_testing import HashTextEncoder, make_planner_checkpoint
+
+    from siren_lightning.data.loudness import frame_loudness
+    from siren_lightning.generate import infill_curve
+    from siren_lightning.stages.planner import CaptionPlan, plan_curves
+
+    codec = TableCodec(torch.zeros(6, 16, 8))  # 1,600 Hz, 16 samples a frame
+    clip = tmp_path / "clip.wav"
+    t = torch.arange(160) / 1600  # 10 frames: a tone for 4, silence, a quieter tone
+    wave = torch.cat([0.5 * torch.ones(64), torch.zeros(48), 0.05 * torch.ones(48)])
+    sf.write(clip, (wave * torch.sin(2 * torch.pi * 200 * t)).numpy(), 1600)
+    text = HashTextEncoder(12)
+    planner = make_planner_checkpoint(tmp_path / "p.ckpt", text_dim=12, spread=0.5)
+    plan = CaptionPlan.load(tmp_path / "p.ckpt", text)
+    curve = infill_curve(plan, "a beep", clip, codec, 10, 1, 3)
+    audio, _ = sf.read(clip, dtype="float32")
+    by_hand = torch.from_numpy(frame_loudness(audio, 16))  # the clip's own, frames 0-9
+    by_hand[1:3] = plan_curves(planner, text, ["a beep"], [10])[0][1:3]  # the plan's, over the span
+    assert curve.shape == (10, 1)
+    assert torch.equal(curve[:, 0], by_hand)
+    assert by_hand[0] > by_hand[8] > by_hand[5] == 0  # loud, quiet, silent: the clip is read
+    assert (by_hand[1:3] != torch.from_numpy(frame_loudness(audio, 16))[1:3]).all()  # planned
 
 
 @pytest.mark.parametrize(

@@ -64,13 +64,19 @@ def _repeat(x: Tensor | None, n: int, batch: int) -> Tensor | None:
 
 @torch.no_grad()
 def suffix_log_prob(
-    model: Any, codes: Tensor, text_states: Tensor, text_mask: Tensor, start: int
+    model: Any,
+    codes: Tensor,
+    text_states: Tensor,
+    text_mask: Tensor,
+    start: int,
+    control: Tensor | None = None,
 ) -> Tensor:
     """Teacher-forced log-probability of frames start.. of each clip, summed over codebooks.
 
     Args:
         codes: [M, r, T] long; text_states: [M, L, Dt]; text_mask: [M, L] bool.
         start: the first scored frame (T: nothing scored, all zeros).
+        control: [M, T, C] per-frame plan, for an LM with `control_dim` > 0.
 
     Returns:
         [M] float64.
@@ -78,7 +84,10 @@ def suffix_log_prob(
     m, r, t = codes.shape
     if start >= t:
         return torch.zeros(m, dtype=torch.float64, device=codes.device)
-    logits = model(codes, text_states, text_mask).logits[:, :, start:]  # [M, r, T - start, K]
+    plan = {} if control is None else {"control": control}
+    logits = model(codes, text_states, text_mask, **plan).logits[
+        :, :, start:
+    ]  # [M, r, T - start, K]
     logp = logits.double().log_softmax(-1).gather(-1, codes[:, :, start:, None])
     return logp.sum(dim=(1, 2, 3))
 
@@ -124,7 +133,8 @@ def infill(
     The N candidates continue the frames before the span (`prompt_codes`, read in one prefill);
     each clip is told its whole length T (`total_frames`). The kept candidate is the one under
     which the clip's own frames end.. are most likely (`suffix_log_prob`, conditional text, no
-    guidance).
+    guidance). A planned LM reads `control` [B, T, C] (and `control_contrast` with it) over the
+    whole clip, in generation and in scoring.
 
     Args:
         text_states: [B, L, Dt]; text_mask: [B, L] bool.
@@ -141,7 +151,7 @@ def infill(
     check_span(start, end, t)
     if candidates < 1:
         raise ValueError(f"infill: candidates must be >= 1, got {candidates}")
-    for name in ("uncond_states", "uncond_mask"):
+    for name in ("uncond_states", "uncond_mask", "control", "control_contrast"):
         kwargs[name] = _repeat(kwargs.get(name), candidates, b)
     states = text_states.repeat_interleave(candidates, dim=0)  # [B*N, L, Dt]
     mask = text_mask.repeat_interleave(candidates, dim=0)
@@ -155,7 +165,9 @@ def infill(
         **kwargs,
     )  # [B*N, r, end]
     whole = torch.cat([drawn, codes[..., end:].repeat_interleave(candidates, dim=0)], -1)
-    scores = suffix_log_prob(model, whole, states.to(model.codebook_table.dtype), mask, end)
+    dtype = model.codebook_table.dtype
+    control = kwargs["control"] if kwargs["control"] is None else kwargs["control"].to(dtype)
+    scores = suffix_log_prob(model, whole, states.to(dtype), mask, end, control)
     scores = scores.view(b, candidates)
     chosen = scores.argmax(1)  # ties (nothing after the span): the first candidate
     whole = whole.view(b, candidates, r, t)

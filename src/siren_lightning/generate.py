@@ -249,11 +249,17 @@ def infill_audio(
     seed: int = 0,
     sampling: dict[str, Any] | None = None,
     negative_caption: str = "",
+    plan: Any = None,
 ) -> dict[str, Any]:
     """Regenerate seconds [A, B) of a clip (`editing.infill`), write `infill.wav` and its record.
 
     The clip is read at the codec's rate (resampled if need be) and encoded; the WAV is the
     codec's decoding of the edited codes, as long as the clip.
+
+    Args:
+        plan: a `stages.planner.CaptionPlan`, for an LM that follows a per-frame plan: the
+            clip's own loudness (`frame_loudness`) outside the span, what it keeps, and the
+            planner's curve for the caption at the clip's length inside it, what is remade.
 
     Returns:
         the record written to `generations.jsonl` (with every candidate's score).
@@ -276,6 +282,10 @@ def infill_audio(
     start, end = math.floor(a / frame_seconds), min(math.ceil(b / frame_seconds), frames)
     text = encode_captions(text_encoder, [caption], [negative_caption])
     generator = torch.Generator(device=device).manual_seed(seed)
+    control: dict[str, Any] = {}
+    if plan is not None:
+        curve = infill_curve(plan, caption, clip, codec, frames, start, end)
+        control = control_arguments([curve], frames, plan.scale, plan.guidance, device)
     result = infill(
         model,
         codes=codes,
@@ -283,6 +293,7 @@ def infill_audio(
         end=end,
         candidates=candidates,
         generator=generator,
+        **control,
         **text,
         **sampling,
     )
@@ -306,10 +317,28 @@ def infill_audio(
         "frames": frames,
         "samples": int(audio.numel()),
         "sample_rate": codec.sample_rate,
+        "control": plan.source if plan is not None else None,
+        "control_scale": plan.scale if plan is not None else 0.0,
         **sampling,
     }
     _write_records(out, [record])
     return record
+
+
+def infill_curve(
+    plan: Any, caption: str, clip: str | Path, codec: Any, frames: int, start: int, end: int
+) -> torch.Tensor:
+    """The per-frame plan [T, 1] an infill reads: the clip's own loudness, with the planner's
+    curve for the caption (at the clip's T frames) over the span [start, end)."""
+    from siren_lightning.data.audio import load_audio
+    from siren_lightning.data.loudness import frame_loudness
+
+    audio = load_audio(clip, codec.sample_rate, allow_silent=True).numpy()
+    measured = torch.from_numpy(frame_loudness(audio, codec.hop_length))[:frames]
+    curve = torch.zeros(frames)
+    curve[: measured.numel()] = measured
+    curve[start:end] = plan.curves([caption], [frames])[0][start:end, 0]
+    return curve[:, None]
 
 
 def load_generation_stack(
@@ -441,14 +470,7 @@ def main(argv: list[str]) -> int:
         )
 
     _check_editing_arguments(args)
-    if args.planner and args.infill:
-        raise ValueError("siren generate: --planner is not given to --infill")
     plan = None if args.planner else model_plan(args.model)
-    if plan is not None and args.infill:
-        raise ValueError(
-            f"siren generate: --infill does not plan: {args.model} follows a per-frame plan "
-            f"(its generation.json names {plan.planner}), and infilling reads none yet"
-        )
     if plan is not None:
         args.planner = str(plan.planner)
     control_scale, control_guidance = resolve_control(args, plan)
@@ -488,6 +510,13 @@ def main(argv: list[str]) -> int:
     print(sampling.describe())
     try:
         if args.infill:
+            caption_plan = None
+            if args.planner:
+                from siren_lightning.stages.planner import CaptionPlan
+
+                caption_plan = CaptionPlan.load(
+                    args.planner, text_encoder, control_scale, control_guidance, args.device
+                )
             record = infill_audio(
                 model,
                 text_encoder,
@@ -500,6 +529,7 @@ def main(argv: list[str]) -> int:
                 seed=args.seed,
                 sampling=sampling.values,
                 negative_caption=args.negative_caption,
+                plan=caption_plan,
             )
             print(f"wrote {record['path']} (candidate {record['chosen']} of {args.candidates})")
             return 0
