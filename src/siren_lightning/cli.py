@@ -94,6 +94,17 @@ def check_fresh_run_folder(trainer: Any, ckpt_path: str | None) -> None:
         )
 
 
+def add_prediction_writer(trainer: Any) -> None:
+    """`siren predict` writes WAVs: an `AudioPredictionWriter` (into
+    `<default_root_dir>/predictions`) joins the callbacks when the config names no writer."""
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    from siren_lightning.callbacks.predictions import AudioPredictionWriter
+
+    if not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+        trainer.callbacks.append(AudioPredictionWriter())
+
+
 def lightning_cli(args: list[str] | None = None) -> None:
     """LightningCLI over any LightningModule / LightningDataModule chosen by the YAML."""
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -102,6 +113,9 @@ def lightning_cli(args: list[str] | None = None) -> None:
     class SirenCLI(LightningCLI):
         def before_fit(self) -> None:
             check_fresh_run_folder(self.trainer, self.config["fit"].get("ckpt_path"))
+
+        def before_predict(self) -> None:
+            add_prediction_writer(self.trainer)
 
     trainer_defaults: dict[str, Any] = {}
     if not sys.stdout.isatty():  # the rich bar draws nothing into a file or a pipe

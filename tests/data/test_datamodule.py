@@ -72,9 +72,10 @@ def test_caption_batches(synthcaps_small):
     )
     dm.setup("fit")
     batch = _batches(dm, 1)[0]
-    assert set(batch) == {"captions", "ids"} and len(batch["captions"]) == 5
+    assert set(batch) == {"captions", "ids", "seconds"} and len(batch["captions"]) == 5
     clips = {c.id: c for c in read_manifest(synthcaps_small["train"])}
     assert all(c in clips[i].captions for c, i in zip(batch["captions"], batch["ids"], strict=True))
+    assert batch["seconds"] == [clips[i].duration for i in batch["ids"]]  # what predict makes
 
 
 def test_code_batches_crop_pad_and_text_states():

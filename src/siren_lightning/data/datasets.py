@@ -200,8 +200,13 @@ class CaptionDataset(Dataset):
         i, gen = item_generator(key)
         clip = self.clips[i]
         caption = clip.captions[_choose(len(clip.captions), self.train, gen)]
-        return {"id": clip.id, "caption": caption}
+        return {"id": clip.id, "caption": caption, "seconds": clip.duration}
 
 
 def collate_captions(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"captions": [it["caption"] for it in items], "ids": [it["id"] for it in items]}
+    """captions, ids and each clip's duration in seconds (None where the manifest has none)."""
+    return {
+        "captions": [it["caption"] for it in items],
+        "ids": [it["id"] for it in items],
+        "seconds": [it["seconds"] for it in items],
+    }

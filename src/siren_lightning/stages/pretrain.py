@@ -24,15 +24,17 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.loudness import read_curves, window_control
 from siren_lightning.data.manifest import read_manifest
+from siren_lightning.data.resumable import global_seed, mix_seed
 from siren_lightning.export import load_lm
 from siren_lightning.generation_config import check_plan
 from siren_lightning.lora import LoraSettings, add_lora, for_sampling
 from siren_lightning.metrics.adherence import JUDGED, attribute_captions
 from siren_lightning.models.base import CodecLM
-from siren_lightning.models.sampling import generate, resolve_sampling
+from siren_lightning.models.sampling import check_sampling, generate, resolve_sampling
 from siren_lightning.stages.chassis import (
     StageModule,
     check_codec_fits,
@@ -445,6 +447,10 @@ class PretrainModule(StageModule):
             clip's loudness curve over its window as per-frame control. A deviation from the
             paper (docs/model.md "A plan to follow").
         gradient_checkpointing: recompute block activations in the backward pass.
+        predict_seconds: the length `siren predict` generates a clip at when its manifest gives
+            no duration (else each clip's own duration).
+        predict_sampling: `siren predict`'s sampling (`temperature`, `top_k`, `top_p`,
+            `cfg_scale`; what is not given is `siren generate`'s default).
         plan: where an LM with `control_dim` 1 takes its per-frame plan when it generates in
             the loop (`sample_codes`: the audio-sample and FD/CLAP callbacks, and
             `TextFollowingCallback` unless it names its own planner), in generation.json's shape:
@@ -490,6 +496,8 @@ class PretrainModule(StageModule):
         future_offsets: Sequence[int] = (2, 4, 8, 16),
         control_cache: str | None = None,
         plan: dict[str, Any] | None = None,
+        predict_seconds: float = 5.0,
+        predict_sampling: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         init_weights: str | None = None,
         lora: LoraSettings | None = None,
@@ -544,6 +552,11 @@ class PretrainModule(StageModule):
                     f"PretrainModule: plan.planner {plan['planner']} does not exist (a "
                     "PlannerModule checkpoint: experiments/planner_tiny_clean.yaml)"
                 )
+        if not predict_seconds > 0:
+            raise ValueError(
+                f"PretrainModule: predict_seconds must be positive, got {predict_seconds}"
+            )
+        check_sampling("PretrainModule: predict_sampling", **(predict_sampling or {}))
         if history_swap > 0 and history_cache is None:
             raise ValueError(
                 "PretrainModule: history_swap needs history_cache (a code cache of the same "
@@ -794,6 +807,46 @@ class PretrainModule(StageModule):
         )
         self.network.train(was_training)
         return codes
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """`siren predict`: audio for a batch of a manifest's captions (`collate_captions`), each
+        at its clip's duration (else `predict_seconds`), planned when the LM takes a plan.
+
+        The seed is drawn from the run's seed, the batch index and the rank, so a rerun with the
+        same seed and batches makes the same audio.
+
+        Returns:
+            ids, captions, seconds, seed, sample_rate, sampling, control (the planner, if the
+            module plans) and `audio`: one waveform [N_i]
+            (float, CPU) per clip, N_i its length in samples at the codec's rate.
+        """
+        if self.codec is None:
+            raise ValueError("PretrainModule.predict_step needs a codec to decode the codes")
+        codec, h = self.codec, self.hparams
+        seconds = [h.predict_seconds if s is None else float(s) for s in batch["seconds"]]
+        frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in seconds]
+        seed = mix_seed(global_seed(), 0, batch_idx, self.global_rank)
+        sampling = resolve_sampling("siren predict", given=h.predict_sampling or {}).values
+        codes = self.sample_codes(
+            batch["captions"],
+            max(frames),
+            seed=seed,
+            total_frames=torch.tensor(frames, device=self.device),
+            **sampling,
+        )
+        device = next(codec.parameters(), codes).device
+        audio = codec.decode(codes.to(device)).float().cpu()[:, 0]  # [B, N]
+        return {
+            "ids": list(batch["ids"]),
+            "captions": list(batch["captions"]),
+            "seconds": seconds,
+            "seed": seed,
+            "sample_rate": codec.sample_rate,
+            "sampling": sampling,
+            "control": (h.plan or {}).get("planner"),
+            "audio": [audio[i, : n * codec.hop_length] for i, n in enumerate(frames)],
+        }
 
     def _planned_controls(
         self, captions: list[str], num_frames: int, total_frames: Tensor | None
