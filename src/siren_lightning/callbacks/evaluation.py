@@ -1,7 +1,7 @@
 """In-loop and test-time evaluation with the pinned protocol (DESIGN.md section 7).
 
-`EvaluationCallback` generates audio with the LightningModule (`sample_codes` + its codec's
-`decode`, as `AudioSamplesCallback` does) and scores it with a protocol preset against the
+`EvaluationCallback` generates audio with the LightningModule (`sample_audio`: `sample_codes`
+decoded by its codec, as `AudioSamplesCallback` does) and scores it with a protocol preset against the
 reference audio of the same clips:
 
 - during `fit`, every N validations, for a fixed set of validation clips: logs `val/fd`,
@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from siren_lightning.callbacks.media import log_clips, tensorboard_writer
-from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.codec.base import seconds_to_samples
 from siren_lightning.data.manifest import check_file_ids
 from siren_lightning.models.sampling import resolve_sampling
@@ -198,7 +197,7 @@ class EvaluationCallback(L.Callback):
             **self.sampling,
             "total_frames": torch.tensor(clip_frames, device=pl_module.device),
         }
-        audio = generate_waveforms(pl_module, captions, max(clip_frames), seed, sampling)  # [B, N]
+        audio = pl_module.sample_audio(captions, max(clip_frames), seed, **sampling)  # [B, N]
         return [audio[i, :n] for i, n in enumerate(lengths)]
 
     def _ceiling_features(

@@ -12,28 +12,12 @@ from siren_lightning.codec.base import seconds_to_frames
 from siren_lightning.models.sampling import check_sampling
 
 
-@torch.no_grad()
-def generate_waveforms(
-    pl_module: L.LightningModule,
-    captions: list[str],
-    num_frames: int,
-    seed: int = 0,
-    sampling: dict[str, Any] | None = None,
-) -> torch.Tensor:
-    """Audio [B, N] (CPU, N = num_frames * hop) for B captions: the module's
-    `sample_codes(captions, num_frames, seed, **sampling) -> [B, r, T]` decoded by its codec."""
-    codec = pl_module.codec
-    codes = pl_module.sample_codes(captions, num_frames, seed=seed, **(sampling or {}))
-    device = next(codec.parameters(), codes).device
-    return codec.decode(codes.to(device)).float().cpu()[:, 0]  # [B, 1, N] -> [B, N]
-
-
 class AudioSamplesCallback(L.Callback):
-    """Generates codes for a few captions with the module's sampler, decodes them with its
-    codec, and logs audio and spectrograms to TensorBoard (`samples/<i>`).
+    """Generates audio for a few captions with the module's sampler and logs it, with
+    spectrograms, to TensorBoard (`samples/<i>`).
 
-    The module must offer `sample_codes(captions, num_frames, seed, **sampling) -> [B, r, T]`
-    and a `codec` with `decode(codes) -> [B, 1, N]` and `sample_rate`, `hop_length`.
+    The module must offer `sample_audio(captions, num_frames, seed, **sampling) -> [B, N]` and
+    a `codec` with `sample_rate` and `hop_length` (`PretrainModule`).
 
     Args:
         captions: what to generate; by default the first caption of the first `num_captions`
@@ -94,7 +78,7 @@ class AudioSamplesCallback(L.Callback):
         if self.captions is None:
             self.captions = self._default_captions(trainer)
         frames = seconds_to_frames(self.seconds, codec.sample_rate, codec.hop_length)
-        audio = generate_waveforms(pl_module, self.captions, frames, self.seed, self.sampling)
+        audio = pl_module.sample_audio(self.captions, frames, self.seed, **self.sampling)
         clips = {f"{i}: {c[:60]}": audio[i] for i, c in enumerate(self.captions)}
         log_clips(writer, "samples", clips, codec.sample_rate, trainer.global_step)
         self.logged.append(trainer.global_step)

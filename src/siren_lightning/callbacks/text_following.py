@@ -27,7 +27,6 @@ import lightning as L
 import torch
 
 from siren_lightning.callbacks.evaluation import reference_clips
-from siren_lightning.callbacks.samples import generate_waveforms
 from siren_lightning.data.loudness import control_arguments, guidance_curve
 from siren_lightning.metrics.adherence import (
     GAP_ROWS,
@@ -157,8 +156,9 @@ class TextFollowingCallback(L.Callback):
                     guidance,
                     pl_module.device,
                 )
-            audio = generate_waveforms(
-                pl_module, [c["caption"] for c in batch], max(frames), self.seed + start, sampling
+            captions = [c["caption"] for c in batch]
+            audio = pl_module.sample_audio(
+                captions, max(frames), self.seed + start, **sampling
             )  # [B, N]
             audios += [audio[i, : n * hop].numpy() for i, n in enumerate(frames)]
         attributes = [c["attributes"] for c in clips]

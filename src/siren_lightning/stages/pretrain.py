@@ -809,6 +809,18 @@ class PretrainModule(StageModule):
         return codes
 
     @torch.no_grad()
+    def sample_audio(
+        self, captions: list[str], num_frames: int, seed: int = 0, **kwargs: Any
+    ) -> Tensor:
+        """Audio [B, N] (CPU float, N = num_frames * hop) for B captions: `sample_codes`
+        decoded by the module's codec (in-loop samples, FD/CLAP, adherence, `siren predict`)."""
+        if self.codec is None:
+            raise ValueError("PretrainModule.sample_audio needs a codec to decode the codes")
+        codes = self.sample_codes(captions, num_frames, seed=seed, **kwargs)
+        device = next(self.codec.parameters(), codes).device
+        return self.codec.decode(codes.to(device)).float().cpu()[:, 0]  # [B, 1, N] -> [B, N]
+
+    @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """`siren predict`: audio for a batch of a manifest's captions (`collate_captions`), each
         at its clip's duration (else `predict_seconds`), planned when the LM takes a plan.
@@ -821,22 +833,17 @@ class PretrainModule(StageModule):
             module plans) and `audio`: one waveform [N_i]
             (float, CPU) per clip, N_i its length in samples at the codec's rate.
         """
-        if self.codec is None:
-            raise ValueError("PretrainModule.predict_step needs a codec to decode the codes")
         codec, h = self.codec, self.hparams
+        if codec is None:
+            raise ValueError("PretrainModule.predict_step needs a codec to decode the codes")
         seconds = [h.predict_seconds if s is None else float(s) for s in batch["seconds"]]
         frames = [seconds_to_frames(s, codec.sample_rate, codec.hop_length) for s in seconds]
         seed = mix_seed(global_seed(), 0, batch_idx, self.global_rank)
         sampling = resolve_sampling("siren predict", given=h.predict_sampling or {}).values
-        codes = self.sample_codes(
-            batch["captions"],
-            max(frames),
-            seed=seed,
-            total_frames=torch.tensor(frames, device=self.device),
-            **sampling,
-        )
-        device = next(codec.parameters(), codes).device
-        audio = codec.decode(codes.to(device)).float().cpu()[:, 0]  # [B, N]
+        told = torch.tensor(frames, device=self.device)
+        audio = self.sample_audio(
+            batch["captions"], max(frames), seed=seed, total_frames=told, **sampling
+        )  # [B, N]
         return {
             "ids": list(batch["ids"]),
             "captions": list(batch["captions"]),
