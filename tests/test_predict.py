@@ -90,7 +90,7 @@ def test_each_clip_is_made_at_its_duration_and_written_with_its_record(
         with torch.no_grad():
             audio = codec.decode(codes)[:, 0]
         for i, k in enumerate(range(first, last)):
-            n = frames[k] * codec.hop_length
+            n = round(seconds[k] * codec.sample_rate)  # cut to the duration, as siren generate
             assert torch.equal(out[batch_idx]["audio"][i], audio[i, :n])
             wav, rate = sf.read(records[k]["path"], dtype="float32")
             assert rate == codec.sample_rate and wav.shape == (n,)
@@ -113,3 +113,36 @@ def test_a_configured_writer_is_kept_and_bad_settings_are_refused(text):
         PretrainModule(make_model(text_dim=384), caption_dropout=0.0, predict_seconds=0)
     with pytest.raises(ValueError, match="predict_sampling: top_p must be in"):
         PretrainModule(make_model(text_dim=384), caption_dropout=0.0, predict_sampling={"top_p": 2})
+
+
+def test_siren_predict_writes_each_clip_without_holding_them(tmp_path, monkeypatch):
+    # The real entry point on the tiny recipe's YAMLs (untrained weights: plumbing, not quality).
+    from pathlib import Path
+
+    from siren_lightning import cli
+    from siren_lightning.data.manifest import write_manifest
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the YAMLs name the committed codec by a relative path
+    write_manifest(tmp_path / "m.jsonl", CLIPS)
+    seen = {}
+    real = L.Trainer.predict
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "predict", spy)
+    argv = ["predict", "--config", "experiments/siren_tiny.yaml"]
+    argv += ["--config", "experiments/siren_tiny_clean.yaml"]
+    argv += ["--data.init_args.predict_manifest", str(tmp_path / "m.jsonl")]
+    argv += ["--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false"]
+    argv += ["--model.init_args.predict_seconds", "0.2"]
+    assert cli.main(argv) == 0
+    assert seen["return_predictions"] is False  # the writer keeps them; memory stays flat
+    out = tmp_path / "run" / "predictions"
+    lines = (out / "generations.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records] == ["a", "b", "c"]
+    lengths = [sf.info(str(out / f"{r['id']}.wav")).frames for r in records]
+    assert lengths == [800, 3200, 2080]  # 0.05 s, 0.2 s (predict_seconds), 0.13 s at 16 kHz

@@ -117,6 +117,13 @@ def lightning_cli(args: list[str] | None = None) -> None:
         def before_predict(self) -> None:
             add_prediction_writer(self.trainer)
 
+        def predict(self, **kwargs: Any) -> Any:
+            # The writer saves every batch as it goes; keeping every waveform in memory as well
+            # would grow with the manifest. `--return_predictions true` still asks for them.
+            if kwargs.get("return_predictions") is None:
+                kwargs["return_predictions"] = False
+            return self.trainer.predict(**kwargs)
+
     trainer_defaults: dict[str, Any] = {}
     if not sys.stdout.isatty():  # the rich bar draws nothing into a file or a pipe
         from siren_lightning.callbacks.progress import LogProgress

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from siren_lightning.codec.base import seconds_to_frames
+from siren_lightning.codec.base import seconds_to_frames, seconds_to_samples
 from siren_lightning.data.code_cache import CodeCache
 from siren_lightning.data.loudness import read_curves, window_control
 from siren_lightning.data.manifest import read_manifest
@@ -831,7 +831,7 @@ class PretrainModule(StageModule):
         Returns:
             ids, captions, seconds, seed, sample_rate, sampling, control (the planner, if the
             module plans) and `audio`: one waveform [N_i]
-            (float, CPU) per clip, N_i its length in samples at the codec's rate.
+            (float, CPU) per clip, N_i its duration in samples at the codec's rate.
         """
         codec, h = self.codec, self.hparams
         if codec is None:
@@ -852,7 +852,9 @@ class PretrainModule(StageModule):
             "sample_rate": codec.sample_rate,
             "sampling": sampling,
             "control": (h.plan or {}).get("planner"),
-            "audio": [audio[i, : n * codec.hop_length] for i, n in enumerate(frames)],
+            "audio": [  # cut as `siren generate` cuts: round(seconds x rate) samples
+                audio[i, : seconds_to_samples(s, codec.sample_rate)] for i, s in enumerate(seconds)
+            ],
         }
 
     def _planned_controls(
