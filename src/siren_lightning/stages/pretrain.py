@@ -869,7 +869,10 @@ class PretrainModule(StageModule):
                 f"{self.network.config.control_dim}); give the module a `plan` (its planner "
                 "checkpoint) or pass `control`"
             )
-        if self._caption_plan is None:
+        loaded = self._caption_plan
+        if loaded is None or next(loaded.planner.parameters()).device != self.device:
+            # Loaded on the module's device at first use, and again if the module has moved
+            # since (the planner is not a submodule: it is neither trained nor checkpointed).
             self._caption_plan = CaptionPlan.load(
                 plan["planner"],
                 self.text_encoder,
