@@ -274,6 +274,8 @@ def test_callback_generates_and_scores_a_planned_lm_under_each_clips_curve(
         given_here["planner"] = plan["planner"]
     callback = TextFollowingCallback(num_clips=3, batch_size=3, **given_here)
     callback.on_validation_epoch_end(trainer, module)
+    # The module's plan is read from the module (one planner loaded), not loaded again.
+    assert (callback._plan is None) == (source != "callback")
     frames = [5, 6, 7]
     if with_planner:
         plan = CaptionPlan(planner, text)

@@ -85,9 +85,8 @@ def suffix_log_prob(
     if start >= t:
         return torch.zeros(m, dtype=torch.float64, device=codes.device)
     plan = {} if control is None else {"control": control}
-    logits = model(codes, text_states, text_mask, **plan).logits[
-        :, :, start:
-    ]  # [M, r, T - start, K]
+    logits = model(codes, text_states, text_mask, **plan).logits
+    logits = logits[:, :, start:]  # [M, r, T - start, K]
     logp = logits.double().log_softmax(-1).gather(-1, codes[:, :, start:, None])
     return logp.sum(dim=(1, 2, 3))
 

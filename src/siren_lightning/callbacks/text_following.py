@@ -137,8 +137,8 @@ class TextFollowingCallback(L.Callback):
                 self._disabled = True
                 return
         clips = sorted(self._clips, key=lambda c: c["codes"].shape[-1])  # similar lengths
-        planner, scale, guidance = self._settings(pl_module)
-        curves = self._curves(pl_module, clips, planner)
+        scale, guidance = self._guidance(pl_module)
+        curves = self._curves(pl_module, clips)
         hop = pl_module.codec.hop_length
         audios = []
         for start in range(0, len(clips), self.batch_size):
@@ -195,30 +195,41 @@ class TextFollowingCallback(L.Callback):
             trainer.callback_metrics[key] = torch.tensor(value)
         summary = ", ".join(f"{k}={scores[k]:.2f}" for k in (*JUDGED, "mean"))
         rows = ", ".join(f"{row} {per_attribute[row]['gap'][0]:+.3f}" for row in GAP_ROWS)
-        plan = ""
+        source = ""
         if curves is not None:
-            plan = " (under the planner's curves)" if planner else " (under the clips' own curves)"
+            planned = self._plan_of(pl_module) is not None
+            source = (
+                " (under the planner's curves)" if planned else " (under the clips' own curves)"
+            )
         log.info(
             "step %d: adherence %s; text gap cb00 %.3f; attribute gaps cb00 %s%s",
             trainer.global_step,
             summary,
             gap["gap"][0],
             rows,
-            plan,
+            source,
         )
 
-    def _settings(self, pl_module: L.LightningModule) -> tuple[str | None, float, str]:
-        """The planner, control scale and guidance in effect: the callback's, else the module's
-        `plan`'s, else none (the clips' own curves), 0 and "reversed"."""
+    def _plan_of(self, pl_module: L.LightningModule) -> CaptionPlan | None:
+        """The planner the curves come from: the callback's own, else the module's `plan`, else
+        None (the clips' own curves)."""
+        if self.planner is None:
+            return getattr(pl_module, "caption_plan", None)
+        if self._plan is None:
+            self._plan = CaptionPlan.load(
+                self.planner, pl_module.text_encoder, device=pl_module.device
+            )
+        return self._plan
+
+    def _guidance(self, pl_module: L.LightningModule) -> tuple[float, str]:
+        """Control guidance's scale and copy: the callback's, else the module's `plan`'s, else 0
+        (off) and "reversed"."""
         plan = getattr(pl_module.hparams, "plan", None) or {}
         scale = self.control_scale
         scale = float(plan.get("control_scale", 0.0)) if scale is None else scale
-        guidance = self.control_guidance or plan.get("control_guidance", "reversed")
-        return self.planner or plan.get("planner"), scale, guidance
+        return scale, self.control_guidance or plan.get("control_guidance", "reversed")
 
-    def _curves(
-        self, pl_module: L.LightningModule, clips: list[dict[str, Any]], planner: str | None
-    ) -> list | None:
+    def _curves(self, pl_module: L.LightningModule, clips: list[dict[str, Any]]) -> list | None:
         """One curve [T_i, 1] per clip for an LM that follows a plan (None otherwise)."""
         if getattr(pl_module.network.config, "control_dim", 0) == 0:
             if self.planner is not None:
@@ -227,11 +238,8 @@ class TextFollowingCallback(L.Callback):
                 )
             return None
         frames = [c["codes"].shape[-1] for c in clips]
-        if planner is not None:
-            if self._plan is None:
-                self._plan = CaptionPlan.load(
-                    planner, pl_module.text_encoder, device=pl_module.device
-                )
-            return self._plan.curves([c["caption"] for c in clips], frames)
+        plan = self._plan_of(pl_module)
+        if plan is not None:
+            return plan.curves([c["caption"] for c in clips], frames)
         own = pl_module.clip_curves([c["id"] for c in clips])
         return [curve[:n, None] for curve, n in zip(own, frames, strict=True)]

@@ -862,14 +862,22 @@ class PretrainModule(StageModule):
     ) -> dict[str, Any]:
         """`generate`'s control arguments from the module's `plan`: each caption's curve at its
         clip's length (`total_frames`, else `num_frames`), with their guidance copies."""
-        plan = self.hparams.plan
+        plan = self.caption_plan
         if plan is None:
             raise ValueError(
                 "PretrainModule.sample_codes: this LM follows a per-frame plan (control_dim "
                 f"{self.network.config.control_dim}); give the module a `plan` (its planner "
                 "checkpoint) or pass `control`"
             )
-        loaded = self._caption_plan
+        frames = num_frames if total_frames is None else [int(n) for n in total_frames.tolist()]
+        return plan.controls(captions, frames, self.device, length=num_frames)
+
+    @property
+    def caption_plan(self) -> CaptionPlan | None:
+        """The module's `plan` loaded (its planner, control scale and guidance), or None."""
+        plan, loaded = self.hparams.plan, self._caption_plan
+        if plan is None:
+            return None
         if loaded is None or next(loaded.planner.parameters()).device != self.device:
             # Loaded on the module's device at first use, and again if the module has moved
             # since (the planner is not a submodule: it is neither trained nor checkpointed).
@@ -880,8 +888,7 @@ class PretrainModule(StageModule):
                 plan.get("control_guidance", "reversed"),
                 device=self.device,
             )
-        frames = num_frames if total_frames is None else [int(n) for n in total_frames.tolist()]
-        return self._caption_plan.controls(captions, frames, self.device, length=num_frames)
+        return self._caption_plan
 
     # Steps.
 
